@@ -1,0 +1,308 @@
+"""Lesson 01: each pure function against an independent oracle, then the module and the run."""
+
+import dataclasses
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from hypothesis import given
+from hypothesis import strategies as st
+
+import common
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def rand(*shape, seed=0, dtype=torch.float64):
+    return torch.randn(*shape, generator=torch.Generator().manual_seed(seed), dtype=dtype)
+
+
+# --- nearest_code (RQ Eq. 1) ---
+
+
+@given(
+    N=st.integers(1, 40), K=st.integers(1, 64), d=st.integers(1, 8), seed=st.integers(0, 2**31 - 1)
+)
+def test_nearest_code_is_a_true_nearest_neighbour(vq, N, K, d, seed):
+    z, codebook = rand(N, d, seed=seed), rand(K, d, seed=seed + 1)
+    idx = vq.nearest_code(z, codebook)
+    brute = ((z[:, None, :] - codebook[None, :, :]) ** 2).sum(-1)  # (N, K) by broadcasting
+    chosen = brute.gather(1, idx[:, None]).squeeze(1)
+    torch.testing.assert_close(chosen, brute.min(1).values)  # distances, so ties pass
+
+
+def test_nearest_code_keeps_the_leading_shape(vq):
+    idx = vq.nearest_code(rand(2, 3, 5, 4), rand(7, 4, seed=1))
+    assert idx.shape == (2, 3, 5) and idx.dtype == torch.long
+    assert idx.min() >= 0 and idx.max() < 7
+
+
+def test_code_vectors_are_fixed_points(vq):
+    codebook = rand(50, 6)
+    assert torch.equal(vq.nearest_code(codebook, codebook), torch.arange(50))
+
+
+@pytest.mark.parametrize("chunk", [1, 3, 7])
+def test_nearest_code_does_not_depend_on_the_chunk_size(vq, chunk):
+    z, codebook = rand(20, 5), rand(9, 5, seed=1)
+    assert torch.equal(vq.nearest_code(z, codebook, chunk=chunk), vq.nearest_code(z, codebook))
+
+
+# --- the VQ loss terms ---
+
+
+def test_commitment_loss_is_the_mean_squared_distance_and_moves_only_the_encoder(vq):
+    z_e, z_q = rand(4, 3).requires_grad_(), rand(4, 3, seed=1).requires_grad_()
+    loss = vq.commitment_loss(z_e, z_q)
+    torch.testing.assert_close(loss, ((z_e - z_q) ** 2).mean())
+    loss.backward()
+    assert z_q.grad is None and z_e.grad is not None
+
+
+def test_codebook_loss_moves_only_the_codes(vq):
+    z_e, z_q = rand(4, 3).requires_grad_(), rand(4, 3, seed=1).requires_grad_()
+    vq.codebook_loss(z_e, z_q).backward()
+    assert z_e.grad is None
+    torch.testing.assert_close(z_q.grad, 2 * (z_q - z_e).detach() / z_q.numel())
+
+
+@pytest.mark.parametrize("beta", [0.0, 0.25, 1.0, 3.0])
+def test_beta_scales_only_the_encoder_gradient(vq, beta):
+    z_e, z_q = rand(5, 4).requires_grad_(), rand(5, 4, seed=1).requires_grad_()
+    vq.vq_loss(z_e, z_q, beta).backward()
+    diff = (z_e - z_q).detach()
+    torch.testing.assert_close(z_e.grad, beta * 2 * diff / diff.numel())  # commitment term only
+    torch.testing.assert_close(z_q.grad, -2 * diff / diff.numel())  # codebook term, no beta
+
+
+# --- straight-through estimator ---
+
+
+def test_straight_through_returns_the_codes_in_the_forward_pass(vq):
+    z_e, z_q = rand(3, 4), rand(3, 4, seed=1)
+    torch.testing.assert_close(vq.straight_through(z_e, z_q), z_q)
+
+
+def test_straight_through_gradient_is_the_identity(vq):
+    z_e, z_q = rand(3, 4).requires_grad_(), rand(3, 4, seed=1).requires_grad_()
+    upstream = rand(3, 4, seed=2)
+    vq.straight_through(z_e, z_q).backward(upstream)
+    torch.testing.assert_close(z_e.grad, upstream)  # dz_q/dz_e = I
+    assert z_q.grad is None  # the codes get no gradient through this path
+
+
+# --- EMA codebook ---
+
+
+def ema_reference(N, m, z, idx, decay, eps):
+    """A loop over codes: the appendix's update written out one code at a time."""
+    K = N.shape[0]
+    N, m = N.clone(), m.clone()
+    for k in range(K):
+        members = z[idx == k]
+        N[k] = decay * N[k] + (1 - decay) * len(members)
+        m[k] = decay * m[k] + (1 - decay) * members.sum(0)
+    n = N.sum()
+    e = torch.stack([m[k] / ((N[k] + eps) / (n + K * eps) * n) for k in range(K)])
+    return N, m, e
+
+
+@given(
+    K=st.integers(1, 12),
+    N=st.integers(1, 30),
+    seed=st.integers(0, 2**31 - 1),
+    decay=st.floats(0.5, 0.999),
+)
+def test_ema_update_equals_a_hand_computed_reference(vq, K, N, seed, decay):
+    g = torch.Generator().manual_seed(seed)
+    cluster, embed = torch.rand(K, generator=g, dtype=torch.float64) * 3, rand(K, 3, seed=seed)
+    z, idx = rand(N, 3, seed=seed + 1), torch.randint(K, (N,), generator=g)
+    got = vq.ema_update(cluster, embed, z, idx, decay, eps=1e-5)
+    for a, b in zip(got, ema_reference(cluster, embed, z, idx, decay, 1e-5)):
+        torch.testing.assert_close(a, b)
+
+
+def test_ema_codebook_converges_to_the_mean_of_its_vectors(vq):
+    z, idx = rand(40, 2), torch.arange(40) % 4
+    N, m = torch.ones(4, dtype=torch.float64), rand(4, 2, seed=1)
+    for _ in range(3000):
+        N, m, e = vq.ema_update(N, m, z, idx, decay=0.99)
+    means = torch.stack([z[idx == k].mean(0) for k in range(4)])
+    torch.testing.assert_close(e, means, atol=1e-4, rtol=1e-4)
+
+
+def test_ema_update_keeps_unused_codes_finite(vq):
+    *_, e = vq.ema_update(
+        torch.zeros(5), torch.zeros(5, 2), torch.ones(3, 2), torch.zeros(3, dtype=torch.long)
+    )
+    assert torch.isfinite(e).all() and torch.equal(e[1:], torch.zeros(4, 2))
+
+
+# --- dead-code restart ---
+
+
+def test_restart_replaces_exactly_the_dead_codes_with_batch_vectors(vq):
+    codebook, embed = rand(6, 3), rand(6, 3, seed=1)
+    cluster = torch.tensor([5.0, 0.2, 3.0, 0.0, 0.99, 1.0], dtype=torch.float64)
+    z = rand(10, 3, seed=2)
+    e, N, m, n_dead = vq.restart_dead_codes(codebook, cluster, embed, z, threshold=1.0)
+    dead = cluster < 1.0
+    assert n_dead == 3
+    assert torch.equal(e[~dead], codebook[~dead]) and torch.equal(N[~dead], cluster[~dead])
+    assert torch.equal(m[~dead], embed[~dead])
+    for row in e[dead]:  # each restarted code is one of the batch vectors
+        assert (z == row).all(1).any()
+
+
+def test_restarted_codes_are_distinct_and_weigh_the_threshold(vq):
+    z = rand(10, 3, seed=2)
+    e, N, m, _ = vq.restart_dead_codes(
+        rand(4, 3), torch.zeros(4, dtype=torch.float64), rand(4, 3), z, threshold=2.0
+    )
+    assert len(torch.unique(e, dim=0)) == 4
+    torch.testing.assert_close(N, torch.full((4,), 2.0, dtype=torch.float64))
+    torch.testing.assert_close(m, 2.0 * e)
+
+
+def test_no_restart_when_every_code_is_alive(vq):
+    codebook, cluster = rand(4, 3), torch.full((4,), 2.0)
+    e, N, _, n_dead = vq.restart_dead_codes(codebook, cluster, codebook, rand(5, 3), threshold=1.0)
+    assert n_dead == 0 and torch.equal(e, codebook) and torch.equal(N, cluster)
+
+
+# --- the module ---
+
+
+def test_quantizer_outputs_codebook_rows_at_the_chosen_codes(vq):
+    q = vq.VectorQuantizer(K=16, d=4).eval()
+    z_e = torch.randn(2, 4, 3, 5)
+    z_q, codes, _ = q(z_e)
+    assert codes.shape == (2, 3, 5)
+    torch.testing.assert_close(z_q, q.codebook[codes].permute(0, 3, 1, 2))
+
+
+def test_quantizer_passes_the_decoder_gradient_to_the_encoder_unchanged(vq):
+    q = vq.VectorQuantizer(K=16, d=4, beta=0.0).eval()
+    z_e = torch.randn(2, 4, 3, 3, requires_grad=True)
+    upstream = torch.randn(2, 4, 3, 3)
+    q(z_e)[0].backward(upstream)
+    torch.testing.assert_close(z_e.grad, upstream)
+
+
+def test_ema_codebook_is_a_buffer_and_loss_codebook_a_parameter(vq):
+    ema, grad = vq.VectorQuantizer(8, 2, codebook="ema"), vq.VectorQuantizer(8, 2, codebook="loss")
+    assert "codebook" in dict(ema.named_buffers()) and not list(ema.parameters())
+    z_e = torch.randn(1, 2, 4, 4)
+    grad(z_e)[2]["loss"].backward()
+    assert grad.codebook.grad is not None and grad.codebook.grad.abs().sum() > 0
+
+
+def test_training_step_moves_used_codes_towards_their_vectors(vq):
+    torch.manual_seed(0)
+    q = vq.VectorQuantizer(K=4, d=2, decay=0.5, dead_threshold=0.0)
+    z_e = torch.randn(1, 2, 8, 8)
+    before = q.codebook.clone()
+    _, codes, _ = q(z_e)
+    z = z_e.permute(0, 2, 3, 1).reshape(-1, 2)
+    for k in codes.unique():
+        dist_before = (before[k] - z[codes.flatten() == k].mean(0)).norm()
+        assert (q.codebook[k] - z[codes.flatten() == k].mean(0)).norm() < dist_before
+
+
+# --- training runs and the command line ---
+
+
+def small(vq, tmp_path, **kw):
+    base = dict(
+        steps=60,
+        batch_size=16,
+        log_every=20,
+        ckpt_every=20,
+        eval_images=32,
+        out=str(tmp_path / "run"),
+    )
+    return vq.Config(**{**base, **kw})
+
+
+def read_log(path):
+    return [json.loads(line) for line in open(path)]
+
+
+def test_short_cpu_run_lowers_the_loss_and_writes_its_outputs(vq, tmp_path):
+    vq.train(small(vq, tmp_path, log_every=1))
+    log = read_log(tmp_path / "run" / "metrics.jsonl")
+    recs = torch.tensor([r["rec"] for r in log if "rec" in r])
+    assert len(recs) == 60 and recs[-10:].mean() < 0.85 * recs[:10].mean()
+    final = log[-1]
+    assert final["final"] and 0 < final["val_usage"] <= 1 and final["val_psnr"] > 10
+    assert (tmp_path / "run" / "recon.png").exists()
+    ckpt = common.load_checkpoint(tmp_path / "run" / "ckpt.pt")
+    assert ckpt["step"] == 60 and {"model", "opt", "rng", "config"} <= ckpt.keys()
+
+
+def test_resume_continues_exactly_where_it_stopped(vq, tmp_path):
+    straight = vq.train(small(vq, tmp_path / "a", steps=8, ckpt_every=4))
+    vq.train(small(vq, tmp_path / "b", steps=4, ckpt_every=4))
+    resumed = vq.train(small(vq, tmp_path / "b", steps=8, ckpt_every=4, resume=True))
+    for (name, a), b in zip(straight.state_dict().items(), resumed.state_dict().values()):
+        torch.testing.assert_close(a, b, rtol=0, atol=0, msg=name)
+    assert common.load_checkpoint(tmp_path / "b" / "run" / "ckpt.pt")["step"] == 8
+
+
+def test_codebook_loss_mode_trains_too(vq, tmp_path):
+    model = vq.train(small(vq, tmp_path, steps=20, codebook="loss"))
+    assert isinstance(model.quantizer.codebook, torch.nn.Parameter)
+    assert read_log(tmp_path / "run" / "metrics.jsonl")[-1]["val_psnr"] > 8
+
+
+def cli(*args, cwd):
+    return subprocess.run(
+        [sys.executable, str(ROOT / "01_vq.py"), *args],
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["--dataset", "nope"], "unknown dataset 'nope'; choose one of: shapes, mnist, cifar10"),
+        (["--image-size", "36"], "--image-size must be a multiple of 8"),
+        (
+            ["--image-size", "40", "--downsample", "16"],
+            "--image-size 40 is not divisible by --downsample 16",
+        ),
+        (["--downsample", "3"], "--downsample must be a power of two"),
+        (["--dataset", "no/such/folder"], "no/such/folder: no such file or folder"),
+        (["--resume"], "--resume: no checkpoint at runs/01_vq/ckpt.pt"),
+    ],
+)
+def test_bad_command_lines_exit_2_with_one_line(args, message, tmp_path):
+    r = cli(*args, "--steps", "1", cwd=tmp_path)
+    assert r.returncode == 2 and message in r.stderr
+    assert "Traceback" not in r.stderr and len(r.stderr.strip().splitlines()) == 1
+
+
+def test_corrupt_checkpoint_on_resume_exits_2_and_keeps_the_file(tmp_path):
+    (tmp_path / "runs" / "01_vq").mkdir(parents=True)
+    ckpt = tmp_path / "runs" / "01_vq" / "ckpt.pt"
+    ckpt.write_bytes(b"half a checkpoint")
+    r = cli("--resume", "--steps", "1", cwd=tmp_path)
+    assert (
+        r.returncode == 2
+        and "runs/01_vq/ckpt.pt is corrupt" in r.stderr
+        and "Traceback" not in r.stderr
+    )
+    assert ckpt.read_bytes() == b"half a checkpoint"
+
+
+def test_help_lists_every_flag(vq, tmp_path):
+    r = cli("--help", cwd=tmp_path)
+    assert r.returncode == 0
+    for f in dataclasses.fields(vq.Config):
+        assert "--" + f.name.replace("_", "-") in r.stdout

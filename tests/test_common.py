@@ -1,0 +1,284 @@
+"""The helper module: datasets (built-in and Hugging Face), the CLI builder, checkpoints."""
+
+import dataclasses
+import typing
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+import common
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def data_cfg(**kw):
+    return common.TrainConfig(**{"batch_size": 4, **kw})
+
+
+# --- the built-in shapes dataset ---
+
+
+def test_shapes_are_identical_for_an_identical_seed():
+    for i in (0, 7, 123):
+        assert np.array_equal(common.render_shape(i, 32)[0], common.render_shape(i, 32)[0])
+    assert not np.array_equal(common.render_shape(1, 32)[0], common.render_shape(2, 32)[0])
+
+
+def test_shapes_dataset_values_shapes_and_labels():
+    train = common.Shapes("train", 32, seed=0)
+    x = torch.stack([train[i]["image"] for i in range(200)])
+    labels = {train[i]["label"] for i in range(200)}
+    assert x.shape == (200, 3, 32, 32) and x.dtype == torch.float32
+    assert x.min() >= -1 and x.max() <= 1 and x.std() > 0.2
+    assert labels == set(range(len(common.SHAPE_CLASSES))) and len(common.SHAPE_CLASSES) >= 6
+
+
+def test_shapes_split_is_fixed_and_disjoint():
+    train, val = common.Shapes("train", 32, 0), common.Shapes("val", 32, 0)
+    assert (len(train), len(val)) == (common.SHAPES_TRAIN, common.SHAPES_VAL)
+    assert not torch.equal(train[0]["image"], val[0]["image"])
+    assert torch.equal(val[5]["image"], common.Shapes("val", 32, 0)[5]["image"])
+    assert not torch.equal(val[5]["image"], common.Shapes("val", 32, 1)[5]["image"])
+
+
+@pytest.mark.parametrize("size", [8, 64, 256])
+def test_shapes_render_at_any_multiple_of_eight(size):
+    item = common.Shapes("val", size, 0)[3]
+    assert item["image"].shape == (3, size, size)
+
+
+@pytest.mark.parametrize("size", [12, 0, 264])
+def test_shapes_reject_sizes_that_are_not_multiples_of_eight_up_to_256(size):
+    with pytest.raises(ValueError, match="multiple of 8"):
+        data_cfg(image_size=size)
+
+
+def test_batches_are_reproducible_and_skip_exactly_on_resume():
+    ds, cfg = common.Shapes("val", 32, 0), data_cfg(batch_size=8)
+    first = [next(common.batches(ds, cfg))[1] for _ in range(2)]
+    stream = common.batches(ds, cfg)
+    seq = [next(stream)[1] for _ in range(130)]  # crosses an epoch (125 batches)
+    assert torch.equal(first[0], first[1])
+    resumed = common.batches(ds, cfg, start_step=124)
+    assert torch.equal(next(resumed)[1], seq[124]) and torch.equal(next(resumed)[1], seq[125])
+
+
+def test_ranks_get_disjoint_batches():
+    ds, cfg = common.Shapes("val", 32, 0), data_cfg(batch_size=8)
+    r0 = next(common.batches(ds, cfg, rank=0, world=2))[0]
+    r1 = next(common.batches(ds, cfg, rank=1, world=2))[0]
+    assert not any(torch.equal(a, b) for a in r0 for b in r1)
+
+
+# --- image conversion ---
+
+
+def test_image_to_tensor_makes_rgb_resizes_and_centre_crops():
+    gray = Image.fromarray(np.tile(np.arange(40, dtype=np.uint8) * 6, (20, 1)), mode="L")  # 40 x 20
+    x = common.image_to_tensor(gray, 16)
+    assert x.shape == (3, 16, 16) and x.min() >= -1 and x.max() <= 1
+    assert torch.equal(x[0], x[1]) and torch.equal(x[1], x[2])  # gray -> equal channels
+    assert x[0, :, 0].mean() < x[0, :, -1].mean()  # the horizontal ramp survives
+
+
+# --- Hugging Face datasets, offline, on files written here ---
+
+
+def write_image_folder(root: Path, n_per_class=12) -> Path:
+    rng = np.random.default_rng(0)
+    for name in ["cats", "dogs"]:
+        (root / name).mkdir(parents=True)
+        for i in range(n_per_class):
+            size = (40 + i, 30 + 2 * i)  # odd, non-square sizes
+            arr = rng.integers(0, 256, (size[1], size[0], 3), dtype=np.uint8)
+            mode_img = Image.fromarray(arr).convert("L") if i % 3 == 0 else Image.fromarray(arr)
+            mode_img.save(root / name / f"{i}.png")
+    return root
+
+
+def write_parquet(path: Path, n=20) -> Path:
+    import datasets
+
+    rng = np.random.default_rng(1)
+    images = [Image.fromarray(rng.integers(0, 256, (24, 36, 3), dtype=np.uint8)) for _ in range(n)]
+    features = datasets.Features(
+        {"picture": datasets.Image(), "kind": datasets.ClassLabel(names=["a", "b", "c"])}
+    )
+    ds = datasets.Dataset.from_dict(
+        {"picture": images, "kind": [i % 3 for i in range(n)]}, features=features
+    )
+    ds.to_parquet(str(path))
+    return path
+
+
+def test_image_folder_loads_through_the_hub_code_path(tmp_path):
+    folder = write_image_folder(tmp_path / "imgs")
+    train, val, classes = common.load_data(
+        data_cfg(dataset=str(folder), image_size=16, label_column="label")
+    )
+    assert classes == ("cats", "dogs") and len(train) + len(val) == 24 and len(val) == 2
+    x, y = next(common.batches(train, data_cfg(batch_size=4)))
+    assert x.shape == (4, 3, 16, 16) and x.min() >= -1 and x.max() <= 1
+    assert set(y.tolist()) <= {0, 1}
+
+
+def test_parquet_file_loads_with_custom_columns(tmp_path):
+    path = write_parquet(tmp_path / "data.parquet")
+    cfg = data_cfg(dataset=str(path), image_size=8, image_column="picture", label_column="kind")
+    train, val, classes = common.load_data(cfg)
+    assert classes == ("a", "b", "c") and len(train) == 18
+    x, y = common.first_images(val, 2)
+    assert x.shape == (2, 3, 8, 8) and y.tolist() == [0, 1]  # rows 18 and 19
+
+
+def test_parquet_streams_with_a_held_out_head(tmp_path):
+    path = write_parquet(tmp_path / "data.parquet", n=common.HELD_OUT + 8)
+    cfg = data_cfg(
+        dataset=str(path), image_size=8, image_column="picture", label_column="kind", streaming=True
+    )
+    train, val, _ = common.load_data(cfg)
+    assert isinstance(train, torch.utils.data.IterableDataset)
+    x, y = next(common.batches(train, cfg))
+    assert x.shape == (4, 3, 8, 8) and set(y.tolist()) <= {0, 1, 2}
+    assert common.first_images(val, 3)[1].tolist() == [0, 1, 2]  # the first rows are validation
+
+
+def test_a_stream_too_short_for_one_batch_is_an_error(tmp_path):
+    path = write_parquet(tmp_path / "data.parquet", n=40)
+    cfg = data_cfg(dataset=str(path), image_size=8, image_column="picture", streaming=True)
+    train, _, _ = common.load_data(cfg)
+    with pytest.raises(common.UserError, match="fewer than 4 training images"):
+        next(common.batches(train, cfg))
+
+
+def test_missing_column_error_lists_the_columns(tmp_path):
+    path = write_parquet(tmp_path / "data.parquet")
+    with pytest.raises(
+        common.UserError, match="no image column 'image'; its columns are: picture, kind"
+    ):
+        common.load_data(data_cfg(dataset=str(path), image_size=8))
+
+
+def test_unreadable_paths_give_clear_errors(tmp_path):
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(common.UserError, match="holds no files"):
+        common.load_data(data_cfg(dataset=str(tmp_path / "empty")))
+    (tmp_path / "bad.parquet").write_bytes(b"not parquet at all")
+    with pytest.raises(common.UserError, match="cannot load dataset"):
+        common.load_data(data_cfg(dataset=str(tmp_path / "bad.parquet")))
+    with pytest.raises(common.UserError, match="no such file"):
+        common.load_data(data_cfg(dataset=str(tmp_path / "missing")))
+
+
+def test_hub_dataset_offline_fails_with_one_line():
+    with pytest.raises(
+        common.UserError,
+        match=r"cannot load dataset 'cifar10'.*Couldn't reach 'uoft-cs/cifar10'.*hf auth login",
+    ) as err:
+        common.load_data(data_cfg(dataset="cifar10"))
+    assert "\n" not in str(err.value)
+
+
+def test_dataset_table_names_the_known_column_traps():
+    assert common.DATASETS["cifar10"].image_column == "img"
+    assert (
+        common.DATASETS["imagenet"].hub_id == "ILSVRC/imagenet-1k"
+        and common.DATASETS["imagenet"].streaming
+    )
+    assert {
+        "mnist",
+        "cifar10",
+        "ffhq",
+        "celebahq",
+        "imagenet",
+        "lsun-church",
+        "flowers",
+    } <= common.DATASETS.keys()
+    assert common.DATASETS["ffhq"].size == 256
+
+
+# --- CLI builder ---
+
+
+@dataclasses.dataclass
+class Toy(common.TrainConfig):
+    width: int = 3  # how wide
+    mode: typing.Literal["a", "b"] = "a"  # which mode
+    sizes: tuple[int, ...] = (1, 2)  # some sizes
+
+
+def test_parse_builds_flags_of_every_kind():
+    cfg = common.parse(
+        Toy, ["--width=5", "--mode", "b", "--sizes", "4", "5", "6", "--no-resume", "--steps", "7"]
+    )
+    assert (cfg.width, cfg.mode, cfg.sizes, cfg.resume, cfg.steps) == (5, "b", (4, 5, 6), False, 7)
+
+
+def test_every_flag_has_a_help_line(vq):
+    helps = common._field_help(vq.Config)
+    assert {f.name for f in dataclasses.fields(vq.Config)} <= {k for k, v in helps.items() if v}
+
+
+def test_unknown_flags_are_rejected():
+    with pytest.raises(SystemExit) as e:
+        common.parse(Toy, ["--widht", "3"])
+    assert e.value.code == 2
+
+
+# --- checkpoints ---
+
+
+def test_checkpoint_save_is_atomic_and_round_trips(tmp_path):
+    cfg = data_cfg(out=str(tmp_path / "run"))
+    run = common.Run(cfg)
+    run.save(3, model={"w": torch.ones(2)})
+    assert not list((tmp_path / "run").glob("*.tmp"))
+    ckpt = common.load_checkpoint(run.ckpt_path)
+    assert ckpt["step"] == 3 and torch.equal(ckpt["model"]["w"], torch.ones(2))
+    assert ckpt["config"]["batch_size"] == 4
+
+
+def test_corrupt_checkpoint_error_names_the_file(tmp_path):
+    path = tmp_path / "ckpt.pt"
+    path.write_bytes(b"\x00garbage")
+    with pytest.raises(common.UserError, match=f"{path} is corrupt"):
+        common.load_checkpoint(path)
+
+
+def test_fresh_run_refuses_to_overwrite_a_checkpoint(tmp_path):
+    cfg = data_cfg(out=str(tmp_path))
+    common.Run(cfg).save(1, model={})
+    with pytest.raises(common.UserError, match="--resume"):
+        common.Run(cfg)
+    common.Run(dataclasses.replace(cfg, overwrite=True))  # allowed when asked
+
+
+def test_resume_with_different_model_flags_is_refused(tmp_path):
+    common.Run(data_cfg(out=str(tmp_path))).save(1, model={})
+    run = common.Run(data_cfg(out=str(tmp_path), batch_size=8, resume=True))
+    with pytest.raises(common.UserError, match="--batch-size 4 \\(now 8\\)"):
+        run.load()
+
+
+def test_psnr_of_known_error():
+    x = torch.zeros(2, 3, 4, 4)
+    torch.testing.assert_close(
+        common.psnr(x, x + 0.2), torch.full((2,), 10 * np.log10(4 / 0.04), dtype=torch.float32)
+    )
+
+
+def test_codebook_stats_usage_and_perplexity():
+    stats = common.codebook_stats(torch.tensor([5.0, 5.0, 0.0, 0.0]))
+    assert stats["usage"] == 0.5 and stats["unused"] == 2
+    assert abs(stats["perplexity"] - 2.0) < 1e-9
+
+
+def test_image_grid_is_written_enlarged(tmp_path):
+    common.save_grid(
+        [torch.zeros(3, 3, 8, 8), torch.ones(2, 3, 8, 8)], tmp_path / "g.png", min_size=32
+    )
+    im = Image.open(tmp_path / "g.png")
+    assert im.size == ((3 * 10 + 2) * 4, (2 * 10 + 2) * 4)
