@@ -50,9 +50,7 @@ class Config(common.TrainConfig):
     codebook_size: int = 512  # K: number of code vectors
     code_dim: int = 64  # d: dimension of a code vector
     beta: float = 0.25  # commitment weight on ||z_e - sg[z_q]||^2
-    codebook: Literal["ema", "loss"] = (
-        "ema"  # codes learn as an EMA of their vectors, or by the codebook loss
-    )
+    codebook: Literal["ema", "loss"] = "ema"  # learn codes as an EMA of their vectors, or by loss
     decay: float = 0.99  # gamma: EMA decay of code counts and sums
     dead_threshold: float = 1.0  # restart codes whose EMA count falls below this (0 = never)
 

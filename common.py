@@ -9,6 +9,7 @@ Lessons import it as `import common`; earlier lessons are loaded with `common.le
 from __future__ import annotations
 
 import argparse
+import ast
 import dataclasses
 import functools
 import importlib
@@ -18,8 +19,9 @@ import json
 import math
 import os
 import random
-import re
 import sys
+import textwrap
+import tokenize
 import types
 import typing
 from contextlib import nullcontext
@@ -62,18 +64,14 @@ def main(train_fn, config_cls, argv=None):
 class TrainConfig:
     """Flags every lesson shares. A lesson's Config subclasses this and adds its own fields."""
 
-    dataset: str = "shapes"  # shapes | mnist | cifar10 | ffhq | celebahq | imagenet | lsun-church | flowers | a folder or .parquet path
+    dataset: str = "shapes"  # a name (see the list at the end), an image folder or a .parquet file
     image_size: int | None = (
-        None  # pixels; default: the dataset's own (shapes/mnist/cifar10 32, flowers 64, others 256)
+        None  # pixels (default: shapes/mnist/cifar10 32, flowers 64, others 256)
     )
     hf_id: str | None = None  # any Hugging Face hub dataset id (overrides --dataset)
     image_column: str | None = None  # image column of --hf-id or a local dataset (default: image)
-    label_column: str | None = (
-        None  # label column of --hf-id or a local dataset (default: none, unconditional)
-    )
-    streaming: bool | None = (
-        None  # stream from the hub instead of downloading (default: on for imagenet only)
-    )
+    label_column: str | None = None  # label column of --hf-id or a local dataset (default: none)
+    streaming: bool | None = None  # stream from the hub, no download (default: on for imagenet)
     batch_size: int = 64  # images per step (per process under torchrun)
     steps: int = 1500  # optimizer steps
     lr: float = 1e-3  # Adam learning rate
@@ -120,10 +118,18 @@ def _field_help(cls) -> dict[str, str]:
     for klass in reversed(cls.__mro__):
         if not dataclasses.is_dataclass(klass):
             continue
-        for line in inspect.getsource(klass).splitlines():
-            m = re.match(r"\s+(\w+)\s*:[^=]*=.*?#\s*(.+)$", line)
-            if m:
-                helps[m.group(1)] = m.group(2).strip()
+        src = textwrap.dedent(inspect.getsource(klass))
+        comments = {
+            tok.start[0]: tok.string.lstrip("#").strip()
+            for tok in tokenize.generate_tokens(io.StringIO(src).readline)
+            if tok.type == tokenize.COMMENT
+        }
+        for node in ast.parse(src).body[0].body:
+            if isinstance(node, ast.AnnAssign):  # `name: type = default  # help`, maybe wrapped
+                lines = range(node.lineno, node.end_lineno + 1)
+                found = [comments[n] for n in lines if n in comments]
+                if found:
+                    helps[node.target.id] = found[-1]
     return helps
 
 
@@ -140,6 +146,10 @@ def parse(config_cls, argv=None):
         description=(sys.modules[config_cls.__module__].__doc__ or "").split("\n")[0],
         formatter_class=_HelpFormatter,
         allow_abbrev=False,
+        epilog=f"datasets: {dataset_choices()}. Hub ids: "
+        + ", ".join(f"{k} = {v.hub_id}" for k, v in DATASETS.items())
+        + ". ImageNet is gated (run `hf auth login`); an ungated 256 px copy: "
+        "--hf-id benjamin-paine/imagenet-1k-256x256 --label-column label.",
     )
     for f in dataclasses.fields(config_cls):
         kind = hints[f.name]
