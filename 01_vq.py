@@ -232,8 +232,17 @@ class VQVAE(nn.Module):
     def __init__(self, cfg: Config, quantizer: nn.Module | None = None):
         super().__init__()
         self.encoder = common.Encoder(cfg.code_dim, cfg.ch, cfg.downsample)
-        self.quantizer = quantizer or VectorQuantizer(
-            cfg.codebook_size, cfg.code_dim, cfg.beta, cfg.codebook, cfg.decay, cfg.dead_threshold
+        self.quantizer = (
+            quantizer
+            if quantizer is not None
+            else VectorQuantizer(
+                cfg.codebook_size,
+                cfg.code_dim,
+                cfg.beta,
+                cfg.codebook,
+                cfg.decay,
+                cfg.dead_threshold,
+            )
         )
         self.decoder = common.Decoder(cfg.code_dim, cfg.ch, cfg.downsample)
 
@@ -267,8 +276,12 @@ def evaluate(model: nn.Module, val_set, cfg: Config, device) -> dict:
     }
 
 
-def train(cfg: Config, build=VQVAE) -> nn.Module:
-    """Train build(cfg) to reconstruct images; write ckpt.pt, metrics.jsonl and recon.png to cfg.out."""
+def train(cfg: Config, build=VQVAE, report=None) -> nn.Module:
+    """Train build(cfg) to reconstruct images; write ckpt.pt, metrics.jsonl and recon.png to cfg.out.
+
+    Later lessons reuse this loop: `build(cfg)` makes their model, and `report(model, val_set,
+    run_dir, device) -> dict` adds their own figures and final metrics.
+    """
     device = common.get_device(cfg.device)
     common.seed_everything(cfg.seed)
     run = common.Run(cfg)
@@ -319,6 +332,8 @@ def train(cfg: Config, build=VQVAE) -> nn.Module:
         common.save_grid([x, model(x)[0]], run.dir / "recon.png")
         model.train()
     common.echo(" | ".join(f"{k} {v:.4g}" for k, v in metrics.items()))
+    if report is not None:
+        metrics.update(report(model, val_set, run.dir, device))
     run.log({"step": cfg.steps, "final": True, **metrics})
     return model
 

@@ -1,0 +1,350 @@
+"""Lesson 02: RQ-VAE, residual quantization with one shared codebook.
+
+Paper: D. Lee, C. Kim, S. Kim, M. Cho, W.-S. Han, "Autoregressive Image Generation using Residual
+Quantization" (arXiv:2203.01941), Sec. 3.1. Equation labels: RQ Eq. 3-7.
+
+Idea. VQ (lesson 01) spends log2(K) bits per position; to halve the code grid at equal quality it
+would need K^4 codes. RQ instead quantizes a vector D times with the same codebook: first z, then
+what is left of it, r_1 = z - e(k_1), then r_2, and so on (RQ Eq. 4). The code of a position is the
+tuple (k_1, ..., k_D) and the quantized vector is the sum of its code vectors, so one codebook of
+K vectors covers up to K^D points, coarse to fine: the partial sums Z^(1), ..., Z^(D) approximate
+the feature map better and better, and deeper depths use codes of smaller norm. Depth 1 is VQ.
+
+Notation (as lesson 01; RQ-specific below):
+    symbol   code name       shape
+    D        depth           scalar         quantization steps per position
+    k_d      codes[..., d]   (B, H, W, D)   long in [0, K): the code chosen at depth d
+    r_d      residual        (N, d)         r_0 = z, r_d = r_{d-1} - e(k_d)
+    Z^(d)    partial[:, d]   (N, D, d)      sum_{d' <= d} e(k_d'): the partial sum at depth d
+    C        codebook        (K, d)         shared by every depth (or D blocks of K/D: --codebooks separate)
+
+Run: python 02_rq.py --steps=1500
+Next: 03_vqgan.py
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from einops import rearrange
+
+import common
+
+vq = common.lesson(
+    "01_vq"
+)  # nearest_code, straight_through, VectorQuantizer, VQVAE, train: lesson 01
+
+# --- config ---
+
+# Defaults each dataset implies when the flag is not given: (f, K, ch). FFHQ and ImageNet follow
+# the paper: 256 px images become 8 x 8 x 4 codes (f = 32) with K = 2048 and 16384.
+PRESETS = {
+    "shapes": dict(downsample=4, codebook_size=16, ch=16),  # small K: depth must do the work
+    "mnist": dict(downsample=4, codebook_size=256, ch=32),
+    "cifar10": dict(downsample=4, codebook_size=1024, ch=64),
+    "flowers": dict(downsample=8, codebook_size=1024, ch=64),
+    "ffhq": dict(downsample=32, codebook_size=2048, ch=64),
+    "imagenet": dict(downsample=32, codebook_size=16384, ch=64),
+}
+OTHER = dict(downsample=16, codebook_size=2048, ch=64)  # celebahq, lsun-church, --hf-id, paths
+
+
+@dataclass
+class Config(vq.Config):
+    out: str = "runs/02_rq"  # run folder: ckpt.pt, metrics.jsonl, recon.png, figures
+    depth: int = 4  # D: quantization steps per position (1 = lesson 01's VQ)
+    codebooks: Literal["shared", "separate"] = "shared"  # one codebook, or D of size K/D (App. C.3)
+    downsample: int | None = None  # f (default: shapes 4, ffhq/imagenet 32 as in the paper)
+    codebook_size: int | None = None  # K (default: shapes 16, ffhq 2048, imagenet 16384)
+    ch: int | None = None  # encoder/decoder width (default: shapes 16, real datasets 64)
+
+    def __post_init__(self):
+        preset = PRESETS.get(self.dataset if self.hf_id is None else "", OTHER)
+        for name, value in preset.items():
+            if getattr(self, name) is None:
+                setattr(self, name, value)
+        super().__post_init__()
+        if self.depth < 1:
+            raise ValueError(f"--depth must be at least 1, got {self.depth}")
+        if self.codebooks == "separate" and self.codebook_size % self.depth:
+            raise ValueError(
+                f"--codebooks separate splits K into D books: --codebook-size {self.codebook_size} is not divisible by --depth {self.depth}"
+            )
+
+
+# --- residual quantization ---
+
+
+@torch.no_grad()
+def residual_quantize(z: torch.Tensor, codebooks, depth: int):
+    """RQ Eq. 3-4: RQ(z; C, D) = (k_1, ..., k_D), with r_0 = z, k_d = Q(r_{d-1}; C), r_d = r_{d-1} - e(k_d).
+
+    z: (..., d); codebooks: one (K, d) tensor shared by every depth, or a list of D tensors
+    -> codes (..., D) long, partial sums Z^(1..D): (..., D, d) float (RQ Eq. 5).
+    """
+    books = [codebooks] * depth if torch.is_tensor(codebooks) else list(codebooks)
+    assert len(books) == depth, f"{len(books)} codebooks for depth {depth}"
+    r, z_hat = z, torch.zeros_like(z)  # r_0 = z, Z^(0) = 0
+    codes, partial = [], []
+    for book in books:
+        k = vq.nearest_code(r, book)  # k_d = Q(r_{d-1}; C)          RQ Eq. 4
+        e = F.embedding(k, book)  # e(k_d): (..., d)
+        r = r - e  # r_d = r_{d-1} - e(k_d)
+        z_hat = z_hat + e  # Z^(d) = sum_{d' <= d} e(k_d')      RQ Eq. 5
+        codes.append(k)
+        partial.append(z_hat)
+    return torch.stack(codes, -1), torch.stack(partial, -2)  # (..., D), (..., D, d)
+
+
+def rq_commitment_loss(z: torch.Tensor, partial: torch.Tensor) -> torch.Tensor:
+    """RQ Eq. 7: L_commit = sum_d ||z - sg[Z^(d)]||^2, here AVERAGED over the D depths.
+
+    z: (N, d), partial: (N, D, d). Every partial sum pulls the encoder, so z must be well
+    approximated at every depth, not only at the last. The paper writes a sum; we average, as the
+    official code does, so that beta means the same at every depth and depth 1 equals lesson 01's
+    commitment loss exactly. A sum is this times D (use beta * D to match the paper's scale).
+    """
+    return (z[:, None, :] - partial.detach()).pow(2).mean()  # mean over N, D and d
+
+
+class ResidualQuantizer(nn.Module):
+    """z_e: (B, d, H, W) -> (z_q: (B, d, H, W) with straight-through gradient, codes: (B, H, W, D), losses).
+
+    shared (default): one codebook of K codes for every depth. separate: D codebooks of K/D codes
+    (the Appendix C.3 ablation); codes are then numbered globally, depth d owning [d K/D, (d+1) K/D),
+    so `codebook[codes]` works in both modes. Each codebook is a lesson-01 VectorQuantizer, whose
+    `update` (EMA step + dead-code restart) receives the residuals of every depth it serves.
+    """
+
+    def __init__(
+        self,
+        K,
+        d,
+        depth,
+        codebooks="shared",
+        beta=0.25,
+        codebook="ema",
+        decay=0.99,
+        dead_threshold=1.0,
+    ):
+        super().__init__()
+        self.K, self.d, self.depth, self.beta, self.shared = (
+            K,
+            d,
+            depth,
+            beta,
+            codebooks == "shared",
+        )
+        n_books, size = (1, K) if self.shared else (depth, K // depth)
+        self.books = nn.ModuleList(
+            vq.VectorQuantizer(size, d, beta, codebook, decay, dead_threshold)
+            for _ in range(n_books)
+        )
+        self.n_dead = 0
+
+    @property
+    def codebook(self) -> torch.Tensor:
+        """(K, d): all code vectors, indexed by the global code numbers that forward returns."""
+        return (
+            self.books[0].codebook if self.shared else torch.cat([b.codebook for b in self.books])
+        )
+
+    def offsets(self) -> torch.Tensor:
+        """(D,): the global number of each depth's first code (all 0 when shared)."""
+        size = self.K // self.depth
+        return (
+            torch.zeros(self.depth, dtype=torch.long)
+            if self.shared
+            else torch.arange(self.depth) * size
+        )
+
+    def quantize(self, z: torch.Tensor):
+        """z: (N, d) -> global codes (N, D), partial sums (N, D, d). No training step."""
+        books = self.books[0].codebook if self.shared else [b.codebook for b in self.books]
+        codes, partial = residual_quantize(z, books, self.depth)
+        return codes + self.offsets().to(codes.device), partial
+
+    def forward(self, z_e: torch.Tensor):
+        B, d, H, W = z_e.shape
+        with torch.autocast(z_e.device.type, enabled=False):  # distances and EMA in float32
+            z = rearrange(z_e.float(), "b d h w -> (b h w) d")  # (N, d)
+            codes, partial = self.quantize(z)  # (N, D), (N, D, d)  RQ Eq. 3-5
+            commit = rq_commitment_loss(z, partial)  # RQ Eq. 7
+            loss = self.beta * commit
+            residuals = z.detach()[:, None, :] - F.pad(
+                partial[:, :-1], (0, 0, 1, 0)
+            )  # (N, D, d): r_{d-1}
+            if not self.books[0].ema:  # codebook loss at every depth: e(k_d) moves towards r_{d-1}
+                loss = loss + vq.codebook_loss(residuals, F.embedding(codes, self.codebook))
+            if self.training:
+                self.update(residuals, codes)
+            z_q = vq.straight_through(
+                z, partial[:, -1]
+            )  # ONE straight-through on Z^(D): dz_q/dz = I
+        z_q = rearrange(z_q, "(b h w) d -> b d h w", b=B, h=H, w=W)
+        return z_q, codes.view(B, H, W, self.depth), {"loss": loss, "commit": commit.detach()}
+
+    @torch.no_grad()
+    def update(self, residuals: torch.Tensor, codes: torch.Tensor) -> None:
+        """EMA + restarts. residuals, codes: (N, D, d), (N, D). A shared codebook learns from the
+        residuals of all depths at once; a separate one from its own depth's only."""
+        if self.shared:
+            self.books[0].update(residuals.flatten(0, 1), codes.flatten())
+            self.n_dead = self.books[0].n_dead
+            return
+        for book, r, k, offset in zip(
+            self.books, residuals.unbind(1), codes.unbind(1), self.offsets()
+        ):
+            book.update(r, k - offset)
+        self.n_dead = sum(b.n_dead for b in self.books)
+
+
+# --- model ---
+
+
+def build(cfg: Config) -> nn.Module:
+    rq = ResidualQuantizer(
+        cfg.codebook_size,
+        cfg.code_dim,
+        cfg.depth,
+        cfg.codebooks,
+        cfg.beta,
+        cfg.codebook,
+        cfg.decay,
+        cfg.dead_threshold,
+    )
+    return vq.VQVAE(cfg, quantizer=rq)  # lesson 01's encoder -> quantizer -> decoder
+
+
+@torch.no_grad()
+def decode_partial(model: nn.Module, x: torch.Tensor):
+    """Fig. 5: x: (B, 3, S, S) -> codes (B, H, W, D), partial sums (B, D, d, H, W), decodes (B, D, 3, S, S)."""
+    z_e = model.encoder(x)
+    B, d, H, W = z_e.shape
+    codes, partial = model.quantizer.quantize(rearrange(z_e.float(), "b d h w -> (b h w) d"))
+    partial = rearrange(partial, "(b h w) D d -> b D d h w", b=B, h=H, w=W)
+    x_hat = torch.stack(
+        [model.decoder(partial[:, i]) for i in range(partial.shape[1])], 1
+    )  # (B, D, 3, S, S)
+    return codes.view(B, H, W, -1), partial, x_hat, z_e
+
+
+# --- evaluation and figures ---
+
+
+@torch.no_grad()
+def report(model: nn.Module, val_set, run_dir, device, cfg: Config) -> dict:
+    """Table 6 analog (MSE, PSNR, commitment per partial depth), code usage and norms by depth,
+    and the two figures coarse_to_fine.png and code_usage_by_depth.png."""
+    model.eval()
+    D, K = cfg.depth, cfg.codebook_size
+    x_all, _ = common.first_images(val_set, cfg.eval_images)
+    mse, psnr, commit = torch.zeros(D), torch.zeros(D), torch.zeros(D)
+    counts = torch.zeros(D, K)  # how often each code is chosen at each depth
+    for x in x_all.split(cfg.batch_size):
+        codes, partial, x_hat, z_e = decode_partial(model, x.to(device))
+        n = len(x) / len(x_all)
+        mse += (
+            n
+            * (x_hat.float().clamp(-1, 1) - x[:, None].to(device))
+            .pow(2)
+            .flatten(2)
+            .mean(2)
+            .mean(0)
+            .cpu()
+        )
+        psnr += (
+            n
+            * torch.stack([common.psnr(x.to(device), x_hat[:, i]) for i in range(D)], 1)
+            .mean(0)
+            .cpu()
+        )
+        commit += n * (z_e[:, None].float() - partial).pow(2).mean((0, 2, 3, 4)).cpu()
+        for i in range(D):
+            counts[i] += torch.bincount(codes[..., i].flatten().cpu(), minlength=K)
+    norms = model.quantizer.codebook.norm(dim=1).cpu()  # (K,) ||e(k)||
+    stats = [common.codebook_stats(c) for c in counts]
+    table = {
+        "partial_depth": [
+            {
+                "depth": i + 1,
+                "mse": mse[i].item(),
+                "psnr": psnr[i].item(),
+                "commit": commit[i].item(),
+                "usage": stats[i]["usage"],
+                "perplexity": stats[i]["perplexity"],
+                "mean_code_norm": ((counts[i] * norms).sum() / counts[i].sum()).item(),
+            }
+            for i in range(D)
+        ]
+    }
+    common.echo("depth d |   MSE    | PSNR dB | commit  | usage | perplexity | mean ||e(k_d)||")
+    for row in table["partial_depth"]:
+        common.echo(
+            f"{row['depth']:7d} | {row['mse']:.5f} | {row['psnr']:7.2f} | {row['commit']:.5f} | {row['usage']:5.2f} | {row['perplexity']:10.1f} | {row['mean_code_norm']:.3f}"
+        )
+    x = x_all[:8].to(device)
+    plot_coarse_to_fine(x, decode_partial(model, x)[2], run_dir / "coarse_to_fine.png")
+    plot_code_usage(counts, norms, run_dir / "code_usage_by_depth.png")
+    model.train()
+    return table
+
+
+def plot_coarse_to_fine(x: torch.Tensor, x_hat: torch.Tensor, path) -> None:
+    """Fig. 5: one row per image: the original, then the decodes of Z^(1), ..., Z^(D)."""
+    B, D = x_hat.shape[:2]
+    fig, axes = plt.subplots(B, D + 1, figsize=(1.2 * (D + 1), 1.2 * B), squeeze=False)
+    for i in range(B):
+        for j, img in enumerate([x[i], *x_hat[i]]):
+            axes[i, j].imshow(common.to_uint8(img), interpolation="nearest")
+            axes[i, j].set_axis_off()
+            if i == 0:
+                axes[i, j].set_title("original" if j == 0 else f"Z^({j})", fontsize=8)
+    fig.tight_layout(pad=0.2)
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+def plot_code_usage(counts: torch.Tensor, norms: torch.Tensor, path) -> None:
+    """Fig. 6: at each depth, how often codes are used against the norm of their embedding."""
+    fig, ax = plt.subplots(figsize=(6, 3.5))
+    bins = torch.linspace(0, norms.max().item() * 1.02, 40)
+    for i, c in enumerate(counts):
+        ax.hist(
+            norms.numpy(),
+            bins=bins.numpy(),
+            weights=(c / c.sum()).numpy(),
+            alpha=0.5,
+            label=f"depth {i + 1}",
+        )
+    ax.set_xlabel("code norm ||e(k)||")
+    ax.set_ylabel("fraction of code uses")
+    ax.set_title("Code usage by depth (RQ-VAE Fig. 6)")
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+# --- training ---
+
+
+def train(cfg: Config) -> nn.Module:
+    """Lesson 01's loop with the residual quantizer, then the depth report and figures."""
+    return vq.train(
+        cfg,
+        build,
+        report=lambda model, val, run_dir, device: report(model, val, run_dir, device, cfg),
+    )
+
+
+if __name__ == "__main__":
+    common.main(train, Config)
