@@ -38,23 +38,22 @@ from einops import rearrange
 
 import common
 
-vq = common.lesson(
-    "01_vq"
-)  # nearest_code, straight_through, VectorQuantizer, VQVAE, train: lesson 01
+vq = common.lesson("01_vq")  # nearest_code, straight_through, VectorQuantizer, VQVAE, train
 
 # --- config ---
 
-# Defaults each dataset implies when the flag is not given: (f, K, ch). FFHQ and ImageNet follow
-# the paper: 256 px images become 8 x 8 x 4 codes (f = 32) with K = 2048 and 16384.
+# What each dataset implies for the flags left unset. FFHQ and ImageNet follow the paper: 256 px
+# images become 8 x 8 x 4 codes (f = 32) with K = 2048 and 16384, code dimension 256.
+REAL = dict(ch=64, code_dim=256, steps=100_000, lr=4e-4)  # a GPU run on a real dataset
 PRESETS = {
-    "shapes": dict(downsample=4, codebook_size=16, ch=16),  # small K: depth must do the work
-    "mnist": dict(downsample=4, codebook_size=256, ch=32),
-    "cifar10": dict(downsample=4, codebook_size=1024, ch=64),
-    "flowers": dict(downsample=8, codebook_size=1024, ch=64),
-    "ffhq": dict(downsample=32, codebook_size=2048, ch=64),
-    "imagenet": dict(downsample=32, codebook_size=16384, ch=64),
+    "shapes": dict(downsample=4, codebook_size=16, ch=16, code_dim=64, steps=1500, lr=1e-3),  # CPU
+    "mnist": {**REAL, "downsample": 4, "codebook_size": 256, "steps": 20_000},
+    "cifar10": {**REAL, "downsample": 4, "codebook_size": 1024},
+    "flowers": {**REAL, "downsample": 8, "codebook_size": 1024},
+    "ffhq": {**REAL, "downsample": 32, "codebook_size": 2048},
+    "imagenet": {**REAL, "downsample": 32, "codebook_size": 16384, "steps": 500_000},
 }
-OTHER = dict(downsample=16, codebook_size=2048, ch=64)  # celebahq, lsun-church, --hf-id, paths
+OTHER = {**REAL, "downsample": 16, "codebook_size": 2048}  # celebahq, lsun-church, --hf-id, paths
 
 
 @dataclass
@@ -62,9 +61,12 @@ class Config(vq.Config):
     out: str = "runs/02_rq"  # run folder: ckpt.pt, metrics.jsonl, recon.png, figures
     depth: int = 4  # D: quantization steps per position (1 = lesson 01's VQ)
     codebooks: Literal["shared", "separate"] = "shared"  # one codebook, or D of size K/D (App. C.3)
-    downsample: int | None = None  # f (default: shapes 4, ffhq/imagenet 32 as in the paper)
+    downsample: int | None = None  # f (default: shapes 4; ffhq, imagenet 32 as in the paper)
     codebook_size: int | None = None  # K (default: shapes 16, ffhq 2048, imagenet 16384)
     ch: int | None = None  # encoder/decoder width (default: shapes 16, real datasets 64)
+    code_dim: int | None = None  # d (default: shapes 64, real datasets 256 as in the paper)
+    steps: int | None = None  # optimizer steps (default: shapes 1500, ffhq 100k, imagenet 500k)
+    lr: float | None = None  # Adam learning rate (default: shapes 1e-3, real datasets 4e-4)
 
     def __post_init__(self):
         preset = PRESETS.get(self.dataset if self.hf_id is None else "", OTHER)
@@ -136,13 +138,8 @@ class ResidualQuantizer(nn.Module):
         dead_threshold=1.0,
     ):
         super().__init__()
-        self.K, self.d, self.depth, self.beta, self.shared = (
-            K,
-            d,
-            depth,
-            beta,
-            codebooks == "shared",
-        )
+        self.K, self.d, self.depth, self.beta = K, d, depth, beta
+        self.shared = codebooks == "shared"
         n_books, size = (1, K) if self.shared else (depth, K // depth)
         self.books = nn.ModuleList(
             vq.VectorQuantizer(size, d, beta, codebook, decay, dead_threshold)
@@ -179,16 +176,14 @@ class ResidualQuantizer(nn.Module):
             codes, partial = self.quantize(z)  # (N, D), (N, D, d)  RQ Eq. 3-5
             commit = rq_commitment_loss(z, partial)  # RQ Eq. 7
             loss = self.beta * commit
-            residuals = z.detach()[:, None, :] - F.pad(
-                partial[:, :-1], (0, 0, 1, 0)
-            )  # (N, D, d): r_{d-1}
+            # r_{d-1} = z - Z^(d-1), the vector that depth d quantized: (N, D, d)
+            residuals = z.detach()[:, None, :] - F.pad(partial[:, :-1], (0, 0, 1, 0))
             if not self.books[0].ema:  # codebook loss at every depth: e(k_d) moves towards r_{d-1}
                 loss = loss + vq.codebook_loss(residuals, F.embedding(codes, self.codebook))
             if self.training:
                 self.update(residuals, codes)
-            z_q = vq.straight_through(
-                z, partial[:, -1]
-            )  # ONE straight-through on Z^(D): dz_q/dz = I
+            # ONE straight-through step on the final sum Z^(D), so dz_q/dz = I at any depth
+            z_q = vq.straight_through(z, partial[:, -1])
         z_q = rearrange(z_q, "(b h w) d -> b d h w", b=B, h=H, w=W)
         return z_q, codes.view(B, H, W, self.depth), {"loss": loss, "commit": commit.detach()}
 

@@ -746,9 +746,10 @@ class Run:
             f.write(json.dumps(record) + "\n")
 
     def save(self, step: int, **state) -> None:
-        """Write ckpt.pt atomically: {"step", "config", "rng", **state} (state dicts, tensors)."""
+        """Write ckpt.pt atomically: {"step", "lesson", "config", "rng", **state} (state dicts)."""
         payload = {
             "step": step,
+            "lesson": type(self.cfg).__module__,  # whose Config and build() rebuild the model
             "config": dataclasses.asdict(self.cfg),
             "rng": rng_state(),
             **state,

@@ -45,10 +45,12 @@ def main():
         "\nrun               | wall s | val PSNR | PSNR of each partial depth d = 1..D | usage by depth | mean code norm by depth"
     )
     for name, secs, f in rows:
-        pd = f["partial_depth"]
+        per_depth = {
+            key: " ".join(f"{r[key]:.2f}" for r in f["partial_depth"])
+            for key in ("psnr", "usage", "mean_code_norm")
+        }
         print(
-            f"{name:17s} | {secs:6.0f} | {f['val_psnr']:8.2f} | {' '.join(f'{r['psnr']:.2f}' for r in pd)} | "
-            f"{' '.join(f'{r['usage']:.2f}' for r in pd)} | {' '.join(f'{r['mean_code_norm']:.2f}' for r in pd)}"
+            f"{name:17s} | {secs:6.0f} | {f['val_psnr']:8.2f} | {per_depth['psnr']} | {per_depth['usage']} | {per_depth['mean_code_norm']}"
         )
 
 

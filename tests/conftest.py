@@ -1,13 +1,17 @@
 """Shared test setup: offline Hugging Face, a derandomized hypothesis profile, lesson imports."""
 
+import atexit
 import os
+import shutil
 import sys
 import tempfile
 from pathlib import Path
 
 # Before anything imports `datasets`: never touch the network, keep caches out of the home folder.
 os.environ["HF_HUB_OFFLINE"] = "1"
-os.environ.setdefault("HF_HOME", tempfile.mkdtemp(prefix="hf-home-"))
+if "HF_HOME" not in os.environ:
+    os.environ["HF_HOME"] = tempfile.mkdtemp(prefix="hf-home-")
+    atexit.register(shutil.rmtree, os.environ["HF_HOME"], ignore_errors=True)
 
 import pytest
 import torch

@@ -1,0 +1,567 @@
+"""Lesson 03: VQGAN, a tokenizer trained with a patch discriminator and a perceptual loss.
+
+Paper: P. Esser, R. Rombach, B. Ommer, "Taming Transformers for High-Resolution Image Synthesis"
+(arXiv:2012.09841), Sec. 3.2; RQ-VAE (arXiv:2203.01941) trains its RQ tokenizer the same way.
+
+Idea. An autoencoder trained on pixel error alone (lessons 01-02) averages what it cannot encode
+and comes out blurry. VQGAN adds two critics: LPIPS, a distance between deep VGG16 features that
+tracks perceived similarity, and a patch discriminator D that labels every patch of an image as
+real or reconstructed; the decoder learns to fool it, so fine texture comes back. The adversarial
+term is scaled by an adaptive weight lambda that balances its gradient against the reconstruction
+gradient at the decoder's last layer. The bottleneck is lesson 02's residual quantizer (depth 1
+is plain VQ), inside a bigger encoder/decoder with GroupNorm, Swish and self-attention.
+
+Notation (as lessons 01-02; new here):
+    symbol     code name        shape
+    D(x)       disc(x)          (B, 1, h', w')   one logit per image patch
+    L_rec      rec              scalar           L1 (or L2) pixel loss + perceptual weight * LPIPS
+    L_GAN      g_loss           scalar           -mean D(x^): the generator's adversarial loss
+    lambda     lam              scalar           adaptive weight, detached
+    G_L        last_layer       weight tensor    the decoder's last conv
+
+Run: python 03_vqgan.py --perceptual-weight 0      (on a CPU with no LPIPS weights cached)
+Next: 04_rq_transformer.py
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+import common
+
+vq = common.lesson("01_vq")  # VQVAE, evaluate: lesson 01
+rq = common.lesson("02_rq")  # ResidualQuantizer, report (coarse-to-fine figure): lesson 02
+
+# --- config ---
+
+# Architecture each dataset implies for the flags left unset (RQ-VAE's FFHQ/ImageNet configs:
+# ch 128, ch_mult 1,1,2,2,4,4 so 256 px -> 8 x 8, attention at 8; adversarial weight 0.75, lr 4e-5).
+NET = {
+    "shapes": dict(
+        ch=16,
+        ch_mult=(1, 2, 4),
+        num_res_blocks=1,
+        attn_resolutions=(8,),
+        disc_ch=32,
+        batch_size=32,
+        lr=4e-4,
+        steps=1500,
+    ),
+    "ffhq": dict(
+        ch=128,
+        ch_mult=(1, 1, 2, 2, 4, 4),
+        num_res_blocks=2,
+        attn_resolutions=(8,),
+        disc_ch=64,
+        batch_size=32,
+        lr=4e-5,
+    ),
+    "imagenet": dict(
+        ch=128,
+        ch_mult=(1, 1, 2, 2, 4, 4),
+        num_res_blocks=2,
+        attn_resolutions=(8,),
+        disc_ch=64,
+        batch_size=32,
+        lr=4e-5,
+    ),
+}
+NET_OTHER = dict(
+    ch=128,
+    ch_mult=(1, 1, 2, 2, 4),
+    num_res_blocks=2,
+    attn_resolutions=(16,),
+    disc_ch=64,
+    batch_size=32,
+    lr=4e-5,
+)
+
+
+@dataclass
+class Config(rq.Config):
+    out: str = "runs/03_vqgan"  # run folder: ckpt.pt, metrics.jsonl, recon.png, figures
+    ch_mult: tuple[int, ...] | None = (
+        None  # width multipliers per level; f = 2^(levels-1) (shapes: 1 2 4)
+    )
+    num_res_blocks: int | None = None  # ResBlocks per level (shapes 1, real datasets 2)
+    attn_resolutions: tuple[int, ...] | None = (
+        None  # feature-map sizes with self-attention (shapes 8)
+    )
+    rec_loss: Literal["l1", "l2"] = "l1"  # pixel reconstruction loss
+    perceptual_weight: float = 1.0  # LPIPS weight (0 = off: no VGG16 download needed)
+    disc_weight: float = 0.75  # weight of lambda * L_GAN in the generator loss (RQ-VAE: 0.75)
+    gan_loss: Literal["hinge", "vanilla"] = "hinge"  # discriminator loss
+    disc_layers: int = 2  # PatchGAN strided layers (RQ-VAE 2, taming 3)
+    disc_ch: int | None = None  # PatchGAN width of the first layer (shapes 32, real datasets 64)
+    batch_size: int | None = None  # images per step (shapes 32, real datasets 32 per GPU)
+    disc_norm: Literal["batch", "group"] = "batch"  # normalisation in the discriminator
+    disc_start: int = 500  # step at which the discriminator starts to train
+    disc_warmup: int = 200  # steps D trains alone before its loss reaches the generator
+    max_lambda: float = 1e4  # clamp of the adaptive weight
+
+    def __post_init__(self):
+        net = NET.get(self.dataset if self.hf_id is None else "", NET_OTHER)
+        for name, value in net.items():
+            if getattr(self, name) is None:
+                setattr(self, name, value)
+        implied = 2 ** (len(self.ch_mult) - 1)
+        if self.downsample is not None and self.downsample != implied:
+            raise ValueError(
+                f"--downsample {self.downsample} contradicts --ch-mult {' '.join(map(str, self.ch_mult))} (f = {implied})"
+            )
+        self.downsample = implied
+        super().__post_init__()
+        if (
+            self.disc_start < 0
+            or self.disc_warmup < 0
+            or self.perceptual_weight < 0
+            or self.disc_weight < 0
+        ):
+            raise ValueError(
+                "--disc-start, --disc-warmup, --perceptual-weight and --disc-weight must be >= 0"
+            )
+        if self.disc_layers < 1 or self.num_res_blocks < 1 or min(self.ch_mult) < 1:
+            raise ValueError("--disc-layers, --num-res-blocks and --ch-mult values must be >= 1")
+
+
+# --- losses ---
+
+
+def hinge_d_loss(logits_real: torch.Tensor, logits_fake: torch.Tensor) -> torch.Tensor:
+    """Discriminator hinge loss: 1/2 (E[relu(1 - D(x))] + E[relu(1 + D(x^))]); 0 beyond the margins."""
+    return 0.5 * (F.relu(1 - logits_real).mean() + F.relu(1 + logits_fake).mean())
+
+
+def vanilla_d_loss(logits_real: torch.Tensor, logits_fake: torch.Tensor) -> torch.Tensor:
+    """Non-saturating GAN loss for D: 1/2 (E[-log sigmoid D(x)] + E[-log(1 - sigmoid D(x^))])."""
+    return 0.5 * (F.softplus(-logits_real).mean() + F.softplus(logits_fake).mean())
+
+
+def generator_loss(logits_fake: torch.Tensor) -> torch.Tensor:
+    """L_GAN for the generator: -E[D(x^)] (taming and RQ-VAE use this with either D loss)."""
+    return -logits_fake.mean()
+
+
+def adaptive_weight(
+    rec_loss, gan_loss, last_layer: torch.Tensor, delta: float = 1e-6, max_lambda: float = 1e4
+):
+    """lambda = ||grad_{G_L} L_rec|| / (||grad_{G_L} L_GAN|| + delta), clamped to [0, max] and detached.
+
+    With this weight the adversarial gradient at the decoder's last layer G_L is as large as the
+    reconstruction gradient, whatever the two losses' scales.
+    deviation: the paper's delta is 1e-6; taming and RQ-VAE code use 1e-4 (and the same clamp 1e4).
+    """
+    g_rec = torch.autograd.grad(rec_loss, last_layer, retain_graph=True)[0]
+    g_gan = torch.autograd.grad(gan_loss, last_layer, retain_graph=True)[0]
+    lam = g_rec.norm() / (g_gan.norm() + delta)
+    return lam.clamp(0, max_lambda).detach()
+
+
+# --- LPIPS: VGG16 features + learned linear heads, in plain torch ---
+
+VGG16_URL = "https://download.pytorch.org/models/vgg16-397923af.pth"  # torchvision's weights
+LPIPS_URL = (
+    "https://github.com/richzhang/PerceptualSimilarity/raw/master/lpips/weights/v0.1/vgg.pth"
+)
+VGG16_LAYERS = (64, 64, "M", 128, 128, "M", 256, 256, 256, "M", 512, 512, 512, "M", 512, 512, 512)
+LPIPS_TAPS = (
+    4,
+    9,
+    16,
+    23,
+    30,
+)  # ends of the slices: after relu1_2, relu2_2, relu3_3, relu4_3, relu5_3
+
+
+def vgg16_features() -> nn.Sequential:
+    """torchvision's vgg16().features (without the last pool): the same module indices, so its
+    state dict keys (features.0.weight, features.2.weight, ...) load unchanged."""
+    layers, c = [], 3
+    for v in VGG16_LAYERS:
+        if v == "M":
+            layers.append(nn.MaxPool2d(2, 2))
+        else:
+            layers += [nn.Conv2d(c, v, 3, padding=1), nn.ReLU()]
+            c = v
+    return nn.Sequential(*layers)
+
+
+class NetLin(nn.Module):
+    """LPIPS v0.1 head: dropout, then a 1x1 conv to one channel (keys `model.1.weight`)."""
+
+    def __init__(self, ch: int):
+        super().__init__()
+        self.model = nn.Sequential(nn.Dropout(), nn.Conv2d(ch, 1, 1, bias=False))
+
+    def forward(self, x):
+        return self.model(x)
+
+
+class LPIPS(nn.Module):
+    """d(x, y) = sum_l mean_hw w_l . (phi_l(x)/||phi_l(x)|| - phi_l(y)/||phi_l(y)||)^2. x, y: (B, 3, S, S) -> (B,)
+
+    Frozen and always in eval mode (dropout in the heads stays off even inside model.train()).
+    """
+
+    def __init__(self, pretrained: bool = True):
+        super().__init__()
+        self.features = vgg16_features()
+        for i, c in enumerate((64, 128, 256, 512, 512)):
+            setattr(self, f"lin{i}", NetLin(c))
+        self.register_buffer(
+            "shift", torch.tensor([-0.030, -0.088, -0.188]).view(1, 3, 1, 1), persistent=False
+        )
+        self.register_buffer(
+            "scale", torch.tensor([0.458, 0.448, 0.450]).view(1, 3, 1, 1), persistent=False
+        )
+        if pretrained:
+            vgg = fetch_weights(VGG16_URL, "vgg16-397923af.pth")
+            self.features.load_state_dict(
+                {k[len("features.") :]: v for k, v in vgg.items() if k.startswith("features.")}
+            )
+            heads = fetch_weights(LPIPS_URL, "lpips_vgg_v0.1.pth")
+            self.load_state_dict(
+                {**{f"features.{k}": v for k, v in self.features.state_dict().items()}, **heads}
+            )
+        self.requires_grad_(False)
+        self.train(False)
+
+    def train(self, mode: bool = True):
+        return super().train(False)  # the heads' dropout must never switch on
+
+    def forward(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        h = torch.cat([x, y]).float()
+        h = (h - self.shift) / self.scale
+        total, start = 0, 0
+        for i, end in enumerate(LPIPS_TAPS):
+            h = self.features[start:end](h)
+            start = end
+            f = h / (h.pow(2).sum(1, keepdim=True).sqrt() + 1e-10)  # unit length along channels
+            fx, fy = f.chunk(2)
+            total = total + getattr(self, f"lin{i}")((fx - fy).pow(2)).mean((1, 2, 3))  # (B,)
+        return total
+
+
+def fetch_weights(url: str, file_name: str) -> dict:
+    """A state dict through torch.hub's download cache; offline and uncached: a UserError."""
+    path = Path(torch.hub.get_dir()) / "checkpoints" / file_name
+    if not path.exists():
+        try:
+            torch.hub.load_state_dict_from_url(
+                url, file_name=file_name, map_location="cpu", weights_only=True
+            )
+        except Exception as e:
+            raise common.UserError(
+                f"LPIPS needs {file_name}, which is not in {path.parent} and could not be downloaded from "
+                f"{url} ({type(e).__name__}); put the file there, or turn the perceptual loss off with --perceptual-weight 0"
+            ) from None
+    return torch.load(path, map_location="cpu", weights_only=True)
+
+
+# --- encoder and decoder (taming-transformers' architecture) ---
+
+
+def Norm(ch: int) -> nn.GroupNorm:
+    return nn.GroupNorm(math.gcd(32, ch), ch, eps=1e-6)  # 32 groups where the width allows
+
+
+class ResBlock(nn.Module):
+    """GroupNorm -> Swish -> conv3x3, twice, plus a (1x1 when widths differ) shortcut."""
+
+    def __init__(self, c_in: int, c_out: int):
+        super().__init__()
+        self.net = nn.Sequential(
+            Norm(c_in),
+            nn.SiLU(),
+            nn.Conv2d(c_in, c_out, 3, padding=1),
+            Norm(c_out),
+            nn.SiLU(),
+            nn.Conv2d(c_out, c_out, 3, padding=1),
+        )
+        self.skip = nn.Conv2d(c_in, c_out, 1) if c_in != c_out else nn.Identity()
+
+    def forward(self, x):
+        return self.skip(x) + self.net(x)
+
+
+class Attention(nn.Module):
+    """Non-local block: single-head self-attention over the h*w positions, residual."""
+
+    def __init__(self, ch: int):
+        super().__init__()
+        self.norm, self.qkv, self.proj = Norm(ch), nn.Conv2d(ch, 3 * ch, 1), nn.Conv2d(ch, ch, 1)
+
+    def forward(self, x):
+        B, C, H, W = x.shape
+        q, k, v = (
+            self.qkv(self.norm(x)).flatten(2).transpose(1, 2).chunk(3, dim=-1)
+        )  # 3 x (B, HW, C)
+        out = F.scaled_dot_product_attention(q, k, v)  # softmax(q k^T / sqrt(C)) v
+        return x + self.proj(out.transpose(1, 2).reshape(B, C, H, W))
+
+
+class Encoder(nn.Module):
+    """x: (B, 3, S, S) -> z_e: (B, d, S/f, S/f); conv -> levels of ResBlocks (+attention) and
+    downsampling -> ResBlock, attention, ResBlock -> GroupNorm, Swish, conv."""
+
+    def __init__(self, d, ch, ch_mult, num_res_blocks, attn_resolutions, size):
+        super().__init__()
+        widths = [ch * m for m in (1, *ch_mult)]
+        layers = [nn.Conv2d(3, ch, 3, padding=1)]
+        for i in range(len(ch_mult)):
+            for j in range(num_res_blocks):
+                layers.append(ResBlock(widths[i] if j == 0 else widths[i + 1], widths[i + 1]))
+                if size in attn_resolutions:
+                    layers.append(Attention(widths[i + 1]))
+            if i < len(ch_mult) - 1:  # asymmetric pad + stride-2 conv halves the size
+                layers += [
+                    nn.ZeroPad2d((0, 1, 0, 1)),
+                    nn.Conv2d(widths[i + 1], widths[i + 1], 3, stride=2),
+                ]
+                size //= 2
+        top = widths[-1]
+        layers += [
+            ResBlock(top, top),
+            Attention(top),
+            ResBlock(top, top),
+            Norm(top),
+            nn.SiLU(),
+            nn.Conv2d(top, d, 3, padding=1),
+        ]
+        self.net = nn.Sequential(*layers)
+
+    def forward(self, x):
+        return self.net(x)
+
+
+class Decoder(nn.Module):
+    """z_q: (B, d, S/f, S/f) -> x_hat: (B, 3, S, S); the encoder's mirror (num_res_blocks + 1 per level)."""
+
+    def __init__(self, d, ch, ch_mult, num_res_blocks, attn_resolutions, size):
+        super().__init__()
+        widths = [ch * m for m in (1, *ch_mult)]
+        size //= 2 ** (len(ch_mult) - 1)
+        top = widths[-1]
+        layers = [
+            nn.Conv2d(d, top, 3, padding=1),
+            ResBlock(top, top),
+            Attention(top),
+            ResBlock(top, top),
+        ]
+        c = top
+        for i in reversed(range(len(ch_mult))):
+            for _ in range(num_res_blocks + 1):
+                layers.append(ResBlock(c, widths[i + 1]))
+                c = widths[i + 1]
+                if size in attn_resolutions:
+                    layers.append(Attention(c))
+            if i > 0:
+                layers += [
+                    nn.Upsample(scale_factor=2, mode="nearest"),
+                    nn.Conv2d(c, c, 3, padding=1),
+                ]
+                size *= 2
+        layers += [Norm(c), nn.SiLU(), nn.Conv2d(c, 3, 3, padding=1)]
+        self.net = nn.Sequential(*layers)
+
+    @property
+    def last_layer(self) -> torch.Tensor:
+        return self.net[-1].weight  # G_L, where lambda compares the two gradients
+
+    def forward(self, z):
+        return self.net(z)
+
+
+class VQGAN(vq.VQVAE):
+    """Encoder -> lesson 02's ResidualQuantizer (depth 1 = VQ) -> decoder; forward as lesson 01's."""
+
+    def __init__(self, cfg: Config):
+        nn.Module.__init__(self)
+        size = common.default_image_size(cfg)
+        net = (cfg.code_dim, cfg.ch, cfg.ch_mult, cfg.num_res_blocks, cfg.attn_resolutions, size)
+        self.encoder, self.decoder = Encoder(*net), Decoder(*net)
+        self.quantizer = rq.ResidualQuantizer(
+            cfg.codebook_size,
+            cfg.code_dim,
+            cfg.depth,
+            cfg.codebooks,
+            cfg.beta,
+            cfg.codebook,
+            cfg.decay,
+            cfg.dead_threshold,
+        )
+
+
+build = VQGAN
+
+
+class PatchDiscriminator(nn.Module):
+    """PatchGAN (pix2pix): x: (B, 3, S, S) -> logits (B, 1, h', w'), one per overlapping patch."""
+
+    def __init__(self, layers: int = 2, ch: int = 64, norm: str = "batch"):
+        super().__init__()
+        Nrm = nn.BatchNorm2d if norm == "batch" else Norm
+        seq = [nn.Conv2d(3, ch, 4, 2, 1), nn.LeakyReLU(0.2)]
+        mult = 1
+        for n in range(1, layers + 1):  # layers-1 strided blocks, then one with stride 1
+            prev, mult = mult, min(2**n, 8)
+            seq += [
+                nn.Conv2d(ch * prev, ch * mult, 4, 2 if n < layers else 1, 1, bias=False),
+                Nrm(ch * mult),
+                nn.LeakyReLU(0.2),
+            ]
+        seq.append(nn.Conv2d(ch * mult, 1, 4, 1, 1))
+        self.net = nn.Sequential(*seq)
+        for m in self.modules():  # N(0, 0.02) init, norm scales N(1, 0.02)
+            if isinstance(m, nn.Conv2d):
+                nn.init.normal_(m.weight, 0.0, 0.02)
+            elif isinstance(m, (nn.BatchNorm2d, nn.GroupNorm)):
+                nn.init.normal_(m.weight, 1.0, 0.02)
+                nn.init.zeros_(m.bias)
+
+    def forward(self, x):
+        return self.net(x)
+
+
+# --- stage-1 tokenizers for lessons 04 and 05 ---
+
+
+def load_tokenizer(path, device="cpu"):
+    """(model, cfg) rebuilt from a checkpoint of 02_rq.py or 03_vqgan.py alone; frozen, eval mode.
+
+    model.encoder, model.quantizer (with .codebook (K, d) and .quantize) and model.decoder are
+    the pieces stage 2 needs; cfg is the Config the checkpoint was trained with.
+    """
+    ckpt = common.load_checkpoint(path)
+    name = ckpt.get("lesson")
+    if name not in ("02_rq", "03_vqgan"):
+        raise common.UserError(
+            f"checkpoint {path} was written by {name or 'an unknown script'}, not by 02_rq.py or 03_vqgan.py: it holds no RQ tokenizer"
+        )
+    lesson = common.lesson(name)
+    cfg = lesson.Config(
+        **{k: tuple(v) if isinstance(v, list) else v for k, v in ckpt["config"].items()}
+    )
+    model = lesson.build(cfg)
+    common.load_state(model, ckpt["model"], path)
+    return model.to(device).eval().requires_grad_(False), cfg
+
+
+# --- training ---
+
+
+def train(cfg: Config) -> nn.Module:
+    """Two players: the tokenizer (G) minimises L_rec + L_VQ + w lambda L_GAN, the patch
+    discriminator (D) minimises its GAN loss on real images and DETACHED reconstructions.
+
+    Schedule: before disc_start neither D trains nor its loss reaches G (a plain autoencoder);
+    from disc_start D trains; from disc_start + disc_warmup its loss also reaches G, so that G
+    is never pushed by an untrained D (taming issue #44).
+    """
+    device = common.get_device(cfg.device)
+    common.seed_everything(cfg.seed)
+    run = common.Run(cfg)
+    train_set, val_set, _ = common.load_data(cfg)
+    model, disc = (
+        build(cfg).to(device),
+        PatchDiscriminator(cfg.disc_layers, cfg.disc_ch, cfg.disc_norm).to(device),
+    )
+    lpips = LPIPS(pretrained=True).to(device) if cfg.perceptual_weight > 0 else None
+    opt = torch.optim.Adam(model.parameters(), lr=cfg.lr, betas=(0.5, 0.9))
+    opt_d = torch.optim.Adam(disc.parameters(), lr=cfg.lr, betas=(0.5, 0.9))
+    d_loss_fn = hinge_d_loss if cfg.gan_loss == "hinge" else vanilla_d_loss
+    start = 0
+    if cfg.resume:
+        ckpt = run.load()
+        common.load_state(model, ckpt["model"], run.ckpt_path)
+        common.load_state(disc, ckpt["disc"], run.ckpt_path)
+        opt.load_state_dict(ckpt["opt"])
+        opt_d.load_state_dict(ckpt["opt_d"])
+        start = ckpt["step"]
+    data = common.batches(train_set, cfg, start)
+    log = {}
+    for step in common.progress(
+        range(start, cfg.steps), initial=start, total=cfg.steps, desc=cfg.out
+    ):
+        x = next(data)[0].to(device, non_blocking=True)
+        d_on, g_on = step >= cfg.disc_start, step >= cfg.disc_start + cfg.disc_warmup
+        with common.autocast(device):
+            x_hat, codes, q = model(x)
+            x_hat = x_hat.float()
+            pixel = (x_hat - x).abs().mean() if cfg.rec_loss == "l1" else (x_hat - x).pow(2).mean()
+            perceptual = (
+                lpips(x_hat, x).mean() if lpips is not None else torch.zeros((), device=device)
+            )
+            rec = pixel + cfg.perceptual_weight * perceptual  # L_rec
+            loss = rec + q["loss"]  # + L_VQ (commitment; codebook by EMA)
+            lam = torch.zeros((), device=device)
+            if g_on:
+                g_loss = generator_loss(disc(x_hat).float())  # L_GAN
+                lam = adaptive_weight(
+                    rec, g_loss, model.decoder.last_layer, max_lambda=cfg.max_lambda
+                )
+                loss = loss + cfg.disc_weight * lam * g_loss
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        if d_on:  # D sees x_hat.detach(): none of its loss reaches the generator
+            with common.autocast(device):
+                logits_real, logits_fake = disc(x).float(), disc(x_hat.detach()).float()
+                d_loss = d_loss_fn(logits_real, logits_fake)
+            opt_d.zero_grad(set_to_none=True)  # also drops the grads G's step left on D
+            d_loss.backward()
+            opt_d.step()
+            log.update(
+                d_loss=d_loss.item(),
+                logits_real=logits_real.mean().item(),
+                logits_fake=logits_fake.mean().item(),
+            )
+        if (step + 1) % cfg.log_every == 0:
+            log.update(
+                step=step + 1,
+                pixel=pixel.item(),
+                perceptual=perceptual.item(),
+                commit=q["commit"].item(),
+                lam=lam.item(),
+            )
+            common.echo(
+                " | ".join(
+                    f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}" for k, v in log.items()
+                )
+            )
+            run.log(dict(log))
+            log = {}
+        if not math.isfinite(loss.item()):
+            raise common.UserError(
+                f"the loss became {loss.item()} at step {step + 1}; lower --lr or --disc-weight (last checkpoint: {run.ckpt_path})"
+            )
+        if (step + 1) % cfg.ckpt_every == 0 or step + 1 == cfg.steps:
+            run.save(
+                step + 1,
+                model=model.state_dict(),
+                disc=disc.state_dict(),
+                opt=opt.state_dict(),
+                opt_d=opt_d.state_dict(),
+            )
+    metrics = vq.evaluate(model, val_set, cfg, device)
+    x = common.first_images(val_set, 8)[0].to(device)
+    with torch.no_grad():
+        model.eval()
+        common.save_grid([x, model(x)[0]], run.dir / "recon.png")
+        model.train()
+    common.echo(" | ".join(f"{k} {v:.4g}" for k, v in metrics.items()))
+    if cfg.depth > 1:
+        metrics.update(rq.report(model, val_set, run.dir, device, cfg))
+    run.log({"step": cfg.steps, "final": True, **metrics})
+    return model
+
+
+if __name__ == "__main__":
+    common.main(train, Config)
