@@ -276,6 +276,22 @@ def evaluate(model: nn.Module, val_set, cfg: Config, device) -> dict:
     }
 
 
+def finish(model: nn.Module, val_set, cfg: Config, run, device, report=None) -> dict:
+    """After training: validation metrics, recon.png (originals over reconstructions), the
+    lesson's own report, and the final record of metrics.jsonl."""
+    metrics = evaluate(model, val_set, cfg, device)
+    x = common.first_images(val_set, 8)[0].to(device)
+    with torch.no_grad():
+        model.eval()
+        common.save_grid([x, model(x)[0]], run.dir / "recon.png")
+        model.train()
+    common.echo(" | ".join(f"{k} {v:.4g}" for k, v in metrics.items()))
+    if report is not None:
+        metrics.update(report(model, val_set, run.dir, device))
+    run.log({"step": cfg.steps, "final": True, **metrics})
+    return metrics
+
+
 def train(cfg: Config, build=VQVAE, report=None) -> nn.Module:
     """Train build(cfg) to reconstruct images; write ckpt.pt, metrics.jsonl and recon.png to cfg.out.
 
@@ -325,16 +341,7 @@ def train(cfg: Config, build=VQVAE, report=None) -> nn.Module:
             restarted = 0
         if (step + 1) % cfg.ckpt_every == 0 or step + 1 == cfg.steps:
             run.save(step + 1, model=common.unwrap(model).state_dict(), opt=opt.state_dict())
-    metrics = evaluate(model, val_set, cfg, device)
-    x = common.first_images(val_set, 8)[0].to(device)
-    with torch.no_grad():
-        model.eval()
-        common.save_grid([x, model(x)[0]], run.dir / "recon.png")
-        model.train()
-    common.echo(" | ".join(f"{k} {v:.4g}" for k, v in metrics.items()))
-    if report is not None:
-        metrics.update(report(model, val_set, run.dir, device))
-    run.log({"step": cfg.steps, "final": True, **metrics})
+    finish(model, val_set, cfg, run, device, report)
     return model
 
 

@@ -205,18 +205,13 @@ class ResidualQuantizer(nn.Module):
 # --- model ---
 
 
+def make_quantizer(cfg: Config) -> ResidualQuantizer:
+    args = (cfg.codebooks, cfg.beta, cfg.codebook, cfg.decay, cfg.dead_threshold)
+    return ResidualQuantizer(cfg.codebook_size, cfg.code_dim, cfg.depth, *args)
+
+
 def build(cfg: Config) -> nn.Module:
-    rq = ResidualQuantizer(
-        cfg.codebook_size,
-        cfg.code_dim,
-        cfg.depth,
-        cfg.codebooks,
-        cfg.beta,
-        cfg.codebook,
-        cfg.decay,
-        cfg.dead_threshold,
-    )
-    return vq.VQVAE(cfg, quantizer=rq)  # lesson 01's encoder -> quantizer -> decoder
+    return vq.VQVAE(cfg, quantizer=make_quantizer(cfg))  # lesson 01's encoder and decoder
 
 
 @torch.no_grad()

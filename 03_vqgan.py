@@ -43,57 +43,23 @@ rq = common.lesson("02_rq")  # ResidualQuantizer, report (coarse-to-fine figure)
 
 # Architecture each dataset implies for the flags left unset (RQ-VAE's FFHQ/ImageNet configs:
 # ch 128, ch_mult 1,1,2,2,4,4 so 256 px -> 8 x 8, attention at 8; adversarial weight 0.75, lr 4e-5).
+PAPER = dict(ch=128, ch_mult=(1, 1, 2, 2, 4, 4), num_res_blocks=2, attn_resolutions=(8,))
+GPU = dict(disc_ch=64, batch_size=32, lr=4e-5)
 NET = {
-    "shapes": dict(
-        ch=16,
-        ch_mult=(1, 2, 4),
-        num_res_blocks=1,
-        attn_resolutions=(8,),
-        disc_ch=32,
-        batch_size=32,
-        lr=4e-4,
-        steps=1500,
-    ),
-    "ffhq": dict(
-        ch=128,
-        ch_mult=(1, 1, 2, 2, 4, 4),
-        num_res_blocks=2,
-        attn_resolutions=(8,),
-        disc_ch=64,
-        batch_size=32,
-        lr=4e-5,
-    ),
-    "imagenet": dict(
-        ch=128,
-        ch_mult=(1, 1, 2, 2, 4, 4),
-        num_res_blocks=2,
-        attn_resolutions=(8,),
-        disc_ch=64,
-        batch_size=32,
-        lr=4e-5,
-    ),
+    "shapes": dict(ch=16, ch_mult=(1, 2, 4), num_res_blocks=1, attn_resolutions=(8,)),  # CPU
+    "ffhq": {**PAPER, **GPU},
+    "imagenet": {**PAPER, **GPU},
 }
-NET_OTHER = dict(
-    ch=128,
-    ch_mult=(1, 1, 2, 2, 4),
-    num_res_blocks=2,
-    attn_resolutions=(16,),
-    disc_ch=64,
-    batch_size=32,
-    lr=4e-5,
-)
+NET["shapes"].update(disc_ch=32, batch_size=32, lr=4e-4, steps=1500)
+NET_OTHER = {**PAPER, "ch_mult": (1, 1, 2, 2, 4), "attn_resolutions": (16,), **GPU}  # f = 16
 
 
 @dataclass
 class Config(rq.Config):
     out: str = "runs/03_vqgan"  # run folder: ckpt.pt, metrics.jsonl, recon.png, figures
-    ch_mult: tuple[int, ...] | None = (
-        None  # width multipliers per level; f = 2^(levels-1) (shapes: 1 2 4)
-    )
+    ch_mult: tuple[int, ...] | None = None  # width per level; f = 2^(levels - 1) (shapes: 1 2 4)
     num_res_blocks: int | None = None  # ResBlocks per level (shapes 1, real datasets 2)
-    attn_resolutions: tuple[int, ...] | None = (
-        None  # feature-map sizes with self-attention (shapes 8)
-    )
+    attn_resolutions: tuple[int, ...] | None = None  # feature-map sizes with attention (shapes 8)
     rec_loss: Literal["l1", "l2"] = "l1"  # pixel reconstruction loss
     perceptual_weight: float = 1.0  # LPIPS weight (0 = off: no VGG16 download needed)
     disc_weight: float = 0.75  # weight of lambda * L_GAN in the generator loss (RQ-VAE: 0.75)
@@ -387,16 +353,7 @@ class VQGAN(vq.VQVAE):
         size = common.default_image_size(cfg)
         net = (cfg.code_dim, cfg.ch, cfg.ch_mult, cfg.num_res_blocks, cfg.attn_resolutions, size)
         self.encoder, self.decoder = Encoder(*net), Decoder(*net)
-        self.quantizer = rq.ResidualQuantizer(
-            cfg.codebook_size,
-            cfg.code_dim,
-            cfg.depth,
-            cfg.codebooks,
-            cfg.beta,
-            cfg.codebook,
-            cfg.decay,
-            cfg.dead_threshold,
-        )
+        self.quantizer = rq.make_quantizer(cfg)
 
 
 build = VQGAN
@@ -550,16 +507,12 @@ def train(cfg: Config) -> nn.Module:
                 opt=opt.state_dict(),
                 opt_d=opt_d.state_dict(),
             )
-    metrics = vq.evaluate(model, val_set, cfg, device)
-    x = common.first_images(val_set, 8)[0].to(device)
-    with torch.no_grad():
-        model.eval()
-        common.save_grid([x, model(x)[0]], run.dir / "recon.png")
-        model.train()
-    common.echo(" | ".join(f"{k} {v:.4g}" for k, v in metrics.items()))
-    if cfg.depth > 1:
-        metrics.update(rq.report(model, val_set, run.dir, device, cfg))
-    run.log({"step": cfg.steps, "final": True, **metrics})
+    report = (
+        (lambda m, val, run_dir, dev: rq.report(m, val, run_dir, dev, cfg))
+        if cfg.depth > 1
+        else None
+    )
+    vq.finish(model, val_set, cfg, run, device, report)  # metrics, recon.png, coarse-to-fine figure
     return model
 
 
