@@ -261,7 +261,9 @@ def report(model: nn.Module, val_set, run_dir, device, cfg: Config) -> dict:
         for i in range(D):
             counts[i] += torch.bincount(codes[..., i].flatten().cpu(), minlength=K)
     norms = model.quantizer.codebook.norm(dim=1).cpu()  # (K,) ||e(k)||
-    stats = [common.codebook_stats(c) for c in counts]
+    size = K if model.quantizer.shared else K // D  # the codes a depth may choose from
+    offsets = model.quantizer.offsets()
+    stats = [common.codebook_stats(c[o : o + size]) for c, o in zip(counts, offsets)]
     table = {
         "partial_depth": [
             {

@@ -57,6 +57,9 @@ NET_OTHER = {**PAPER, "ch_mult": (1, 1, 2, 2, 4), "attn_resolutions": (16,), **G
 @dataclass
 class Config(rq.Config):
     out: str = "runs/03_vqgan"  # run folder: ckpt.pt, metrics.jsonl, recon.png, figures
+    downsample: int | None = None  # f, implied by --ch-mult: 2^(levels - 1) (shapes 4, ffhq 32)
+    ch: int | None = None  # base width (default: shapes 16, real datasets 128 as in the paper)
+    lr: float | None = None  # Adam lr of both players (default: shapes 4e-4, real datasets 4e-5)
     ch_mult: tuple[int, ...] | None = None  # width per level; f = 2^(levels - 1) (shapes: 1 2 4)
     num_res_blocks: int | None = None  # ResBlocks per level (shapes 1, real datasets 2)
     attn_resolutions: tuple[int, ...] | None = None  # feature-map sizes with attention (shapes 8)
