@@ -1,0 +1,484 @@
+"""Lesson 04: RQ-Transformer, autoregressive generation of residual codes.
+
+Paper: D. Lee, C. Kim, S. Kim, M. Cho, W.-S. Han, "Autoregressive Image Generation using Residual
+Quantization" (arXiv:2203.01941), Sec. 3.2. Equation labels: RQ Eq. 8-15. The authors released the
+model but not its training code (their issue #11); this lesson trains it.
+
+Idea. A frozen RQ tokenizer (lesson 02 or 03) turns an image into T = H*W positions of D codes each
+(RQ Eq. 8, raster order). A flat GPT over the T*D codes costs O(T^2 D^2) attention. The
+RQ-Transformer splits the work: a causal spatial transformer reads one summed embedding per
+position and summarises the past in h_t (RQ Eq. 10-11); a small causal depth transformer then
+predicts the D codes of position t one after another from h_t and the codes already chosen (RQ
+Eq. 12-13). Training is cross-entropy on every code (RQ Eq. 14), optionally against soft labels
+Q_tau(. | r) and on codes drawn from Q_tau instead of the argmin (RQ Eq. 15), which smooths the
+targets where two codes are almost equally close. Sampling caches keys and values in both stacks,
+so an image costs T spatial steps of one position and T*D tiny depth steps.
+
+Notation (T is the sequence length here, as in the RQ paper):
+    symbol     code name       shape
+    S          codes           (B, T, D)      long in [0, K): the tokenizer's codes in raster order
+    c          labels          (B,)           class of each image (0 when unconditional)
+    u_t        u               (B, T, W)      spatial input, RQ Eq. 10 (W = --width)
+    h_t        h               (B, T, W)      spatial transformer output, RQ Eq. 11
+    v_td       v               (B, T, D, W)   depth input, RQ Eq. 12
+    p_td       logits          (B, T, D, K)   next-code logits, RQ Eq. 13
+    Q_tau      soft_codes      (N, D, K)      soft labels from squared distances, RQ Eq. 15
+
+Run: python 04_rq_transformer.py --steps=1500
+Next: 05_vq_diffusion.py
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from einops import rearrange
+
+import common
+
+rq = common.lesson("02_rq")  # the default tokenizer is a lesson-02 RQ-VAE
+gan = common.lesson("03_vqgan")  # load_tokenizer: rebuilds a frozen 02 or 03 tokenizer
+
+# --- config ---
+
+
+@dataclass
+class Config(common.TrainConfig):
+    out: str = "runs/04_rq_transformer"  # run folder: ckpt.pt, metrics.jsonl, samples.png
+    tokenizer: str | None = None  # 02/03 checkpoint (default: runs/02_rq/ckpt.pt, else train one)
+    width: int = 128  # W: transformer width
+    heads: int = 4  # attention heads
+    spatial_layers: int = 3  # layers of the spatial transformer
+    depth_layers: int = 1  # layers of the depth transformer
+    dropout: float = 0.1  # dropout in the residual branches
+    flatten: bool = False  # baseline: one GPT over all T*D codes, spatial + depth layers deep
+    conditional: bool | None = None  # class-conditional (default: when the dataset has labels)
+    soft_labels: bool = False  # train on Q_tau(. | r_{t,d-1}) instead of one-hot codes
+    stochastic_codes: bool = False  # draw training codes from Q_tau instead of the argmin
+    tau: float = 0.5  # temperature of Q_tau, on SQUARED distances (official value 0.5)
+    weight_decay: float = 1e-4  # AdamW weight decay
+    temperature: float = 1.0  # sampling temperature
+    top_k: int = 0  # sample among the k most likely codes (0 = all)
+    top_p: float = 1.0  # then among the smallest set of mass >= p (1 = all)
+    samples_per_class: int = 8  # images per row of samples.png
+    batch_size: int = 32  # images per step (per process under torchrun)
+    steps: int = 1500  # optimizer steps
+    lr: float = 5e-4  # peak AdamW learning rate (cosine decay, 100 warm-up steps)
+
+    def __post_init__(self):
+        super().__post_init__()
+        if (
+            self.width % self.heads
+            or min(self.width, self.heads, self.spatial_layers, self.depth_layers) < 1
+        ):
+            raise ValueError(
+                f"--width {self.width} must be a positive multiple of --heads {self.heads}, and layers >= 1"
+            )
+        if self.tau <= 0 or self.temperature <= 0 or not 0 < self.top_p <= 1 or self.top_k < 0:
+            raise ValueError("--tau and --temperature must be > 0, --top-p in (0, 1], --top-k >= 0")
+
+
+# --- codes: hard, soft (RQ Eq. 15) and stochastic ---
+
+
+@torch.no_grad()
+def soft_codes(
+    z: torch.Tensor, codebook: torch.Tensor, depth: int, tau: float, stochastic: bool = False
+):
+    """RQ Eq. 15 at every depth: Q_tau(k | r_{d-1}) = softmax_k(-||r_{d-1} - e(k)||^2 / tau).
+
+    z: (N, d), codebook: (K, d) shared -> codes (N, D) long, probs (N, D, K). tau acts on SQUARED
+    distances, so its meaning depends on the scale of the features (official value 0.5). With
+    stochastic=False k_d is the argmin (RQ Eq. 4, the same codes as lesson 02); with True it is
+    drawn from Q_tau, and the residual follows the drawn code.
+    """
+    r, e_sq = z.float(), codebook.pow(2).sum(1)  # (N, d), (K,)
+    codes, probs = [], []
+    for _ in range(depth):
+        dist = r.pow(2).sum(1, keepdim=True) - 2 * r @ codebook.t() + e_sq  # (N, K) ||r - e(k)||^2
+        q = F.softmax(-dist / tau, dim=-1)  # Q_tau(. | r_{d-1})
+        k = torch.multinomial(q, 1).squeeze(1) if stochastic else dist.argmin(1)
+        r = r - codebook[k]  # r_d = r_{d-1} - e(k_d)
+        codes.append(k)
+        probs.append(q)
+    return torch.stack(codes, 1), torch.stack(probs, 1)
+
+
+def filter_logits(logits: torch.Tensor, top_k: int = 0, top_p: float = 1.0) -> torch.Tensor:
+    """Set to -inf all but the top_k largest logits, then all but the smallest set of codes whose
+    probability mass reaches top_p. logits: (B, K) -> same."""
+    if 0 < top_k < logits.shape[-1]:
+        kth = logits.topk(top_k, dim=-1).values[..., -1:]  # (B, 1)
+        logits = logits.masked_fill(logits < kth, -math.inf)
+    if top_p < 1.0:
+        sorted_logits, order = logits.sort(dim=-1, descending=True)
+        p = sorted_logits.softmax(-1)
+        drop = p.cumsum(-1) - p >= top_p  # the mass before this code already reaches top_p
+        logits = logits.masked_fill(drop.scatter(-1, order, drop), -math.inf)
+    return logits
+
+
+def sample_logits(logits: torch.Tensor, temperature=1.0, top_k=0, top_p=1.0) -> torch.Tensor:
+    """One code per row: logits / T -> top-k -> softmax -> top-p -> draw. (B, K) -> (B,) long.
+
+    Draws by inverse CDF (searchsorted on the cumulative sum): several times faster than
+    torch.multinomial over large K on a CPU, and the same distribution.
+    """
+    probs = filter_logits(logits.float() / temperature, top_k, top_p).softmax(-1)
+    cdf = probs.cumsum(-1)  # (B, K)
+    u = torch.rand(len(cdf), 1, device=cdf.device) * cdf[:, -1:]
+    return torch.searchsorted(cdf, u).squeeze(1).clamp_max(probs.shape[-1] - 1)
+
+
+# --- transformers with a key/value cache ---
+
+
+class KVCache:
+    """Keys and values of one attention layer while sampling, in preallocated buffers written in
+    place (growing them with torch.cat would copy the whole cache at every step)."""
+
+    def __init__(self, B: int, heads: int, max_len: int, head_dim: int, device):
+        self.k = torch.empty(B, heads, max_len, head_dim, device=device)
+        self.v = torch.empty_like(self.k)
+        self.len = 0
+
+    def append(self, k: torch.Tensor, v: torch.Tensor):
+        n = k.shape[2]
+        self.k[:, :, self.len : self.len + n], self.v[:, :, self.len : self.len + n] = k, v
+        self.len += n
+        return self.k[:, :, : self.len], self.v[:, :, : self.len]
+
+
+class Block(nn.Module):
+    """Pre-LayerNorm GPT block: x + attn(LN(x)), then x + MLP(LN(x)); causal attention."""
+
+    def __init__(self, width: int, heads: int, dropout: float):
+        super().__init__()
+        self.heads = heads
+        self.ln1, self.ln2 = nn.LayerNorm(width), nn.LayerNorm(width)
+        self.qkv, self.proj = nn.Linear(width, 3 * width), nn.Linear(width, width)
+        self.mlp = nn.Sequential(
+            nn.Linear(width, 4 * width), nn.GELU(), nn.Linear(4 * width, width), nn.Dropout(dropout)
+        )
+        self.drop = nn.Dropout(dropout)
+
+    def forward(self, x: torch.Tensor, cache: KVCache | None = None) -> torch.Tensor:
+        q, k, v = rearrange(
+            self.qkv(self.ln1(x)), "b l (three h c) -> three b h l c", three=3, h=self.heads
+        )
+        if cache is None:  # training: the whole sequence at once, causal mask
+            a = F.scaled_dot_product_attention(q, k, v, is_causal=True)
+        else:  # sampling: one new position attends to every cached one (no mask needed)
+            assert x.shape[1] == 1, "cached attention takes one position at a time"
+            a = F.scaled_dot_product_attention(q, *cache.append(k, v))
+        x = x + self.drop(self.proj(rearrange(a, "b h l c -> b l (h c)")))
+        return x + self.mlp(self.ln2(x))
+
+
+class Transformer(nn.Module):
+    """A causal stack of Blocks with a final LayerNorm. x: (B, L, W) -> (B, L, W)."""
+
+    def __init__(self, width, layers, heads, dropout):
+        super().__init__()
+        self.heads = heads
+        self.blocks = nn.ModuleList(Block(width, heads, dropout) for _ in range(layers))
+        self.ln = nn.LayerNorm(width)
+
+    def caches(self, B: int, max_len: int, device) -> list[KVCache]:
+        hd = self.blocks[0].qkv.in_features // self.heads
+        return [KVCache(B, self.heads, max_len, hd, device) for _ in self.blocks]
+
+    def forward(self, x, caches: list[KVCache] | None = None):
+        for i, block in enumerate(self.blocks):
+            x = block(x, None if caches is None else caches[i])
+        return self.ln(x)
+
+
+# --- the RQ-Transformer ---
+
+
+class RQTransformer(nn.Module):
+    """p(S) = prod_t prod_d p(S_td | S_<t, S_t,<d) (RQ Eq. 9). codes (B, T, D), c (B,) -> logits (B, T, D, K).
+
+    Code embeddings are the tokenizer's frozen code vectors e(k) (a buffer) through learned linear
+    maps, one for each stack. One classifier head is shared by every depth.
+    """
+
+    def __init__(self, codebook: torch.Tensor, T: int, D: int, cfg: Config, num_classes: int):
+        super().__init__()
+        K, d_code = codebook.shape
+        self.T, self.D, self.K = T, D, K
+        self.register_buffer("codebook", codebook.clone())  # frozen e(k): (K, d_code)
+        self.embed_spatial, self.embed_depth = (
+            nn.Linear(d_code, cfg.width),
+            nn.Linear(d_code, cfg.width),
+        )
+        self.start = nn.Embedding(
+            max(num_classes, 1), cfg.width
+        )  # u_1: learned start, one per class
+        self.pos_t, self.pos_d = (
+            nn.Parameter(torch.zeros(T, cfg.width)),
+            nn.Parameter(torch.zeros(D, cfg.width)),
+        )
+        self.spatial = Transformer(cfg.width, cfg.spatial_layers, cfg.heads, cfg.dropout)
+        self.depth = Transformer(cfg.width, cfg.depth_layers, cfg.heads, cfg.dropout)
+        self.head = nn.Sequential(nn.LayerNorm(cfg.width), nn.Linear(cfg.width, K))  # shared over d
+
+    def forward(self, codes: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
+        B, T, D = codes.shape
+        e = self.codebook[codes]  # (B, T, D, d_code)
+        # RQ Eq. 10: u_1 = start(c), u_t = PE_T(t) + sum_d e(S_{t-1,d}) for t > 1
+        u = (
+            torch.cat([self.start(c)[:, None], self.embed_spatial(e[:, :-1].sum(2))], 1)
+            + self.pos_t
+        )  # (B, T, W)
+        h = self.spatial(u)  # RQ Eq. 11: h_t = SpatialTransformer(u_1..u_t)
+        # RQ Eq. 12: v_t1 = PE_D(1) + h_t, v_td = PE_D(d) + sum_{d' < d} e(S_td')
+        v = (
+            torch.cat([h[:, :, None], self.embed_depth(e[:, :, :-1]).cumsum(2)], 2) + self.pos_d
+        )  # (B, T, D, W)
+        out = self.depth(rearrange(v, "b t d w -> (b t) d w"))  # RQ Eq. 13, causal over depth
+        return rearrange(self.head(out), "(b t) d k -> b t d k", b=B)
+
+    @torch.no_grad()
+    def sample(self, c: torch.Tensor, temperature=1.0, top_k=0, top_p=1.0):
+        """Raster order with both caches: T spatial steps, each followed by D depth steps.
+        c: (B,) -> codes (B, T, D), logits (B, T, D, K) (the ones the codes were drawn from)."""
+        B, dev = len(c), c.device
+        codes = torch.zeros(B, self.T, self.D, dtype=torch.long, device=dev)
+        logits = torch.zeros(B, self.T, self.D, self.K, device=dev)
+        spatial_cache = self.spatial.caches(B, self.T, dev)
+        u = (self.start(c) + self.pos_t[0])[:, None]  # (B, 1, W)
+        for t in range(self.T):
+            h = self.spatial(u, spatial_cache)  # (B, 1, W)
+            depth_cache, v, acc = self.depth.caches(B, self.D, dev), h + self.pos_d[0], 0
+            for d in range(self.D):
+                logits[:, t, d] = self.head(self.depth(v, depth_cache))[:, 0]
+                codes[:, t, d] = sample_logits(logits[:, t, d], temperature, top_k, top_p)
+                if d + 1 < self.D:
+                    acc = acc + self.embed_depth(self.codebook[codes[:, t, d]])  # (B, W)
+                    v = (acc + self.pos_d[d + 1])[:, None]
+            if t + 1 < self.T:
+                u = (self.embed_spatial(self.codebook[codes[:, t]].sum(1)) + self.pos_t[t + 1])[
+                    :, None
+                ]
+        return codes, logits
+
+
+class FlatTransformer(nn.Module):
+    """The baseline: one causal GPT over the T*D codes unfolded in raster order (position-major,
+    depth-minor), as wide as the RQ-Transformer and spatial + depth layers deep. Same interface."""
+
+    def __init__(self, codebook: torch.Tensor, T: int, D: int, cfg: Config, num_classes: int):
+        super().__init__()
+        K, d_code = codebook.shape
+        self.T, self.D, self.K = T, D, K
+        self.register_buffer("codebook", codebook.clone())
+        self.embed = nn.Linear(d_code, cfg.width)
+        self.start = nn.Embedding(max(num_classes, 1), cfg.width)
+        self.pos = nn.Parameter(torch.zeros(T * D, cfg.width))
+        self.gpt = Transformer(
+            cfg.width, cfg.spatial_layers + cfg.depth_layers, cfg.heads, cfg.dropout
+        )
+        self.head = nn.Sequential(nn.LayerNorm(cfg.width), nn.Linear(cfg.width, K))
+
+    def forward(self, codes: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
+        B, T, D = codes.shape
+        seq = codes.reshape(B, T * D)  # (B, T*D)
+        x = (
+            torch.cat([self.start(c)[:, None], self.embed(self.codebook[seq[:, :-1]])], 1)
+            + self.pos
+        )
+        return self.head(self.gpt(x)).view(B, T, D, self.K)
+
+    @torch.no_grad()
+    def sample(self, c: torch.Tensor, temperature=1.0, top_k=0, top_p=1.0):
+        B, dev, L = len(c), c.device, self.T * self.D
+        seq = torch.zeros(B, L, dtype=torch.long, device=dev)
+        logits = torch.zeros(B, L, self.K, device=dev)
+        cache = self.gpt.caches(B, L, dev)
+        x = (self.start(c) + self.pos[0])[:, None]
+        for i in range(L):
+            logits[:, i] = self.head(self.gpt(x, cache))[:, 0]
+            seq[:, i] = sample_logits(logits[:, i], temperature, top_k, top_p)
+            if i + 1 < L:
+                x = (self.embed(self.codebook[seq[:, i]]) + self.pos[i + 1])[:, None]
+        return seq.view(B, self.T, self.D), logits.view(B, self.T, self.D, self.K)
+
+
+def nll(
+    logits: torch.Tensor, codes: torch.Tensor, soft: torch.Tensor | None = None
+) -> torch.Tensor:
+    """RQ Eq. 14: mean over (b, t, d) of -log p(S_td | ...) in nats; against soft labels
+    (N = B*T, D, K) the cross-entropy -sum_k Q_tau(k) log p(k). logits (B, T, D, K), codes (B, T, D)."""
+    logp = logits.float().log_softmax(-1)
+    if soft is None:
+        return -logp.gather(-1, codes[..., None]).mean()
+    return -(soft.view_as(logp) * logp).sum(-1).mean()
+
+
+# --- tokenizer, codes and images ---
+
+
+def tokenizer_path(cfg: Config) -> Path:
+    """--tokenizer, else lesson 02's default run if it was trained on this dataset, else a small
+    lesson-02 RQ-VAE trained (once) into <out>/tokenizer."""
+    if cfg.tokenizer:
+        return Path(cfg.tokenizer)
+    same = lambda ckpt_cfg: (
+        (ckpt_cfg["dataset"], ckpt_cfg["hf_id"], ckpt_cfg["image_size"])
+        == (cfg.dataset, cfg.hf_id, cfg.image_size)
+    )
+    for path in (Path("runs/02_rq/ckpt.pt"), Path(cfg.out) / "tokenizer" / "ckpt.pt"):
+        if path.exists() and same(common.load_checkpoint(path)["config"]):
+            common.echo(f"tokenizer: reusing {path}")
+            return path
+    out = Path(cfg.out) / "tokenizer"
+    common.echo(f"tokenizer: none given; training a lesson-02 RQ-VAE into {out}")
+    flags = dict(
+        dataset=cfg.dataset,
+        hf_id=cfg.hf_id,
+        image_size=cfg.image_size,
+        image_column=cfg.image_column,
+    )
+    rq.train(
+        rq.Config(
+            **flags,
+            label_column=cfg.label_column,
+            device=cfg.device,
+            seed=cfg.seed,
+            out=str(out),
+            overwrite=True,
+        )
+    )
+    return out / "ckpt.pt"
+
+
+@torch.no_grad()
+def encode(tok, x: torch.Tensor, tau: float = 0.5, stochastic: bool = False):
+    """Images (B, 3, S, S) -> codes (B, T, D) in raster order (RQ Eq. 8), Q_tau (B*T, D, K)."""
+    z = rearrange(tok.encoder(x).float(), "b d h w -> (b h w) d")  # raster order: row by row
+    codes, probs = soft_codes(z, tok.quantizer.codebook, tok.quantizer.depth, tau, stochastic)
+    return codes.view(len(x), -1, tok.quantizer.depth), probs
+
+
+@torch.no_grad()
+def decode(tok, codes: torch.Tensor, H: int) -> torch.Tensor:
+    """codes (B, T, D) -> images (B, 3, S, S) through the tokenizer: z^ = sum_d e(S_td)."""
+    z_q = rearrange(tok.quantizer.codebook[codes].sum(2), "b (h w) d -> b d h w", h=H)
+    return tok.decoder(z_q)
+
+
+# --- training ---
+
+
+def train(cfg: Config) -> nn.Module:
+    """Fit the prior on the frozen tokenizer's codes; write ckpt.pt, metrics.jsonl and samples.png."""
+    device = common.get_device(cfg.device)
+    run = common.Run(cfg)
+    path = tokenizer_path(cfg)
+    tok, tok_cfg = gan.load_tokenizer(path, device)
+    if not tok.quantizer.shared:
+        raise common.UserError(
+            f"tokenizer {path} has separate codebooks; lesson 04 needs one shared codebook (--codebooks shared)"
+        )
+    common.seed_everything(cfg.seed)
+    size = common.default_image_size(tok_cfg)
+    if common.default_image_size(cfg) != size:
+        raise common.UserError(
+            f"tokenizer {path} was trained on {size} px images, not --image-size {common.default_image_size(cfg)}"
+        )
+    train_set, val_set, classes = common.load_data(cfg)
+    conditional = classes is not None if cfg.conditional is None else cfg.conditional
+    num_classes = len(classes) if conditional and classes else 1
+    H = size // tok_cfg.downsample
+    Model = FlatTransformer if cfg.flatten else RQTransformer
+    model = Model(tok.quantizer.codebook, H * H, tok.quantizer.depth, cfg, num_classes).to(device)
+    decay = [p for n, p in model.named_parameters() if p.dim() >= 2 and "pos" not in n]
+    no_decay = [p for n, p in model.named_parameters() if p.dim() < 2 or "pos" in n]
+    opt = torch.optim.AdamW(
+        [
+            {"params": decay, "weight_decay": cfg.weight_decay},
+            {"params": no_decay, "weight_decay": 0.0},
+        ],
+        lr=cfg.lr,
+        betas=(0.9, 0.95),
+    )
+    start = 0
+    if cfg.resume:
+        ckpt = run.load()
+        common.load_state(model, ckpt["model"], run.ckpt_path)
+        opt.load_state_dict(ckpt["opt"])
+        start = ckpt["step"]
+    data = common.batches(train_set, cfg, start)
+    for step in common.progress(
+        range(start, cfg.steps), initial=start, total=cfg.steps, desc=cfg.out
+    ):
+        for g in opt.param_groups:  # linear warm-up, then cosine decay
+            g["lr"] = (
+                cfg.lr
+                * min(1.0, (step + 1) / 100)
+                * 0.5
+                * (1 + math.cos(math.pi * step / cfg.steps))
+            )
+        x, y = next(data)
+        codes, probs = encode(tok, x.to(device), cfg.tau, cfg.stochastic_codes)
+        soft = probs if cfg.soft_labels else None
+        c = y.to(device) if conditional else torch.zeros_like(y, device=device)
+        with common.autocast(device):
+            loss = nll(model(codes, c), codes, soft)  # RQ Eq. 14
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        opt.step()
+        if (step + 1) % cfg.log_every == 0:
+            common.echo(
+                f"step {step + 1} | loss {loss.item():.4f} | {loss.item() / math.log(2):.3f} bits per code"
+            )
+            run.log({"step": step + 1, "loss": loss.item()})
+        if (step + 1) % cfg.ckpt_every == 0 or step + 1 == cfg.steps:
+            run.save(step + 1, model=model.state_dict(), opt=opt.state_dict(), tokenizer=str(path))
+    model.eval()
+    val_nll = evaluate(model, tok, val_set, cfg, conditional, device)
+    rows = min(num_classes, 8) if conditional else 4
+    c = (
+        torch.arange(rows, device=device).repeat_interleave(cfg.samples_per_class)
+        if conditional
+        else torch.zeros(rows * cfg.samples_per_class, dtype=torch.long, device=device)
+    )
+    codes, _ = model.sample(c, cfg.temperature, cfg.top_k, cfg.top_p)
+    images = decode(tok, codes, H).view(rows, cfg.samples_per_class, 3, size, size)
+    common.save_grid(list(images), run.dir / "samples.png")
+    common.echo(
+        f"validation NLL {val_nll:.4f} nats = {val_nll / math.log(2):.3f} bits per code; samples.png: one row per {'class' if conditional else 'batch'}"
+    )
+    run.log(
+        {
+            "step": cfg.steps,
+            "final": True,
+            "val_nll": val_nll,
+            "val_bits_per_code": val_nll / math.log(2),
+        }
+    )
+    return model
+
+
+@torch.no_grad()
+def evaluate(model, tok, val_set, cfg: Config, conditional: bool, device) -> float:
+    """Validation NLL in nats per code against the argmin codes (hard labels), whatever the training."""
+    x_all, y_all = common.first_images(val_set, cfg.eval_images)
+    total = 0.0
+    for x, y in zip(x_all.split(cfg.batch_size), y_all.split(cfg.batch_size)):
+        codes, _ = encode(tok, x.to(device))  # argmin codes
+        c = y.to(device) if conditional else torch.zeros_like(y, device=device)
+        total += nll(model(codes, c), codes).item() * len(x)
+    return total / len(x_all)
+
+
+if __name__ == "__main__":
+    common.main(train, Config)

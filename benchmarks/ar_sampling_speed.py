@@ -1,0 +1,128 @@
+"""Sampling speed of the RQ-Transformer against a flattened GPT over the same codes (RQ paper Fig. 4).
+
+Both models are lesson 04's, untrained (speed does not depend on the weights), at equal width and
+equal total layers: spatial + depth layers for the RQ-Transformer, as many for the flat GPT, which
+reads the T*D codes of an image one at a time. Both use their KV caches and the same sampler.
+Codes per image are equal (T*D); the paper's shapes, 8x8x4 against VQ-GAN's 16x16x1, give the
+flat GPT the same 256-token sequence as 8x8x4 unfolded, so one table covers both comparisons.
+
+Run: python benchmarks/ar_sampling_speed.py [--K 1024 2048] [--batch 16 64 128] [--repeats 3]
+"""
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+import common
+
+ar = common.lesson("04_rq_transformer")
+
+
+def best_time(fn, repeats: int) -> float:
+    fn()  # warm-up: first calls allocate
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - start)
+    return sorted(times)[len(times) // 2]  # median
+
+
+def main():
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--K", type=int, nargs="+", default=[1024, 2048], help="codebook sizes")
+    p.add_argument(
+        "--batch", type=int, nargs="+", default=[16, 64, 128], help="images per sampling call"
+    )
+    p.add_argument("--T", type=int, default=64, help="positions per image (8x8)")
+    p.add_argument("--D", type=int, default=4, help="codes per position")
+    p.add_argument("--width", type=int, default=256, help="transformer width")
+    p.add_argument("--spatial-layers", type=int, default=6, help="RQ spatial layers")
+    p.add_argument(
+        "--depth-layers", type=int, default=2, help="RQ depth layers (flat GPT: spatial + depth)"
+    )
+    p.add_argument("--repeats", type=int, default=3, help="timed repeats (median)")
+    args = p.parse_args()
+    torch.manual_seed(0)
+    cfg = ar.Config(
+        width=args.width,
+        heads=8,
+        spatial_layers=args.spatial_layers,
+        depth_layers=args.depth_layers,
+        dropout=0.0,
+    )
+    print(
+        f"torch {torch.__version__}, {torch.get_num_threads()} threads; T={args.T} D={args.D} width {args.width}, "
+        f"RQ {args.spatial_layers}+{args.depth_layers} layers vs flat {args.spatial_layers + args.depth_layers}"
+    )
+    print("\n   K | batch | RQ img/s | flat img/s | ratio || train step ms (batch 64): RQ | flat")
+    for K in args.K:
+        codebook = torch.randn(K, 64)
+        rqt = ar.RQTransformer(codebook, args.T, args.D, cfg, 1).eval()
+        flat = ar.FlatTransformer(codebook, args.T, args.D, cfg, 1).eval()
+        train_ms = []
+        for m in (rqt, flat):
+            m.train()
+            codes, c = torch.randint(K, (64, args.T, args.D)), torch.zeros(64, dtype=torch.long)
+            train_ms.append(
+                1000 * best_time(lambda m=m: ar.nll(m(codes, c), codes).backward(), args.repeats)
+            )
+            m.eval()
+        for B in args.batch:
+            c = torch.zeros(B, dtype=torch.long)
+            t_rq = best_time(lambda: rqt.sample(c), args.repeats)
+            t_flat = best_time(lambda: flat.sample(c), args.repeats)
+            print(
+                f"{K:5d} | {B:5d} | {B / t_rq:8.1f} | {B / t_flat:10.1f} | {t_flat / t_rq:4.1f}x || {train_ms[0]:.0f} | {train_ms[1]:.0f}"
+            )
+        where_time_goes(rqt, flat, K, 64, args)
+
+
+@torch.no_grad()
+def where_time_goes(rqt, flat, K: int, B: int, args) -> None:
+    """Each component timed on its own for one image batch: how the sampling time splits."""
+    W, T, D, n = args.width, args.T, args.D, args.repeats
+    x = torch.randn(B, 1, W)
+
+    def spatial():
+        caches = rqt.spatial.caches(B, T, x.device)
+        for _ in range(T):
+            rqt.spatial(x, caches)
+
+    def depth():
+        for _ in range(T):
+            caches = rqt.depth.caches(B, D, x.device)
+            for _ in range(D):
+                rqt.depth(x, caches)
+
+    def flat_gpt():
+        caches = flat.gpt.caches(B, T * D, x.device)
+        for _ in range(T * D):
+            flat.gpt(x, caches)
+
+    def head_and_draw():  # one K-way head and draw per code, the same in both models
+        for _ in range(T * D):
+            ar.sample_logits(rqt.head(x[:, 0]))
+
+    parts = {name: best_time(fn, n) for name, fn in
+             [("spatial stack", spatial), ("depth stack", depth), ("flat stack", flat_gpt), ("head + draw", head_and_draw)]}  # fmt: skip
+    rq_total = parts["spatial stack"] + parts["depth stack"] + parts["head + draw"]
+    flat_total = parts["flat stack"] + parts["head + draw"]
+    print(
+        f"      where the time goes at K={K}, batch {B} (components timed alone, seconds per batch):"
+    )
+    print(
+        f"        RQ:   spatial {parts['spatial stack']:.3f} ({T} steps) + depth {parts['depth stack']:.3f} ({T * D} steps of {D}-long caches)"
+        f" + head/draw {parts['head + draw']:.3f} ({T * D} x {K}-way) = {rq_total:.3f}"
+    )
+    print(
+        f"        flat: stack {parts['flat stack']:.3f} ({T * D} steps, caches up to {T * D}) + head/draw {parts['head + draw']:.3f} = {flat_total:.3f}"
+    )
+
+
+if __name__ == "__main__":
+    main()

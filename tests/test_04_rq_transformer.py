@@ -1,0 +1,238 @@
+"""Lesson 04: causality, cached sampling, soft and stochastic codes, sampling filters, NLL, checkpoints."""
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+import common
+
+
+@pytest.fixture(scope="module")
+def ar():
+    return common.lesson("04_rq_transformer")
+
+
+@pytest.fixture(scope="module")
+def tokenizer(tmp_path_factory):
+    rq = common.lesson("02_rq")
+    out = tmp_path_factory.mktemp("tok")
+    rq.train(rq.Config(steps=4, batch_size=8, eval_images=8, depth=3, out=str(out)))
+    return out / "ckpt.pt"
+
+
+def model(ar, flatten=False, K=7, d_code=5, T=6, D=3, classes=3, seed=0):
+    torch.manual_seed(seed)
+    cfg = ar.Config(width=16, heads=2, spatial_layers=2, depth_layers=1, dropout=0.0)
+    Model = ar.FlatTransformer if flatten else ar.RQTransformer
+    return Model(torch.randn(K, d_code), T, D, cfg, classes).eval()
+
+
+# --- causality and the cache ---
+
+
+@pytest.mark.parametrize("flatten", [False, True])
+@pytest.mark.parametrize("t, d", [(0, 0), (2, 1), (3, 0), (5, 2)])
+def test_later_codes_do_not_change_earlier_logits(ar, flatten, t, d):
+    m = model(ar, flatten)
+    codes, c = torch.randint(7, (2, 6, 3)), torch.tensor([0, 2])
+    changed = codes.clone().view(2, -1)
+    changed[:, t * 3 + d :] = torch.randint(7, changed[:, t * 3 + d :].shape)  # at and after (t, d)
+    a, b = m(codes, c).view(2, 18, 7), m(changed.view(2, 6, 3), c).view(2, 18, 7)
+    torch.testing.assert_close(
+        a[:, : t * 3 + d + 1], b[:, : t * 3 + d + 1]
+    )  # up to and including (t, d)
+
+
+@pytest.mark.parametrize("flatten", [False, True])
+def test_cached_sampling_gives_the_logits_of_a_full_forward_pass(ar, flatten):
+    m = model(ar, flatten)
+    c = torch.tensor([1, 0, 2])
+    torch.manual_seed(3)
+    codes, logits = m.sample(c)
+    torch.testing.assert_close(logits, m(codes, c), atol=1e-5, rtol=1e-5)
+
+
+def test_the_class_changes_the_logits(ar):
+    m = model(ar)
+    codes = torch.randint(7, (1, 6, 3))
+    assert not torch.allclose(m(codes, torch.tensor([0])), m(codes, torch.tensor([1])))
+
+
+def test_flat_and_rq_models_compute_the_same_nll_definition(ar):
+    codes, c = torch.randint(7, (2, 6, 3)), torch.tensor([0, 1])
+    for flatten in (False, True):
+        logits = model(ar, flatten)(codes, c)
+        explicit = -torch.stack(
+            [
+                logits[b, t, d].log_softmax(-1)[codes[b, t, d]]
+                for b in range(2)
+                for t in range(6)
+                for d in range(3)
+            ]
+        ).mean()
+        torch.testing.assert_close(ar.nll(logits, codes), explicit)
+
+
+# --- soft labels and stochastic codes (RQ Eq. 15) ---
+
+
+def test_soft_labels_are_distributions_over_codes(ar):
+    z, codebook = torch.randn(10, 4), torch.randn(6, 4)
+    _, probs = ar.soft_codes(z, codebook, depth=3, tau=0.5)
+    assert probs.shape == (10, 3, 6) and (probs >= 0).all()
+    torch.testing.assert_close(probs.sum(-1), torch.ones(10, 3))
+
+
+def test_soft_labels_tend_to_the_one_hot_code_as_tau_goes_to_zero(ar):
+    rq = common.lesson("02_rq")
+    z, codebook = torch.randn(10, 4), torch.randn(6, 4)
+    codes, probs = ar.soft_codes(z, codebook, depth=2, tau=1e-4)
+    hard, _ = rq.residual_quantize(z, codebook, 2)
+    assert torch.equal(codes, hard)  # the argmin codes of lesson 02
+    torch.testing.assert_close(
+        probs, torch.nn.functional.one_hot(hard, 6).float(), atol=1e-3, rtol=0
+    )
+
+
+def test_soft_labels_follow_squared_distances(ar):
+    z, codebook = torch.tensor([[0.0, 0.0]]), torch.tensor([[1.0, 0.0], [0.0, 2.0]])
+    _, probs = ar.soft_codes(z, codebook, depth=1, tau=0.5)
+    expected = torch.softmax(torch.tensor([-1.0, -4.0]) / 0.5, 0)  # -||z - e||^2 / tau
+    torch.testing.assert_close(probs[0, 0], expected)
+
+
+def test_stochastic_codes_match_q_tau_frequencies(ar):
+    torch.manual_seed(0)
+    z, codebook = torch.zeros(20000, 2), torch.tensor([[1.0, 0.0], [0.0, 1.2], [-0.9, 0.0]])
+    codes, probs = ar.soft_codes(z, codebook, depth=1, tau=1.0, stochastic=True)
+    freq = torch.bincount(codes[:, 0], minlength=3).float() / len(z)
+    torch.testing.assert_close(freq, probs[0, 0], atol=0.015, rtol=0)
+
+
+# --- sampling filters ---
+
+
+def test_top_k_keeps_the_k_largest_logits(ar):
+    logits = torch.tensor([[0.1, 3.0, -1.0, 2.0, 0.5]])
+    kept = torch.isfinite(ar.filter_logits(logits, top_k=2))
+    assert kept.tolist() == [[False, True, False, True, False]]
+
+
+def test_top_p_keeps_the_smallest_set_reaching_p(ar):
+    logits = torch.log(torch.tensor([[0.05, 0.5, 0.1, 0.3, 0.05]]))
+    assert torch.isfinite(ar.filter_logits(logits, top_p=0.75)).tolist() == [
+        [False, True, False, True, False]
+    ]
+    assert torch.isfinite(ar.filter_logits(logits, top_p=0.79)).tolist() == [
+        [False, True, False, True, False]
+    ]
+    assert torch.isfinite(ar.filter_logits(logits, top_p=0.81)).sum() == 3
+
+
+def test_samples_respect_top_k_and_top_p(ar):
+    torch.manual_seed(0)
+    logits = torch.randn(1, 50).expand(4000, 50)
+    draws = ar.sample_logits(logits, top_k=5)
+    assert set(draws.tolist()) == set(logits[0].topk(5).indices.tolist())
+    draws = ar.sample_logits(logits, top_p=0.3)
+    allowed = torch.isfinite(ar.filter_logits(logits[:1], top_p=0.3))[0]
+    assert allowed[draws].all()
+
+
+def test_inverse_cdf_sampling_matches_the_softmax(ar):
+    torch.manual_seed(1)
+    logits = torch.tensor([[0.0, 1.0, 2.0]]).expand(30000, 3)
+    freq = torch.bincount(ar.sample_logits(logits), minlength=3).float() / 30000
+    torch.testing.assert_close(freq, logits[0].softmax(0), atol=0.012, rtol=0)
+
+
+# --- training, sampling and checkpoints end to end ---
+
+
+def test_training_writes_samples_and_round_trips_its_checkpoint(ar, tokenizer, tmp_path):
+    cfg = ar.Config(
+        tokenizer=str(tokenizer),
+        steps=3,
+        batch_size=8,
+        eval_images=8,
+        width=16,
+        heads=2,
+        samples_per_class=1,
+        out=str(tmp_path),
+    )
+    trained = ar.train(cfg)
+    assert (tmp_path / "samples.png").exists()
+    ckpt = common.load_checkpoint(tmp_path / "ckpt.pt")
+    assert ckpt["step"] == 3 and ckpt["lesson"] == "04_rq_transformer"
+    fresh = ar.RQTransformer(trained.codebook, trained.T, trained.D, cfg, num_classes=8)
+    fresh.load_state_dict(ckpt["model"])
+    codes, c = torch.randint(trained.K, (2, trained.T, trained.D)), torch.tensor([0, 5])
+    torch.testing.assert_close(fresh.eval()(codes, c), trained.eval()(codes, c))
+
+
+def read_losses(path):
+    return torch.tensor([json.loads(line)["loss"] for line in open(path) if '"loss"' in line])
+
+
+def test_the_training_loss_falls(ar, tokenizer, tmp_path):
+    cfg = ar.Config(
+        tokenizer=str(tokenizer),
+        steps=40,
+        batch_size=16,
+        eval_images=8,
+        log_every=1,
+        width=32,
+        heads=2,
+        out=str(tmp_path),
+        samples_per_class=1,
+    )
+    ar.train(cfg)
+    losses = read_losses(tmp_path / "metrics.jsonl")
+    assert losses[-5:].mean() < 0.8 * losses[:5].mean()
+
+
+def test_soft_labels_and_stochastic_codes_train_the_flat_baseline_too(ar, tokenizer, tmp_path):
+    cfg = ar.Config(
+        tokenizer=str(tokenizer),
+        steps=4,
+        batch_size=8,
+        eval_images=8,
+        log_every=1,
+        width=16,
+        heads=2,
+        flatten=True,
+        soft_labels=True,
+        stochastic_codes=True,
+        out=str(tmp_path),
+        samples_per_class=1,
+    )
+    model = ar.train(cfg)
+    assert (
+        isinstance(model, ar.FlatTransformer)
+        and torch.isfinite(read_losses(tmp_path / "metrics.jsonl")).all()
+    )
+    final = [json.loads(line) for line in open(tmp_path / "metrics.jsonl")][-1]
+    assert final["val_bits_per_code"] > 0
+
+
+def test_wrong_image_size_for_the_tokenizer_is_an_error(ar, tokenizer, tmp_path):
+    with pytest.raises(common.UserError, match="trained on 32 px images, not --image-size 64"):
+        ar.train(ar.Config(tokenizer=str(tokenizer), image_size=64, steps=1, out=str(tmp_path)))
+
+
+def test_without_a_flag_a_matching_tokenizer_is_reused(ar, tokenizer, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "runs" / "02_rq").mkdir(parents=True)
+    (tmp_path / "runs" / "02_rq" / "ckpt.pt").write_bytes(tokenizer.read_bytes())
+    assert ar.tokenizer_path(ar.Config(out="elsewhere")) == Path("runs/02_rq/ckpt.pt")
+    assert ar.tokenizer_path(ar.Config(tokenizer="given.pt")) == Path("given.pt")
+
+
+def test_a_lesson_01_checkpoint_is_not_a_tokenizer(ar, vq, tmp_path):
+    vq.train(vq.Config(steps=1, batch_size=8, eval_images=8, out=str(tmp_path / "vq")))
+    with pytest.raises(common.UserError, match="holds no RQ tokenizer"):
+        ar.train(
+            ar.Config(tokenizer=str(tmp_path / "vq" / "ckpt.pt"), steps=1, out=str(tmp_path / "ar"))
+        )
