@@ -304,12 +304,7 @@ def train(cfg: Config, build=VQVAE, report=None) -> nn.Module:
     train_set, val_set, _ = common.load_data(cfg)
     model = build(cfg).to(device)
     opt = torch.optim.Adam(model.parameters(), lr=cfg.lr)
-    start = 0
-    if cfg.resume:
-        ckpt = run.load()
-        common.load_state(model, ckpt["model"], run.ckpt_path)
-        opt.load_state_dict(ckpt["opt"])
-        start = ckpt["step"]
+    start = run.restore(model=model, opt=opt)  # 0 unless --resume
     data = common.batches(train_set, cfg, start)
     counts, restarted = torch.zeros(cfg.codebook_size), 0
     quantizer = common.unwrap(model).quantizer

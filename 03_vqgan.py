@@ -437,14 +437,7 @@ def train(cfg: Config) -> nn.Module:
     opt = torch.optim.Adam(model.parameters(), lr=cfg.lr, betas=(0.5, 0.9))
     opt_d = torch.optim.Adam(disc.parameters(), lr=cfg.lr, betas=(0.5, 0.9))
     d_loss_fn = hinge_d_loss if cfg.gan_loss == "hinge" else vanilla_d_loss
-    start = 0
-    if cfg.resume:
-        ckpt = run.load()
-        common.load_state(model, ckpt["model"], run.ckpt_path)
-        common.load_state(disc, ckpt["disc"], run.ckpt_path)
-        opt.load_state_dict(ckpt["opt"])
-        opt_d.load_state_dict(ckpt["opt_d"])
-        start = ckpt["step"]
+    start = run.restore(model=model, disc=disc, opt=opt, opt_d=opt_d)  # 0 unless --resume
     data = common.batches(train_set, cfg, start)
     log = {}
     for step in common.progress(

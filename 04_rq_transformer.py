@@ -409,12 +409,7 @@ def train(cfg: Config) -> nn.Module:
         lr=cfg.lr,
         betas=(0.9, 0.95),
     )
-    start = 0
-    if cfg.resume:
-        ckpt = run.load()
-        common.load_state(model, ckpt["model"], run.ckpt_path)
-        opt.load_state_dict(ckpt["opt"])
-        start = ckpt["step"]
+    start = run.restore(model=model, opt=opt)  # 0 unless --resume
     data = common.batches(train_set, cfg, start)
     for step in common.progress(
         range(start, cfg.steps), initial=start, total=cfg.steps, desc=cfg.out

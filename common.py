@@ -771,6 +771,23 @@ class Run:
         set_rng_state(ckpt["rng"])
         return ckpt
 
+    def restore(self, **state) -> int:
+        """With --resume, load every named module or optimizer from ckpt.pt (and the RNG state);
+        return the step to continue from (0 for a fresh run)."""
+        if not self.cfg.resume:
+            return 0
+        ckpt = self.load()
+        for key, obj in state.items():
+            if key not in ckpt:
+                raise UserError(
+                    f"checkpoint {self.ckpt_path} has no '{key}': it was not written by this lesson"
+                )
+            if isinstance(obj, nn.Module):
+                load_state(obj, ckpt[key], self.ckpt_path)
+            else:
+                obj.load_state_dict(ckpt[key])
+        return ckpt["step"]
+
 
 def save_atomic(obj, path: Path) -> None:
     """torch.save to a temporary file, then rename: a crash never leaves a half-written file."""

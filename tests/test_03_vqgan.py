@@ -240,3 +240,18 @@ def test_command_line_without_lpips_weights_exits_2_with_the_flag(tmp_path):
     r = subprocess.run([sys.executable, str(ROOT / "03_vqgan.py"), "--steps", "1", "--out", str(tmp_path / "o")],
                        capture_output=True, text=True, timeout=300, env=env, cwd=tmp_path)  # fmt: skip
     assert r.returncode == 2 and "--perceptual-weight 0" in r.stderr and "Traceback" not in r.stderr
+
+
+def test_resume_restores_both_players_exactly(gan, tmp_path):
+    straight = gan.train(
+        small(gan, tmp_path / "a", steps=4, ckpt_every=2, disc_start=1, disc_warmup=1)
+    )
+    gan.train(small(gan, tmp_path / "b", steps=2, ckpt_every=2, disc_start=1, disc_warmup=1))
+    resumed = gan.train(
+        small(gan, tmp_path / "b", steps=4, ckpt_every=2, disc_start=1, disc_warmup=1, resume=True)
+    )
+    for (name, a), b in zip(straight.state_dict().items(), resumed.state_dict().values()):
+        torch.testing.assert_close(a, b, rtol=0, atol=0, msg=name)
+    disc_a = common.load_checkpoint(tmp_path / "a" / "ckpt.pt")["disc"]
+    disc_b = common.load_checkpoint(tmp_path / "b" / "ckpt.pt")["disc"]
+    assert all(torch.equal(disc_a[k], disc_b[k]) for k in disc_a)
