@@ -55,7 +55,7 @@ class Config(common.TrainConfig):
     heads: int = 4  # attention heads
     spatial_layers: int = 3  # layers of the spatial transformer
     depth_layers: int = 1  # layers of the depth transformer
-    dropout: float = 0.1  # dropout in the residual branches
+    dropout: float = 0.0  # dropout in the residual branches (paper: 0.1, at scale)
     flatten: bool = False  # baseline: one GPT over all T*D codes, spatial + depth layers deep
     conditional: bool | None = None  # class-conditional (default: when the dataset has labels)
     soft_labels: bool = False  # train on Q_tau(. | r_{t,d-1}) instead of one-hot codes
@@ -68,7 +68,7 @@ class Config(common.TrainConfig):
     samples_per_class: int = 8  # images per row of samples.png
     batch_size: int = 32  # images per step (per process under torchrun)
     steps: int = 1500  # optimizer steps
-    lr: float = 5e-4  # peak AdamW learning rate (cosine decay, 100 warm-up steps)
+    lr: float = 1e-3  # peak AdamW lr, cosine decay after 100 warm-up steps (paper: 5e-4)
 
     def __post_init__(self):
         super().__post_init__()
@@ -264,9 +264,8 @@ class RQTransformer(nn.Module):
                     acc = acc + self.embed_depth(self.codebook[codes[:, t, d]])  # (B, W)
                     v = (acc + self.pos_d[d + 1])[:, None]
             if t + 1 < self.T:
-                u = (self.embed_spatial(self.codebook[codes[:, t]].sum(1)) + self.pos_t[t + 1])[
-                    :, None
-                ]
+                e_sum = self.codebook[codes[:, t]].sum(1)  # (B, d_code): sum_d e(S_td)
+                u = (self.embed_spatial(e_sum) + self.pos_t[t + 1])[:, None]
         return codes, logits
 
 
