@@ -255,3 +255,9 @@ def test_resume_restores_both_players_exactly(gan, tmp_path):
     disc_a = common.load_checkpoint(tmp_path / "a" / "ckpt.pt")["disc"]
     disc_b = common.load_checkpoint(tmp_path / "b" / "ckpt.pt")["disc"]
     assert all(torch.equal(disc_a[k], disc_b[k]) for k in disc_a)
+
+
+def test_contradicting_downsample_and_ch_mult_exit_2(tmp_path):
+    r = subprocess.run([sys.executable, str(ROOT / "03_vqgan.py"), "--downsample", "8", "--ch-mult", "1", "2"],
+                       cwd=tmp_path, capture_output=True, text=True, timeout=120)  # fmt: skip
+    assert r.returncode == 2 and "--downsample 8 contradicts --ch-mult 1 2 (f = 2)" in r.stderr

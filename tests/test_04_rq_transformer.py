@@ -151,17 +151,13 @@ def test_inverse_cdf_sampling_matches_the_softmax(ar):
 # --- training, sampling and checkpoints end to end ---
 
 
+def small(ar, tokenizer, tmp_path, **kw):
+    base = dict(tokenizer=str(tokenizer), steps=3, batch_size=8, eval_images=8, width=16, heads=2)
+    return ar.Config(**{**base, "samples_per_class": 1, "out": str(tmp_path), **kw})
+
+
 def test_training_writes_samples_and_round_trips_its_checkpoint(ar, tokenizer, tmp_path):
-    cfg = ar.Config(
-        tokenizer=str(tokenizer),
-        steps=3,
-        batch_size=8,
-        eval_images=8,
-        width=16,
-        heads=2,
-        samples_per_class=1,
-        out=str(tmp_path),
-    )
+    cfg = small(ar, tokenizer, tmp_path)
     trained = ar.train(cfg)
     assert (tmp_path / "samples.png").exists()
     ckpt = common.load_checkpoint(tmp_path / "ckpt.pt")
@@ -177,37 +173,15 @@ def read_losses(path):
 
 
 def test_the_training_loss_falls(ar, tokenizer, tmp_path):
-    cfg = ar.Config(
-        tokenizer=str(tokenizer),
-        steps=40,
-        batch_size=16,
-        eval_images=8,
-        log_every=1,
-        width=32,
-        heads=2,
-        out=str(tmp_path),
-        samples_per_class=1,
-    )
+    cfg = small(ar, tokenizer, tmp_path, steps=40, batch_size=16, log_every=1, width=32)
     ar.train(cfg)
     losses = read_losses(tmp_path / "metrics.jsonl")
     assert losses[-5:].mean() < 0.8 * losses[:5].mean()
 
 
 def test_soft_labels_and_stochastic_codes_train_the_flat_baseline_too(ar, tokenizer, tmp_path):
-    cfg = ar.Config(
-        tokenizer=str(tokenizer),
-        steps=4,
-        batch_size=8,
-        eval_images=8,
-        log_every=1,
-        width=16,
-        heads=2,
-        flatten=True,
-        soft_labels=True,
-        stochastic_codes=True,
-        out=str(tmp_path),
-        samples_per_class=1,
-    )
+    flags = dict(steps=4, log_every=1, flatten=True, soft_labels=True, stochastic_codes=True)
+    cfg = small(ar, tokenizer, tmp_path, **flags)
     model = ar.train(cfg)
     assert (
         isinstance(model, ar.FlatTransformer)
@@ -236,3 +210,14 @@ def test_a_lesson_01_checkpoint_is_not_a_tokenizer(ar, vq, tmp_path):
         ar.train(
             ar.Config(tokenizer=str(tmp_path / "vq" / "ckpt.pt"), steps=1, out=str(tmp_path / "ar"))
         )
+
+
+def test_command_line_with_a_missing_tokenizer_exits_2(tmp_path):
+    import subprocess
+    import sys
+
+    script = Path(__file__).resolve().parent.parent / "04_rq_transformer.py"
+    r = subprocess.run([sys.executable, str(script), "--tokenizer", "nope.pt", "--steps", "1"],
+                       cwd=tmp_path, capture_output=True, text=True, timeout=120)  # fmt: skip
+    assert r.returncode == 2 and "checkpoint nope.pt does not exist" in r.stderr
+    assert "Traceback" not in r.stderr
