@@ -749,7 +749,7 @@ class Run:
         """Write ckpt.pt atomically: {"step", "lesson", "config", "rng", **state} (state dicts)."""
         payload = {
             "step": step,
-            "lesson": type(self.cfg).__module__,  # whose Config and build() rebuild the model
+            "lesson": lesson_name(self.cfg),  # whose Config and build() rebuild the model
             "config": dataclasses.asdict(self.cfg),
             "rng": rng_state(),
             **state,
@@ -787,6 +787,12 @@ class Run:
             else:
                 obj.load_state_dict(ckpt[key])
         return ckpt["step"]
+
+
+def lesson_name(cfg) -> str:
+    """The file stem of the lesson whose Config this is ("02_rq"), also when that lesson runs as
+    the script (its module is then called __main__)."""
+    return Path(sys.modules[type(cfg).__module__].__file__).stem
 
 
 def save_atomic(obj, path: Path) -> None:

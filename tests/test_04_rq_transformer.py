@@ -221,3 +221,18 @@ def test_command_line_with_a_missing_tokenizer_exits_2(tmp_path):
                        cwd=tmp_path, capture_output=True, text=True, timeout=120)  # fmt: skip
     assert r.returncode == 2 and "checkpoint nope.pt does not exist" in r.stderr
     assert "Traceback" not in r.stderr
+
+
+def test_a_tokenizer_trained_from_the_command_line_loads(tmp_path):
+    """Run as a script, a lesson's module is __main__; its checkpoints must still name the lesson."""
+    import subprocess
+    import sys
+
+    script = Path(__file__).resolve().parent.parent / "02_rq.py"
+    flags = ["--steps", "2", "--batch-size", "4", "--eval-images", "4", "--depth", "2"]
+    r = subprocess.run([sys.executable, str(script), *flags, "--out", "tok"],
+                       cwd=tmp_path, capture_output=True, text=True, timeout=120)  # fmt: skip
+    assert r.returncode == 0, r.stderr
+    assert common.load_checkpoint(tmp_path / "tok" / "ckpt.pt")["lesson"] == "02_rq"
+    tok, cfg = common.lesson("03_vqgan").load_tokenizer(tmp_path / "tok" / "ckpt.pt")
+    assert cfg.depth == 2 and tok.quantizer.depth == 2
