@@ -325,15 +325,18 @@ def nll(
 
 
 def tokenizer_path(cfg: Config) -> Path:
-    """--tokenizer, else lesson 02's default run if it was trained on this dataset, else a small
-    lesson-02 RQ-VAE trained (once) into <out>/tokenizer."""
+    """--tokenizer, else the first of runs/02_rq/ckpt.pt (lesson 02's default run),
+    runs/04_rq_transformer/tokenizer/ckpt.pt (the one this lesson trains, also used by lesson 05)
+    and <out>/tokenizer/ckpt.pt that was trained on this dataset, else a small lesson-02 RQ-VAE
+    trained (once) into <out>/tokenizer."""
     if cfg.tokenizer:
         return Path(cfg.tokenizer)
     same = lambda ckpt_cfg: (
         (ckpt_cfg["dataset"], ckpt_cfg["hf_id"], ckpt_cfg["image_size"])
         == (cfg.dataset, cfg.hf_id, cfg.image_size)
     )
-    for path in (Path("runs/02_rq/ckpt.pt"), Path(cfg.out) / "tokenizer" / "ckpt.pt"):
+    candidates = ("runs/02_rq", "runs/04_rq_transformer/tokenizer", f"{cfg.out}/tokenizer")
+    for path in (Path(folder) / "ckpt.pt" for folder in candidates):
         if path.exists() and same(common.load_checkpoint(path)["config"]):
             common.echo(f"tokenizer: reusing {path}")
             return path
@@ -376,15 +379,32 @@ def decode(tok, codes: torch.Tensor, H: int) -> torch.Tensor:
 # --- training ---
 
 
-def train(cfg: Config) -> nn.Module:
-    """Fit the prior on the frozen tokenizer's codes; write ckpt.pt, metrics.jsonl and samples.png."""
+@dataclass
+class Stage2:
+    """What a stage-2 lesson (04, 05) needs before it builds its prior: the frozen tokenizer, the
+    data and the shape of the code grid."""
+
+    device: torch.device
+    run: common.Run
+    tokenizer_path: Path
+    tok: nn.Module  # frozen: .encoder, .quantizer (.codebook (K, d), .depth), .decoder
+    train_set: object
+    val_set: object
+    conditional: bool
+    num_classes: int  # 1 when unconditional
+    H: int  # the code grid is H x H: T = H * H positions of D codes
+    size: int  # image side in pixels
+
+
+def setup(cfg) -> Stage2:
+    """Run folder, tokenizer (checked against --image-size), data, and class conditioning."""
     device = common.get_device(cfg.device)
     run = common.Run(cfg)
     path = tokenizer_path(cfg)
     tok, tok_cfg = gan.load_tokenizer(path, device)
     if not tok.quantizer.shared:
         raise common.UserError(
-            f"tokenizer {path} has separate codebooks; lesson 04 needs one shared codebook (--codebooks shared)"
+            f"tokenizer {path} has separate codebooks; stage 2 needs one shared codebook (--codebooks shared)"
         )
     common.seed_everything(cfg.seed)
     size = common.default_image_size(tok_cfg)
@@ -396,8 +416,15 @@ def train(cfg: Config) -> nn.Module:
     conditional = classes is not None if cfg.conditional is None else cfg.conditional
     num_classes = len(classes) if conditional and classes else 1
     H = size // tok_cfg.downsample
-    Model = FlatTransformer if cfg.flatten else RQTransformer
-    model = Model(tok.quantizer.codebook, H * H, tok.quantizer.depth, cfg, num_classes).to(device)
+    return Stage2(device, run, path, tok, train_set, val_set, conditional, num_classes, H, size)
+
+
+def fit(cfg, s: Stage2, model: nn.Module, loss_fn, betas=(0.9, 0.95)) -> None:
+    """The stage-2 training loop: AdamW (no decay on biases, norms and position tables), linear
+    warm-up over 100 steps then cosine decay, gradient clipping at 1, --resume, checkpoints.
+
+    loss_fn(model, codes (B, T, D), probs (B*T, D, K) = Q_tau, c (B,)) -> (loss, {name: float}).
+    """
     decay = [p for n, p in model.named_parameters() if p.dim() >= 2 and "pos" not in n]
     no_decay = [p for n, p in model.named_parameters() if p.dim() < 2 or "pos" in n]
     opt = torch.optim.AdamW(
@@ -406,52 +433,68 @@ def train(cfg: Config) -> nn.Module:
             {"params": no_decay, "weight_decay": 0.0},
         ],
         lr=cfg.lr,
-        betas=(0.9, 0.95),
+        betas=betas,
     )
-    start = run.restore(model=model, opt=opt)  # 0 unless --resume
-    data = common.batches(train_set, cfg, start)
+    start = s.run.restore(model=model, opt=opt)  # 0 unless --resume
+    data = common.batches(s.train_set, cfg, start)
     for step in common.progress(
         range(start, cfg.steps), initial=start, total=cfg.steps, desc=cfg.out
     ):
         for g in opt.param_groups:  # linear warm-up, then cosine decay
-            g["lr"] = (
-                cfg.lr
-                * min(1.0, (step + 1) / 100)
-                * 0.5
-                * (1 + math.cos(math.pi * step / cfg.steps))
-            )
+            warm = min(1.0, (step + 1) / 100)
+            g["lr"] = cfg.lr * warm * 0.5 * (1 + math.cos(math.pi * step / cfg.steps))
         x, y = next(data)
-        codes, probs = encode(tok, x.to(device), cfg.tau, cfg.stochastic_codes)
-        soft = probs if cfg.soft_labels else None
-        c = y.to(device) if conditional else torch.zeros_like(y, device=device)
-        with common.autocast(device):
-            loss = nll(model(codes, c), codes, soft)  # RQ Eq. 14
+        codes, probs = encode(s.tok, x.to(s.device), cfg.tau, cfg.stochastic_codes)
+        c = y.to(s.device) if s.conditional else torch.zeros_like(y, device=s.device)
+        with common.autocast(s.device):
+            loss, logs = loss_fn(model, codes, probs, c)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         opt.step()
         if (step + 1) % cfg.log_every == 0:
-            common.echo(
-                f"step {step + 1} | loss {loss.item():.4f} | {loss.item() / math.log(2):.3f} bits per code"
-            )
-            run.log({"step": step + 1, "loss": loss.item()})
+            common.echo(f"step {step + 1} | " + " | ".join(f"{k} {v:.4f}" for k, v in logs.items()))
+            s.run.log({"step": step + 1, **logs})
         if (step + 1) % cfg.ckpt_every == 0 or step + 1 == cfg.steps:
-            run.save(step + 1, model=model.state_dict(), opt=opt.state_dict(), tokenizer=str(path))
+            s.run.save(
+                step + 1,
+                model=model.state_dict(),
+                opt=opt.state_dict(),
+                tokenizer=str(s.tokenizer_path),
+            )
     model.eval()
-    val_nll = evaluate(model, tok, val_set, cfg, conditional, device)
-    rows = min(num_classes, 8) if conditional else 4
-    c = (
-        torch.arange(rows, device=device).repeat_interleave(cfg.samples_per_class)
-        if conditional
-        else torch.zeros(rows * cfg.samples_per_class, dtype=torch.long, device=device)
-    )
+
+
+def sample_classes(s: Stage2, per_row: int) -> torch.Tensor:
+    """Labels for samples.png: one row per class (at most 8), or 4 rows of class 0. -> (rows * per_row,)"""
+    if not s.conditional:
+        return torch.zeros(4 * per_row, dtype=torch.long, device=s.device)
+    return torch.arange(min(s.num_classes, 8), device=s.device).repeat_interleave(per_row)
+
+
+def train(cfg: Config) -> nn.Module:
+    """Fit the prior on the frozen tokenizer's codes; write ckpt.pt, metrics.jsonl and samples.png."""
+    s = setup(cfg)
+    Model = FlatTransformer if cfg.flatten else RQTransformer
+    q = s.tok.quantizer
+    model = Model(q.codebook, s.H * s.H, q.depth, cfg, s.num_classes).to(s.device)
+
+    def loss_fn(model, codes, probs, c):
+        loss = nll(model(codes, c), codes, probs if cfg.soft_labels else None)  # RQ Eq. 14
+        return loss, {"loss": loss.item(), "bits_per_code": loss.item() / math.log(2)}
+
+    fit(cfg, s, model, loss_fn)
+    val_nll = evaluate(model, s, cfg)
+    c = sample_classes(s, cfg.samples_per_class)
     codes, _ = model.sample(c, cfg.temperature, cfg.top_k, cfg.top_p)
-    images = decode(tok, codes, H).view(rows, cfg.samples_per_class, 3, size, size)
-    common.save_grid(list(images), run.dir / "samples.png")
-    common.echo(
-        f"validation NLL {val_nll:.4f} nats = {val_nll / math.log(2):.3f} bits per code; samples.png: one row per {'class' if conditional else 'batch'}"
+    images = decode(s.tok, codes, s.H)
+    common.save_grid(
+        list(images.view(-1, cfg.samples_per_class, *images.shape[1:])), s.run.dir / "samples.png"
     )
-    run.log(
+    common.echo(
+        f"validation NLL {val_nll:.4f} nats = {val_nll / math.log(2):.3f} bits per code; samples.png: one row per {'class' if s.conditional else 'batch'}"
+    )
+    s.run.log(
         {
             "step": cfg.steps,
             "final": True,
@@ -463,13 +506,13 @@ def train(cfg: Config) -> nn.Module:
 
 
 @torch.no_grad()
-def evaluate(model, tok, val_set, cfg: Config, conditional: bool, device) -> float:
+def evaluate(model, s: Stage2, cfg: Config) -> float:
     """Validation NLL in nats per code against the argmin codes (hard labels), whatever the training."""
-    x_all, y_all = common.first_images(val_set, cfg.eval_images)
+    x_all, y_all = common.first_images(s.val_set, cfg.eval_images)
     total = 0.0
     for x, y in zip(x_all.split(cfg.batch_size), y_all.split(cfg.batch_size)):
-        codes, _ = encode(tok, x.to(device))  # argmin codes
-        c = y.to(device) if conditional else torch.zeros_like(y, device=device)
+        codes, _ = encode(s.tok, x.to(s.device))  # argmin codes
+        c = y.to(s.device) if s.conditional else torch.zeros_like(y, device=s.device)
         total += nll(model(codes, c), codes).item() * len(x)
     return total / len(x_all)
 
