@@ -157,6 +157,8 @@ class KVCache:
 class Block(nn.Module):
     """Pre-LayerNorm GPT block: x + attn(LN(x)), then x + MLP(LN(x)); causal attention."""
 
+    causal = True  # lesson 05 subclasses this block with full (bidirectional) attention
+
     def __init__(self, width: int, heads: int, dropout: float):
         super().__init__()
         self.heads = heads
@@ -167,16 +169,18 @@ class Block(nn.Module):
         )
         self.drop = nn.Dropout(dropout)
 
-    def forward(self, x: torch.Tensor, cache: KVCache | None = None) -> torch.Tensor:
-        q, k, v = rearrange(
-            self.qkv(self.ln1(x)), "b l (three h c) -> three b h l c", three=3, h=self.heads
-        )
-        if cache is None:  # training: the whole sequence at once, causal mask
-            a = F.scaled_dot_product_attention(q, k, v, is_causal=True)
+    def attention(self, x: torch.Tensor, cache: KVCache | None = None) -> torch.Tensor:
+        """Multi-head self-attention of the normalised x (B, L, W) -> (B, L, W)."""
+        q, k, v = rearrange(self.qkv(x), "b l (three h c) -> three b h l c", three=3, h=self.heads)
+        if cache is None:  # training: the whole sequence at once
+            a = F.scaled_dot_product_attention(q, k, v, is_causal=self.causal)
         else:  # sampling: one new position attends to every cached one (no mask needed)
             assert x.shape[1] == 1, "cached attention takes one position at a time"
             a = F.scaled_dot_product_attention(q, *cache.append(k, v))
-        x = x + self.drop(self.proj(rearrange(a, "b h l c -> b l (h c)")))
+        return self.drop(self.proj(rearrange(a, "b h l c -> b l (h c)")))
+
+    def forward(self, x: torch.Tensor, cache: KVCache | None = None) -> torch.Tensor:
+        x = x + self.attention(self.ln1(x), cache)
         return x + self.mlp(self.ln2(x))
 
 
@@ -423,7 +427,7 @@ def fit(cfg, s: Stage2, model: nn.Module, loss_fn, betas=(0.9, 0.95)) -> None:
     """The stage-2 training loop: AdamW (no decay on biases, norms and position tables), linear
     warm-up over 100 steps then cosine decay, gradient clipping at 1, --resume, checkpoints.
 
-    loss_fn(model, codes (B, T, D), probs (B*T, D, K) = Q_tau, c (B,)) -> (loss, {name: float}).
+    loss_fn(model, x (B, 3, S, S) images, c (B,) classes) -> (loss, {name: float}).
     """
     decay = [p for n, p in model.named_parameters() if p.dim() >= 2 and "pos" not in n]
     no_decay = [p for n, p in model.named_parameters() if p.dim() < 2 or "pos" in n]
@@ -444,10 +448,9 @@ def fit(cfg, s: Stage2, model: nn.Module, loss_fn, betas=(0.9, 0.95)) -> None:
             warm = min(1.0, (step + 1) / 100)
             g["lr"] = cfg.lr * warm * 0.5 * (1 + math.cos(math.pi * step / cfg.steps))
         x, y = next(data)
-        codes, probs = encode(s.tok, x.to(s.device), cfg.tau, cfg.stochastic_codes)
         c = y.to(s.device) if s.conditional else torch.zeros_like(y, device=s.device)
         with common.autocast(s.device):
-            loss, logs = loss_fn(model, codes, probs, c)
+            loss, logs = loss_fn(model, x.to(s.device), c)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
@@ -479,7 +482,8 @@ def train(cfg: Config) -> nn.Module:
     q = s.tok.quantizer
     model = Model(q.codebook, s.H * s.H, q.depth, cfg, s.num_classes).to(s.device)
 
-    def loss_fn(model, codes, probs, c):
+    def loss_fn(model, x, c):
+        codes, probs = encode(s.tok, x, cfg.tau, cfg.stochastic_codes)
         loss = nll(model(codes, c), codes, probs if cfg.soft_labels else None)  # RQ Eq. 14
         return loss, {"loss": loss.item(), "bits_per_code": loss.item() / math.log(2)}
 

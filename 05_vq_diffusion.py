@@ -1,0 +1,480 @@
+"""Lesson 05: VQ-Diffusion, a discrete diffusion prior over the tokenizer's codes.
+
+Paper: S. Gu, D. Chen, J. Bao, F. Wen, B. Zhang, D. Chen, L. Yuan, B. Guo, "Vector Quantized
+Diffusion Model for Text-to-Image Synthesis" (arXiv:2111.14822), Sec. 3-4. Equation labels: the
+VQD lines of PAPERS.md (VQD one step, VQD closed form, VQD posterior, ...).
+
+Idea. Lesson 04 writes an image code by code, each conditioned on the ones before. VQ-Diffusion
+corrupts ALL codes at once and learns to undo it: a forward Markov chain q(x_t | x_{t-1}) turns
+each code into [MASK] with probability gamma_t or into a uniformly drawn code with probability
+K*beta_t (mask-and-replace); after T steps nothing of x_0 is left. A bidirectional transformer
+sees the corrupted x_t and predicts x_0 (the x0-parameterization); the exact Bayes posterior of
+the forward chain turns that prediction into p_theta(x_{t-1} | x_t). Sampling starts from the
+prior p(x_T) and runs the chain backwards; because every position is predicted at every step, it
+can also jump dt steps at a time (fast inference) and fill in a masked region (inpainting).
+
+States: the K codes are 0..K-1 and [MASK] is state K, so every distribution below is over K+1
+states, stored as log-probabilities clamped at LOG_EPS (the official code does the same at -70).
+
+Codes of RQ tokenizers (D > 1): every code S_td of lesson 04 is a diffusion variable of its own,
+noised and denoised independently given x_t, exactly as the paper treats positions. The network
+keeps the paper's sequence of H*W tokens: a position's token embedding is the SUM of D
+depth-specific embeddings of its D codes (each of K+1 states), and it predicts D x K logits per
+position. With a depth-1 tokenizer (02_rq.py --depth 1) this is the paper's model exactly.
+
+Notation:
+    symbol          code name     shape
+    x_0             codes         (B, N, D)    long in [0, K): the tokenizer's codes, N = H*W
+    x_t             x_t           (B, N, D)    long in [0, K]: K is [MASK]
+    v(x)            log one-hot   (..., K+1)
+    alphabar_t      sched.alphabar (T+1,)      prob. that x_t is still x_0 (t = 0 is the identity)
+    gammabar_t      sched.gammabar (T+1,)      prob. that x_t is [MASK]
+    K*betabar_t     sched.replaced (T+1,)      prob. that x_t was redrawn uniformly
+    p_theta(x_0|.)  logits        (B, N, D, K)
+
+Run: python 05_vq_diffusion.py --steps=1500
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Literal
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from einops import rearrange
+
+import common
+
+ar = common.lesson("04_rq_transformer")  # tokenizer, stage-2 setup and loop, Block, truncation
+
+LOG_EPS = -70.0  # log-probabilities are clamped to [-70, 0]: exp(-70) ~ 4e-31 stands for zero
+NOISE = {
+    "mask-replace": (0.9, 0.1),
+    "uniform": (0.0, 1.0),
+    "mask": (1.0, 0.0),
+}  # gamma, K*beta ends
+
+# --- config ---
+
+
+@dataclass
+class Config(common.TrainConfig):
+    out: str = (
+        "runs/05_vq_diffusion"  # run folder: ckpt.pt, metrics.jsonl, samples.png, inpaint.png
+    )
+    tokenizer: str | None = None  # 02/03 checkpoint (default: as lesson 04, reusing its tokenizer)
+    width: int = 128  # transformer width
+    heads: int = 4  # attention heads
+    layers: int = 4  # transformer blocks (full attention, AdaLN)
+    dropout: float = 0.0  # dropout in the residual branches
+    conditional: bool | None = None  # class-conditional (default: when the dataset has labels)
+    noise: Literal["mask-replace", "uniform", "mask"] = (
+        "mask-replace"  # the corruption q(x_t | x_{t-1})
+    )
+    steps_T: int = 100  # T: diffusion steps
+    gamma_end: float | None = (
+        None  # gammabar_T, mask probability at t = T (default by --noise: 0.9, 0, 1)
+    )
+    beta_end: float | None = (
+        None  # K*betabar_T, replace probability at t = T (default by --noise: 0.1, 1, 0)
+    )
+    aux_weight: float = 5e-4  # lambda on the auxiliary loss L_x0 = -log p_theta(x_0 | x_t)
+    weight_decay: float = 4.5e-2  # AdamW weight decay (official value)
+    stride: int = 1  # dt: sampling jumps from t to t - dt (fast inference); 1 = all T steps
+    truncation: float = 0.86  # r: sample x_0 only from its smallest top set of mass >= r (1 = off)
+    samples_per_class: int = 8  # images per row of samples.png
+    eval_timesteps: int = 10  # t values (evenly spread) that estimate the validation bound
+    batch_size: int = 32  # images per step (per process under torchrun)
+    steps: int = 1500  # optimizer steps
+    lr: float = 1e-3  # peak AdamW lr, cosine decay after 100 warm-up steps (paper: 4.5e-4)
+
+    def __post_init__(self):
+        super().__post_init__()
+        gamma, beta = NOISE[self.noise]
+        if self.noise != "mask-replace" and (
+            self.gamma_end not in (None, gamma) or self.beta_end not in (None, beta)
+        ):
+            raise ValueError(
+                f"--noise {self.noise} means --gamma-end {gamma} --beta-end {beta}; use --noise mask-replace to choose them"
+            )
+        self.gamma_end = gamma if self.gamma_end is None else self.gamma_end
+        self.beta_end = beta if self.beta_end is None else self.beta_end
+        if min(self.gamma_end, self.beta_end) < 0 or self.gamma_end + self.beta_end > 1 + 1e-9:
+            raise ValueError(
+                f"--gamma-end {self.gamma_end} and --beta-end {self.beta_end} must be >= 0 with a sum <= 1"
+            )
+        if self.width % self.heads or min(self.width, self.layers, self.steps_T, self.stride) < 1:
+            raise ValueError(
+                "--width must be a positive multiple of --heads; --layers, --steps-T, --stride >= 1"
+            )
+        if not 0 < self.truncation <= 1 or self.eval_timesteps < 1:
+            raise ValueError("--truncation must be in (0, 1] and --eval-timesteps >= 1")
+
+
+# --- the forward process: schedules and transition matrices ---
+
+
+@dataclass
+class Schedule:
+    """Cumulative probabilities of the forward chain at t = 0..T (float64, t = 0 is x_0 itself).
+
+    A code survives to step t with prob. alphabar_t, is [MASK] with prob. gammabar_t and was
+    redrawn uniformly over the K codes with prob. replaced_t = K * betabar_t = 1 - alphabar_t -
+    gammabar_t (so it lands on each code, its own included, with prob. betabar_t).
+    """
+
+    alphabar: torch.Tensor  # (T+1,)
+    gammabar: torch.Tensor  # (T+1,)
+    K: int
+
+    @property
+    def T(self) -> int:
+        return len(self.alphabar) - 1
+
+    @property
+    def betabar(self) -> torch.Tensor:
+        return (1 - self.alphabar - self.gammabar) / self.K
+
+
+def noise_schedule(T: int, K: int, gamma_end: float, beta_end: float) -> Schedule:
+    """gammabar_t rises linearly from 0 to gamma_end and K*betabar_t from 0 to beta_end (VQD
+    settings: 0.9 and 0.1, so that alphabar_T = 0 and nothing of x_0 is left at t = T).
+
+    beta_end is the TOTAL replace probability K*betabar_T (a betabar_T of 0.1 per code would not
+    be a distribution for K > 10). The official schedule ends at gamma 0.99999 with K*betabar =
+    1e-6: in practice mask-only (their pitfall, PEERS.md); --noise mask is that process exactly.
+    """
+    frac = torch.arange(T + 1, dtype=torch.float64) / T
+    gammabar = gamma_end * frac
+    return Schedule(1 - gammabar - beta_end * frac, gammabar, K)
+
+
+def transition(sched: Schedule, s, t):
+    """The coefficients of Qbar_{t|s} = Q_t ... Q_{s+1}, the jump from step s to step t > s:
+    a code stays with prob. alpha (plus its share beta of the uniform redraw), becomes any given
+    code with prob. beta, becomes [MASK] with prob. gamma; [MASK] stays [MASK] (absorbing).
+
+    s, t: ints or long tensors -> alpha, beta, gamma of their broadcast shape (float64, on CPU).
+    alpha = alphabar_t / alphabar_s, 1 - gamma = (1 - gammabar_t) / (1 - gammabar_s) (the
+    products of the one-step factors), K*beta = 1 - alpha - gamma. s = t - 1 gives the one-step
+    Q_t of VQD, s = 0 the closed form of Qbar_t.
+    """
+    s, t = (v.cpu() if torch.is_tensor(v) else v for v in (s, t))  # the schedule lives on the CPU
+    a_s, a_t = sched.alphabar[s], sched.alphabar[t]
+    keep = (1 - sched.gammabar[t]) / (1 - sched.gammabar[s])  # no [MASK] between s and t
+    alpha = torch.where(a_s > 0, a_t / a_s.clamp_min(1e-300), torch.zeros_like(a_t))
+    return alpha, ((keep - alpha) / sched.K).clamp_min(0), 1 - keep
+
+
+def transition_matrix(sched: Schedule, t: int, s: int | None = None) -> torch.Tensor:
+    """The explicit (K+1, K+1) matrix [Q]_{mn} = q(x_t = m | x_s = n), s = t - 1 by default (VQD
+    one step). Each COLUMN is a distribution (sums to 1 over axis 0); the last column, [MASK], is
+    e_{K}: absorbing. For teaching and tests: the lesson never builds it (O(K^2))."""
+    alpha, beta, gamma = transition(sched, t - 1 if s is None else s, t)
+    K = sched.K
+    Q = torch.zeros(K + 1, K + 1, dtype=torch.float64)
+    Q[:K, :K] = alpha * torch.eye(K, dtype=torch.float64) + beta  # stay, or redrawn to m
+    Q[K, :K] = gamma  # masked
+    Q[K, K] = 1.0  # [MASK] stays [MASK]
+    return Q
+
+
+def _log(p: torch.Tensor) -> torch.Tensor:
+    return p.clamp_min(1e-300).log().clamp_min(LOG_EPS)
+
+
+def log_q_xt_given_x0(log_x0: torch.Tensor, sched: Schedule, t) -> torch.Tensor:
+    """VQD closed form: q(x_t | x_0) = alphabar_t v(x_0) + (gammabar_t - betabar_t) v(MASK) + betabar_t,
+    in log space and O(K) instead of the product of t matrices.
+
+    log_x0: (..., K) log-probabilities of x_0 over the K codes (a log one-hot for a known x_0;
+    any non-negative weights work: the map is linear); t: int or long (...) -> (..., K+1).
+    """
+    alpha, beta, gamma = (_log(c).to(log_x0) for c in transition(sched, 0, t))
+    if torch.is_tensor(t) and t.dim():
+        alpha, beta, gamma = alpha[..., None], beta[..., None], gamma[..., None]
+    total = torch.logsumexp(log_x0, -1, keepdim=True)  # log sum_k x0_k (0 for a distribution)
+    codes = torch.logaddexp(log_x0 + alpha, beta + total)  # alphabar x0_k + betabar
+    return torch.cat([codes, gamma + total], -1).clamp_min(LOG_EPS)  # [MASK]: gammabar
+
+
+def log_q_xt_given_xs(x_t: torch.Tensor, sched: Schedule, s, t, dtype=torch.float32):
+    """The likelihood q(x_t | x_s = j) for every state j, i.e. row x_t of Qbar_{t|s}.
+    x_t: (...) long in [0, K]; s, t: ints or long (...) -> (..., K+1) log-probabilities."""
+    alpha, beta, gamma = (c.to(x_t.device, dtype) for c in transition(sched, s, t))
+    if torch.is_tensor(t) and t.dim():
+        alpha, beta, gamma = alpha[..., None], beta[..., None], gamma[..., None]
+    K = sched.K
+    is_code = F.one_hot(x_t, K + 1).bool()
+    from_code = torch.where(
+        is_code, alpha + beta, beta
+    )  # x_t a code m: reached from j = m or redrawn
+    from_code[..., K] = 0.0  # [MASK] never becomes a code
+    ones = torch.ones(*x_t.shape, 1, dtype=dtype, device=x_t.device)
+    from_mask = torch.cat([gamma.expand(*x_t.shape, K), ones], -1)  # x_t = [MASK]
+    return _log(torch.where((x_t == K)[..., None], from_mask, from_code))
+
+
+def log_q_posterior(log_x0: torch.Tensor, x_t: torch.Tensor, sched: Schedule, t, s=None):
+    """VQD posterior q(x_s | x_t, x_0) = q(x_t | x_s) q(x_s | x_0) / q(x_t | x_0), s = t - 1 by
+    default, or any s < t for fast sampling (stride dt = t - s, exact for the jump Qbar_{t|s}).
+
+    log_x0: (..., K). For a log one-hot x_0 this is the true posterior; for the network's
+    log p_theta(x_0 | x_t) it is the x0-parameterization (VQD):
+        p_theta(x_s | x_t) = sum_{x0} q(x_s | x_t, x0) p_theta(x0 | x_t)
+                           ∝ q(x_t | x_s) * [Qbar_s (p_theta(x0 | x_t) / q(x_t | x0))](x_s)
+    (the sum over x0 done by one closed-form map instead of K posteriors). x_t: (...) long;
+    t, s: ints or long (...) -> (..., K+1) log-probabilities of x_s, normalised.
+    """
+    s = t - 1 if s is None else s
+    log_x0 = log_x0.clamp_min(LOG_EPS)
+    log_xt_given_x0 = log_q_xt_given_xs(x_t, sched, 0, t, log_x0.dtype)[..., : sched.K]
+    log_xs = log_q_xt_given_x0(log_x0 - log_xt_given_x0, sched, s)  # Qbar_s (p(x0) / q(x_t | x0))
+    log_post = log_q_xt_given_xs(x_t, sched, s, t, log_x0.dtype) + log_xs  # times q(x_t | x_s)
+    return (log_post - torch.logsumexp(log_post, -1, keepdim=True)).clamp_min(LOG_EPS)
+
+
+def log_prior(sched: Schedule) -> torch.Tensor:
+    """p(x_T) = [betabar_T, ..., betabar_T, gammabar_T]: (K+1,) log-probabilities."""
+    K = sched.K
+    return _log(torch.cat([sched.betabar[-1].expand(K), sched.gammabar[-1:]]).float())
+
+
+def q_sample(x0: torch.Tensor, sched: Schedule, t: torch.Tensor) -> torch.Tensor:
+    """x_t ~ q(x_t | x_0) by the closed form's three cases, without K+1 probabilities per code.
+    x0: (B, ...) long in [0, K); t: (B,) long -> x_t (B, ...) long in [0, K]."""
+    shape = (-1,) + (1,) * (x0.dim() - 1)
+    alphabar = sched.alphabar[t.cpu()].to(x0.device, torch.float32).view(shape)
+    gammabar = sched.gammabar[t.cpu()].to(x0.device, torch.float32).view(shape)
+    u = torch.rand(x0.shape, device=x0.device)
+    redrawn = torch.randint_like(x0, sched.K)  # uniform over the K codes, x_0's own included
+    masked = torch.full_like(x0, sched.K)
+    return torch.where(u < alphabar, x0, torch.where(u < alphabar + gammabar, masked, redrawn))
+
+
+def kl(log_p: torch.Tensor, log_q: torch.Tensor) -> torch.Tensor:
+    """KL(p || q) over the last axis, from log-probabilities. (...) per variable."""
+    return (log_p.exp() * (log_p - log_q)).sum(-1)
+
+
+def losses(logits: torch.Tensor, x0: torch.Tensor, x_t: torch.Tensor, sched: Schedule, t):
+    """The per-code terms of VQD's objective at step t (nats per code), each (B, N, D):
+
+    L_{t-1} = KL(q(x_{t-1} | x_t, x_0) || p_theta(x_{t-1} | x_t)) for t >= 2,
+    L_0     = -log p_theta(x_0 | x_1)                              for t = 1,
+    L_x0    = -log p_theta(x_0 | x_t)  (the auxiliary loss, weighted by lambda in training).
+
+    logits: (B, N, D, K) of p_theta(x_0 | x_t); x0, x_t: (B, N, D); t: (B,) long in [1, T].
+    """
+    log_x0_pred = logits.float().log_softmax(-1).clamp_min(LOG_EPS)
+    t_ = t.view(-1, 1, 1)
+    log_pred = log_q_posterior(log_x0_pred, x_t, sched, t_)
+    log_true = log_q_posterior(_log(F.one_hot(x0, sched.K).float()), x_t, sched, t_)
+    l_prev = kl(log_true, log_pred)
+    l_0 = -log_pred.gather(-1, x0[..., None]).squeeze(-1)  # at t = 1, x_{t-1} is x_0
+    l_x0 = -log_x0_pred.gather(-1, x0[..., None]).squeeze(-1)
+    return torch.where(t_ == 1, l_0, l_prev), l_x0
+
+
+def loss_T(x0: torch.Tensor, sched: Schedule) -> torch.Tensor:
+    """L_T = KL(q(x_T | x_0) || p(x_T)) per code (B, N, D): no parameters, 0 when alphabar_T = 0."""
+    log_qT = log_q_xt_given_x0(_log(F.one_hot(x0, sched.K).float()), sched, sched.T)
+    return kl(log_qT, log_prior(sched).to(x0.device))
+
+
+# --- the network: a bidirectional transformer with AdaLN ---
+
+
+class AdaLNBlock(ar.Block):
+    """Lesson 04's block with full attention and AdaLN(h, c) = a_c LayerNorm(h) + b_c on both
+    branches, (a_c - 1, b_c) linear in the condition embedding (timestep + class). Starts as a
+    plain pre-LN block: the AdaLN projection is zero-initialised."""
+
+    causal = False  # every code sees every other code: x_t is given whole
+
+    def __init__(self, width: int, heads: int, dropout: float):
+        super().__init__(width, heads, dropout)
+        self.ln1 = nn.LayerNorm(width, elementwise_affine=False)
+        self.ln2 = nn.LayerNorm(width, elementwise_affine=False)
+        self.ada = nn.Linear(width, 4 * width)
+        nn.init.zeros_(self.ada.weight)
+        nn.init.zeros_(self.ada.bias)
+
+    def forward(self, x: torch.Tensor, cond: torch.Tensor) -> torch.Tensor:
+        a1, b1, a2, b2 = self.ada(cond)[:, None].chunk(4, dim=-1)  # each (B, 1, W)
+        x = x + self.attention((1 + a1) * self.ln1(x) + b1)  # AdaLN before attention
+        return x + self.mlp((1 + a2) * self.ln2(x) + b2)  # and before the MLP
+
+
+class DiffusionTransformer(nn.Module):
+    """p_theta(x_0 | x_t, t, c): x_t (B, N, D) in [0, K], t (B,), c (B,) -> logits (B, N, D, K)."""
+
+    def __init__(self, K: int, H: int, D: int, cfg: Config, num_classes: int):
+        super().__init__()
+        self.K, self.H, self.D, W = K, H, D, cfg.width
+        self.embed = nn.Embedding(D * (K + 1), W)  # one table per depth: row d*(K+1) + state
+        self.register_buffer("offsets", torch.arange(D) * (K + 1), persistent=False)
+        self.pos_row, self.pos_col = (
+            nn.Parameter(torch.zeros(H, W)),
+            nn.Parameter(torch.zeros(H, W)),
+        )
+        self.time = nn.Embedding(cfg.steps_T + 1, W)
+        self.label = nn.Embedding(max(num_classes, 1), W)
+        self.blocks = nn.ModuleList(
+            AdaLNBlock(W, cfg.heads, cfg.dropout) for _ in range(cfg.layers)
+        )
+        self.ln = nn.LayerNorm(W, elementwise_affine=False)
+        self.ada = nn.Linear(W, 2 * W)
+        self.head = nn.Linear(W, D * K)  # x0-parameterization: K logits per code, no [MASK]
+
+    def forward(self, x_t: torch.Tensor, t: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
+        pos = rearrange(self.pos_row[:, None] + self.pos_col[None], "h w c -> (h w) c")  # 2D
+        h = self.embed(x_t + self.offsets).sum(2) + pos  # (B, N, W): sum over depth
+        cond = F.silu(self.time(t) + self.label(c))  # (B, W)
+        for block in self.blocks:
+            h = block(h, cond)
+        a, b = self.ada(cond)[:, None].chunk(2, dim=-1)
+        return rearrange(self.head((1 + a) * self.ln(h) + b), "b n (d k) -> b n d k", d=self.D)
+
+
+# --- sampling ---
+
+
+@torch.no_grad()
+def sample(
+    model,
+    sched: Schedule,
+    c: torch.Tensor,
+    stride: int = 1,
+    truncation: float = 1.0,
+    known: torch.Tensor | None = None,
+    keep: torch.Tensor | None = None,
+    progress: bool = False,
+) -> torch.Tensor:
+    """Run the reverse chain from x_T ~ p(x_T) at t = T, T - dt, ..., and return x_0 (B, N, D).
+
+    Each step: p_theta(x_0 | x_t) (truncated to its top mass r), then p_theta(x_s | x_t) with
+    s = max(t - dt, 0) by the x0-parameterized posterior, then a draw. ceil(T / dt) network calls.
+    Inpainting: known (B, N, D) codes are held fixed wherever keep (B, N, D) is True.
+    """
+    N, K, T = model.H * model.H, sched.K, sched.T
+    B = len(c)
+    x = ar.sample_logits(log_prior(sched).to(c.device).expand(B * N * model.D, K + 1))
+    x = x.view(B, N, model.D)
+    if keep is not None:
+        x = torch.where(keep, known, x)
+    times = range(T, 0, -stride)
+    for t in common.progress(times, desc="sampling", leave=False) if progress else times:
+        s = max(t - stride, 0)
+        logits = ar.filter_logits(
+            model(x, torch.full((B,), t, device=c.device), c).float(), top_p=truncation
+        )
+        log_p = log_q_posterior(logits.log_softmax(-1), x, sched, t, s)  # (B, N, D, K+1)
+        if s == 0:
+            log_p = log_p[..., :K]  # x_0 is a code; [MASK] has probability exp(-70) here anyway
+        x = ar.sample_logits(log_p.reshape(-1, log_p.shape[-1])).view(B, N, model.D)
+        if keep is not None:
+            x = torch.where(keep, known, x)
+    return x
+
+
+# --- training ---
+
+
+def build(cfg: Config, s) -> tuple[DiffusionTransformer, Schedule]:
+    q = s.tok.quantizer
+    model = DiffusionTransformer(len(q.codebook), s.H, q.depth, cfg, s.num_classes)
+    return model.to(s.device), noise_schedule(
+        cfg.steps_T, len(q.codebook), cfg.gamma_end, cfg.beta_end
+    )
+
+
+def train(cfg: Config) -> nn.Module:
+    """Fit the diffusion prior on the frozen tokenizer's codes; write ckpt.pt, metrics.jsonl,
+    samples.png (one row per class) and inpaint.png."""
+    s = ar.setup(cfg)
+    model, sched = build(cfg, s)
+
+    def loss_fn(model, x, c):
+        x0, _ = ar.encode(s.tok, x)
+        t = torch.randint(1, sched.T + 1, (len(x0),), device=x0.device)  # uniform in 1..T
+        x_t = q_sample(x0, sched, t)
+        l_vlb, l_x0 = losses(model(x_t, t, c), x0, x_t, sched, t)
+        # L_vlb's unbiased estimate is T * L_{t-1}; the constant T is left out (Adam ignores it)
+        loss = l_vlb.mean() + cfg.aux_weight * l_x0.mean()
+        return loss, {"loss": loss.item(), "L_t-1": l_vlb.mean().item(), "L_x0": l_x0.mean().item()}
+
+    ar.fit(cfg, s, model, loss_fn, betas=(0.9, 0.96))
+    val = evaluate(model, sched, s, cfg)
+    common.echo(
+        "validation (nats per code): "
+        + " | ".join(f"{k} {v:.4f}" for k, v in val.items())
+        + f" | bound {val['vlb'] / math.log(2):.3f} bits per code"
+    )
+    s.run.log({"step": cfg.steps, "final": True, **{f"val_{k}": v for k, v in val.items()}})
+    c = ar.sample_classes(s, cfg.samples_per_class)
+    codes = sample(model, sched, c, cfg.stride, cfg.truncation, progress=True)
+    images = ar.decode(s.tok, codes, s.H)
+    common.save_grid(
+        list(images.view(-1, cfg.samples_per_class, *images.shape[1:])), s.run.dir / "samples.png"
+    )
+    inpaint(model, sched, s, cfg)
+    common.echo(
+        f"wrote {s.run.dir / 'samples.png'} (one row per {'class' if s.conditional else 'batch'}) and inpaint.png"
+    )
+    return model
+
+
+@torch.no_grad()
+def evaluate(model, sched: Schedule, s, cfg: Config) -> dict:
+    """The validation bound in nats per code, L_0 + sum_{t>=2} L_{t-1} + L_T, estimated from
+    --eval-timesteps values of t spread evenly over 1..T (each standing for T / n steps), on the
+    first --eval-images validation images; also L_0, L_T and L_x0 (mean over those t)."""
+    x_all, y_all = common.first_images(s.val_set, cfg.eval_images)
+    times = torch.linspace(1, sched.T, cfg.eval_timesteps).round().long().unique()
+    total = {"L_0": 0.0, "L_t-1": 0.0, "L_T": 0.0, "L_x0": 0.0}
+    torch.manual_seed(cfg.seed)  # the same noise at every evaluation
+    for x, y in zip(x_all.split(cfg.batch_size), y_all.split(cfg.batch_size)):
+        x0, _ = ar.encode(s.tok, x.to(s.device))
+        c = y.to(s.device) if s.conditional else torch.zeros_like(y, device=s.device)
+        total["L_T"] += loss_T(x0, sched).mean().item() * len(x)
+        for t_val in times.tolist():
+            t = torch.full((len(x),), t_val, device=s.device)
+            x_t = q_sample(x0, sched, t)
+            l_vlb, l_x0 = losses(model(x_t, t, c), x0, x_t, sched, t)
+            total["L_t-1"] += l_vlb.mean().item() * len(x) / len(times)
+            total["L_x0"] += l_x0.mean().item() * len(x) / len(times)
+            if t_val == 1:
+                total["L_0"] += l_vlb.mean().item() * len(x)
+    val = {k: v / len(x_all) for k, v in total.items()}
+    val["vlb"] = sched.T * val["L_t-1"] + val["L_T"]  # stratified estimate of the whole sum
+    return val
+
+
+@torch.no_grad()
+def inpaint(model, sched: Schedule, s, cfg: Config, completions: int = 2) -> None:
+    """inpaint.png: 8 validation images, the same with the centre half of the code grid hidden,
+    then `completions` samples that keep every code outside that square."""
+    x, y = common.first_images(s.val_set, 8)
+    x = x.to(s.device)
+    c = y.to(s.device) if s.conditional else torch.zeros_like(y, device=s.device)
+    codes, _ = ar.encode(s.tok, x)
+    grid = torch.zeros(s.H, s.H, dtype=torch.bool, device=s.device)
+    lo, hi = s.H // 4, s.H - s.H // 4
+    grid[lo:hi, lo:hi] = True  # the hidden square, in code positions
+    keep = ~grid.flatten()[None, :, None].expand_as(codes)
+    px = s.size // s.H
+    hidden = x.clone()
+    hidden[:, :, lo * px : hi * px, lo * px : hi * px] = 0.0  # shown as grey
+    rows = [x, hidden]
+    for _ in range(completions):
+        filled = sample(model, sched, c, cfg.stride, cfg.truncation, known=codes, keep=keep)
+        rows.append(ar.decode(s.tok, filled, s.H))
+    common.save_grid(rows, s.run.dir / "inpaint.png")
+
+
+if __name__ == "__main__":
+    common.main(train, Config)

@@ -1,0 +1,263 @@
+"""Lesson 05: the transition matrices, closed form, posteriors and losses against explicit matrix
+algebra in float64; sampling, truncation, inpainting, training and checkpoints."""
+
+import json
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+import common
+
+
+@pytest.fixture(scope="module")
+def vqd():
+    return common.lesson("05_vq_diffusion")
+
+
+@pytest.fixture(scope="module")
+def tokenizer(tmp_path_factory):
+    rq = common.lesson("02_rq")
+    out = tmp_path_factory.mktemp("tok")
+    rq.train(rq.Config(steps=4, batch_size=8, eval_images=8, depth=2, out=str(out)))
+    return out / "ckpt.pt"
+
+
+K, T = 5, 6
+NOISES = ["mask-replace", "uniform", "mask"]
+
+
+def schedule(vqd, noise="mask-replace", K=K, T=T):
+    return vqd.noise_schedule(T, K, *vqd.NOISE[noise])
+
+
+def one_hot_log(x, K):
+    return F.one_hot(x, K).double().clamp_min(1e-300).log().clamp_min(-70)
+
+
+# --- the forward process ---
+
+
+@pytest.mark.parametrize("noise", NOISES)
+def test_every_one_step_matrix_is_column_stochastic_and_mask_absorbing(vqd, noise):
+    sched = schedule(vqd, noise)
+    for t in range(1, T + 1):
+        Q = vqd.transition_matrix(sched, t)  # [Q]_mn = q(x_t = m | x_{t-1} = n)
+        assert (Q >= 0).all()
+        torch.testing.assert_close(Q.sum(0), torch.ones(K + 1, dtype=torch.float64))  # axis 0
+        assert Q[K, K] == 1 and (Q[:K, K] == 0).all()  # [MASK] stays [MASK]
+
+
+def test_the_noise_types_give_the_matrices_they_name(vqd):
+    mask, uniform, both = (schedule(vqd, n) for n in ("mask", "uniform", "mask-replace"))
+    Qm, Qu, Qb = (vqd.transition_matrix(s, 3) for s in (mask, uniform, both))
+    off = ~torch.eye(K, dtype=torch.bool)
+    assert (Qm[:K, :K][off] == 0).all() and (Qm[K, :K] > 0).all()  # mask only: never redrawn
+    assert (Qu[K, :K] == 0).all() and (Qu[:K, :K][off] > 0).all()  # uniform: never masked
+    assert torch.allclose(Qu[:K, :K][off], Qu[0, 1])  # ... and redrawn uniformly
+    assert (Qb[K, :K] > 0).all() and (Qb[:K, :K][off] > 0).all()  # mask-and-replace: both
+    # the cumulative schedule ends where --gamma-end / --beta-end say (VQD: 0.9 and 0.1)
+    assert both.gammabar[-1].item() == pytest.approx(0.9)
+    assert (K * both.betabar[-1]).item() == pytest.approx(0.1)
+    assert both.alphabar[-1].item() == pytest.approx(0.0, abs=1e-12)
+
+
+@pytest.mark.parametrize("noise", NOISES)
+def test_closed_form_equals_the_product_of_one_step_matrices(vqd, noise):
+    sched = schedule(vqd, noise)
+    Qbar = torch.eye(K + 1, dtype=torch.float64)
+    for t in range(1, T + 1):
+        Qbar = vqd.transition_matrix(sched, t) @ Qbar  # Q_t ... Q_1
+        closed = vqd.log_q_xt_given_x0(one_hot_log(torch.arange(K), K), sched, t).exp()  # (K, K+1)
+        torch.testing.assert_close(closed, Qbar[:, :K].t(), atol=1e-12, rtol=1e-9)
+        # the jump matrix from any s equals the product Q_t ... Q_{s+1}
+        for s in range(t):
+            prod = torch.eye(K + 1, dtype=torch.float64)
+            for i in range(s + 1, t + 1):
+                prod = vqd.transition_matrix(sched, i) @ prod
+            torch.testing.assert_close(vqd.transition_matrix(sched, t, s), prod)
+
+
+@pytest.mark.parametrize("noise", ["mask-replace", "mask"])
+def test_q_xT_given_x0_is_the_prior(vqd, noise):
+    sched = schedule(vqd, noise)
+    qT = vqd.log_q_xt_given_x0(one_hot_log(torch.arange(K), K), sched, T).exp()
+    prior = vqd.log_prior(sched).double().exp()
+    torch.testing.assert_close(qT, prior.expand(K, K + 1), atol=1e-12, rtol=1e-6)
+    assert vqd.loss_T(torch.arange(K), sched).abs().max() < 1e-6
+
+
+def bayes_posterior(vqd, sched, x0, x_t, t, s):
+    """q(x_s | x_t, x_0) from explicit matrices: Qbar_{t|s}[x_t, :] * Qbar_{s|0}[:, x_0], normalised."""
+    def prod(a, b):  # Q_b ... Q_{a+1}, the identity when a = b
+        out = torch.eye(K + 1, dtype=torch.float64)
+        for i in range(a + 1, b + 1):
+            out = vqd.transition_matrix(sched, i) @ out
+        return out
+
+    p = prod(s, t)[x_t, :] * prod(0, s)[:, x0]
+    return p / p.sum()
+
+
+@pytest.mark.parametrize("noise", NOISES)
+@pytest.mark.parametrize("t, s", [(1, 0), (2, 1), (4, 3), (6, 5), (6, 3), (5, 0), (6, 0)])
+def test_posterior_equals_bayes_rule_with_explicit_matrices(vqd, noise, t, s):
+    sched = schedule(vqd, noise)
+    for x0 in range(K):
+        for x_t in range(K + 1):
+            q_t = vqd.transition_matrix(sched, t, 0)[x_t, x0]
+            if q_t < 1e-12:
+                continue  # x_t cannot follow from this x_0
+            want = bayes_posterior(vqd, sched, x0, x_t, t, s)
+            got = vqd.log_q_posterior(one_hot_log(torch.tensor([x0]), K), torch.tensor([x_t]), sched, t, s)
+            torch.testing.assert_close(got.exp()[0], want, atol=1e-12, rtol=1e-9)
+
+
+def test_x0_parameterization_is_the_mixture_of_posteriors(vqd):
+    """p(x_s | x_t) = sum_x0 q(x_s | x_t, x0) p(x0 | x_t) for a random p(x0)."""
+    sched = schedule(vqd)
+    torch.manual_seed(0)
+    p_x0 = torch.rand(K, dtype=torch.float64).softmax(0)
+    for t, s in [(3, 2), (6, 2), (1, 0)]:
+        for x_t in range(K + 1):
+            want = sum(
+                p_x0[x0] * bayes_posterior(vqd, sched, x0, x_t, t, s)
+                for x0 in range(K)
+                if vqd.transition_matrix(sched, t, 0)[x_t, x0] > 1e-12
+            )
+            got = vqd.log_q_posterior(p_x0.log()[None], torch.tensor([x_t]), sched, t, s).exp()[0]
+            torch.testing.assert_close(got, want / want.sum(), atol=1e-12, rtol=1e-9)
+
+
+def test_L_t_minus_1_is_zero_for_an_exact_x0_prediction_and_positive_otherwise(vqd):
+    sched = schedule(vqd)
+    torch.manual_seed(1)
+    x0 = torch.randint(K, (4, 6, 2))
+    t = torch.tensor([2, 3, 5, 6])
+    x_t = vqd.q_sample(x0, sched, t)
+    exact = F.one_hot(x0, K).float() * 200 - 100  # logits whose softmax is one-hot(x_0)
+    l_vlb, l_x0 = vqd.losses(exact, x0, x_t, sched, t)
+    assert l_vlb.abs().max() < 1e-5 and l_x0.abs().max() < 1e-5
+    l_vlb, l_x0 = vqd.losses(torch.zeros_like(exact), x0, x_t, sched, t)
+    assert l_vlb.mean() > 1e-3 and l_x0.mean() == pytest.approx(torch.log(torch.tensor(K * 1.0)).item())
+
+
+def test_q_sample_draws_the_closed_form(vqd):
+    sched = schedule(vqd)
+    torch.manual_seed(2)
+    x0 = torch.full((200_000,), 3)
+    x_t = vqd.q_sample(x0, sched, torch.full((200_000,), 4))
+    freq = torch.bincount(x_t, minlength=K + 1).double() / len(x_t)
+    want = vqd.log_q_xt_given_x0(one_hot_log(torch.tensor([3]), K), sched, 4).exp()[0]
+    torch.testing.assert_close(freq, want, atol=4e-3, rtol=0)
+
+
+# --- network, sampling ---
+
+
+def small_model(vqd, K=K, H=3, D=2, classes=3):
+    torch.manual_seed(0)
+    cfg = vqd.Config(width=16, heads=2, layers=2, steps_T=T)
+    return vqd.DiffusionTransformer(K, H, D, cfg, classes).eval()
+
+
+def test_network_sees_every_position_and_the_timestep(vqd):
+    m = small_model(vqd)
+    with torch.no_grad():  # AdaLN starts at zero; give it weights so that t and c matter
+        for p in m.parameters():
+            p.add_(0.1 * torch.randn_like(p))
+    x = torch.randint(K + 1, (1, 9, 2))
+    y = x.clone()
+    y[0, 8, 1] = (x[0, 8, 1] + 1) % (K + 1)  # change the LAST code only
+    t, c = torch.tensor([3]), torch.tensor([1])
+    a, b = m(x, t, c), m(y, t, c)
+    assert a.shape == (1, 9, 2, K)
+    assert not torch.allclose(a[0, 0], b[0, 0])  # bidirectional: the first position sees it
+    assert not torch.allclose(m(x, torch.tensor([4]), c), a)
+    assert not torch.allclose(m(x, t, torch.tensor([2])), a)
+
+
+def test_truncation_keeps_the_smallest_set_of_mass_r(vqd):
+    ar = common.lesson("04_rq_transformer")
+    p = torch.tensor([[0.5, 0.3, 0.1, 0.06, 0.04]])
+    kept = lambda r: torch.isfinite(ar.filter_logits(p.log(), top_p=r)).sum().item()
+    assert kept(0.5) == 1 and kept(0.79) == 2 and kept(0.86) == 3 and kept(0.9) == 3 and kept(0.91) == 4
+
+
+@pytest.mark.parametrize("stride", [1, 4, 6])
+def test_sampling_returns_codes_and_calls_the_network_ceil_T_over_stride_times(vqd, stride):
+    m = small_model(vqd)
+    calls = []
+    m.register_forward_hook(lambda *a: calls.append(1))
+    x = vqd.sample(m, schedule(vqd), torch.tensor([0, 2]), stride=stride, truncation=0.86)
+    assert x.shape == (2, 9, 2) and x.dtype == torch.long
+    assert ((x >= 0) & (x < K)).all()  # no [MASK] left
+    assert len(calls) == -(-T // stride)
+
+
+def test_inpainting_keeps_the_known_codes(vqd):
+    m = small_model(vqd)
+    torch.manual_seed(3)
+    known = torch.randint(K, (2, 9, 2))
+    keep = torch.rand(2, 9, 2) < 0.5
+    x = vqd.sample(m, schedule(vqd), torch.tensor([1, 1]), stride=2, known=known, keep=keep)
+    assert (x[keep] == known[keep]).all()
+    assert ((x >= 0) & (x < K)).all()
+
+
+def test_a_mask_only_model_that_knows_x0_samples_it(vqd):
+    """With mask-only noise and a network that always predicts one fixed x_0, the reverse chain
+    must end exactly at that x_0, at any stride."""
+    target = torch.randint(K, (1, 9, 2))
+
+    class Oracle(torch.nn.Module):
+        H, D = 3, 2
+
+        def forward(self, x_t, t, c):
+            return (F.one_hot(target, K).float() * 50).expand(len(c), -1, -1, -1)
+
+    for stride in (1, 3):
+        x = vqd.sample(Oracle(), schedule(vqd, "mask"), torch.tensor([0, 0]), stride=stride)
+        assert (x == target).all()
+
+
+# --- config, training, checkpoints ---
+
+
+@pytest.mark.parametrize(
+    "flags, message",
+    [
+        (dict(noise="mask", beta_end=0.1), "--noise mask means"),
+        (dict(gamma_end=0.95, beta_end=0.1), "sum <= 1"),
+        (dict(truncation=0.0), "--truncation"),
+        (dict(stride=0), "--stride"),
+    ],
+)
+def test_bad_flags_are_errors(vqd, flags, message):
+    with pytest.raises(ValueError, match=message):
+        vqd.Config(**flags)
+
+
+def test_noise_flags_resolve(vqd):
+    assert (vqd.Config(noise="uniform").gamma_end, vqd.Config(noise="uniform").beta_end) == (0.0, 1.0)
+    assert vqd.Config(gamma_end=0.5).beta_end == 0.1
+
+
+def test_training_lowers_the_loss_and_writes_everything(vqd, tokenizer, tmp_path):
+    cfg = vqd.Config(tokenizer=str(tokenizer), steps=60, batch_size=16, eval_images=16, log_every=10,
+                     width=32, heads=2, layers=2, steps_T=10, stride=5, lr=3e-3, out=str(tmp_path))  # fmt: skip
+    model = vqd.train(cfg)
+    log = [json.loads(line) for line in open(tmp_path / "metrics.jsonl")]
+    losses = [r["loss"] for r in log if "loss" in r]
+    assert len(losses) == 6 and sum(losses[-2:]) < sum(losses[:2])
+    final = log[-1]
+    assert final["final"] and final["val_vlb"] > 0 and final["val_L_T"] < 1e-6
+    assert final["val_vlb"] == pytest.approx(10 * final["val_L_t-1"] + final["val_L_T"])
+    for name in ("samples.png", "inpaint.png", "ckpt.pt"):
+        assert (tmp_path / name).exists()
+    ckpt = common.load_checkpoint(tmp_path / "ckpt.pt")
+    assert ckpt["lesson"] == "05_vq_diffusion" and ckpt["step"] == 60
+    again = vqd.DiffusionTransformer(16, 8, 2, vqd.Config(**ckpt["config"]), num_classes=8)
+    again.load_state_dict(ckpt["model"])  # K = 16 codes, an 8 x 8 grid of depth 2, 8 classes
+    x_t, t, c = torch.randint(17, (2, 64, 2)), torch.tensor([3, 9]), torch.tensor([0, 5])
+    torch.testing.assert_close(again.eval()(x_t, t, c), model(x_t, t, c))
