@@ -89,6 +89,7 @@ def test_q_xT_given_x0_is_the_prior(vqd, noise):
 
 def bayes_posterior(vqd, sched, x0, x_t, t, s):
     """q(x_s | x_t, x_0) from explicit matrices: Qbar_{t|s}[x_t, :] * Qbar_{s|0}[:, x_0], normalised."""
+
     def prod(a, b):  # Q_b ... Q_{a+1}, the identity when a = b
         out = torch.eye(K + 1, dtype=torch.float64)
         for i in range(a + 1, b + 1):
@@ -109,7 +110,9 @@ def test_posterior_equals_bayes_rule_with_explicit_matrices(vqd, noise, t, s):
             if q_t < 1e-12:
                 continue  # x_t cannot follow from this x_0
             want = bayes_posterior(vqd, sched, x0, x_t, t, s)
-            got = vqd.log_q_posterior(one_hot_log(torch.tensor([x0]), K), torch.tensor([x_t]), sched, t, s)
+            got = vqd.log_q_posterior(
+                one_hot_log(torch.tensor([x0]), K), torch.tensor([x_t]), sched, t, s
+            )
             torch.testing.assert_close(got.exp()[0], want, atol=1e-12, rtol=1e-9)
 
 
@@ -139,7 +142,9 @@ def test_L_t_minus_1_is_zero_for_an_exact_x0_prediction_and_positive_otherwise(v
     l_vlb, l_x0 = vqd.losses(exact, x0, x_t, sched, t)
     assert l_vlb.abs().max() < 1e-5 and l_x0.abs().max() < 1e-5
     l_vlb, l_x0 = vqd.losses(torch.zeros_like(exact), x0, x_t, sched, t)
-    assert l_vlb.mean() > 1e-3 and l_x0.mean() == pytest.approx(torch.log(torch.tensor(K * 1.0)).item())
+    assert l_vlb.mean() > 1e-3 and l_x0.mean() == pytest.approx(
+        torch.log(torch.tensor(K * 1.0)).item()
+    )
 
 
 def test_q_sample_draws_the_closed_form(vqd):
@@ -181,7 +186,13 @@ def test_truncation_keeps_the_smallest_set_of_mass_r(vqd):
     ar = common.lesson("04_rq_transformer")
     p = torch.tensor([[0.5, 0.3, 0.1, 0.06, 0.04]])
     kept = lambda r: torch.isfinite(ar.filter_logits(p.log(), top_p=r)).sum().item()
-    assert kept(0.5) == 1 and kept(0.79) == 2 and kept(0.86) == 3 and kept(0.9) == 3 and kept(0.91) == 4
+    assert (
+        kept(0.5) == 1
+        and kept(0.79) == 2
+        and kept(0.86) == 3
+        and kept(0.9) == 3
+        and kept(0.91) == 4
+    )
 
 
 @pytest.mark.parametrize("stride", [1, 4, 6])
@@ -239,7 +250,10 @@ def test_bad_flags_are_errors(vqd, flags, message):
 
 
 def test_noise_flags_resolve(vqd):
-    assert (vqd.Config(noise="uniform").gamma_end, vqd.Config(noise="uniform").beta_end) == (0.0, 1.0)
+    assert (vqd.Config(noise="uniform").gamma_end, vqd.Config(noise="uniform").beta_end) == (
+        0.0,
+        1.0,
+    )
     assert vqd.Config(gamma_end=0.5).beta_end == 0.1
 
 
@@ -261,3 +275,17 @@ def test_training_lowers_the_loss_and_writes_everything(vqd, tokenizer, tmp_path
     again.load_state_dict(ckpt["model"])  # K = 16 codes, an 8 x 8 grid of depth 2, 8 classes
     x_t, t, c = torch.randint(17, (2, 64, 2)), torch.tensor([3, 9]), torch.tensor([0, 5])
     torch.testing.assert_close(again.eval()(x_t, t, c), model(x_t, t, c))
+
+
+def test_command_line_help_and_a_contradicting_noise_flag(tmp_path):
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    script = str(Path(__file__).resolve().parent.parent / "05_vq_diffusion.py")
+    run = lambda *a: subprocess.run([sys.executable, script, *a], cwd=tmp_path, capture_output=True, text=True, timeout=120)  # fmt: skip
+    r = run("--help")
+    assert r.returncode == 0 and "--steps-T" in r.stdout and "--truncation" in r.stdout
+    r = run("--noise", "mask", "--beta-end", "0.1")
+    assert r.returncode == 2 and "--noise mask means --gamma-end 1.0 --beta-end 0.0" in r.stderr
+    assert "Traceback" not in r.stderr and not (tmp_path / "runs").exists()
