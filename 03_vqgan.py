@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Literal
 
 import torch
@@ -139,6 +138,7 @@ VGG16_URL = "https://download.pytorch.org/models/vgg16-397923af.pth"  # torchvis
 LPIPS_URL = (
     "https://github.com/richzhang/PerceptualSimilarity/raw/master/lpips/weights/v0.1/vgg.pth"
 )
+OFF = "turn the perceptual loss off with --perceptual-weight 0"  # the offline alternative
 VGG16_LAYERS = (64, 64, "M", 128, 128, "M", 256, 256, 256, "M", 512, 512, 512, "M", 512, 512, 512)
 LPIPS_TAPS = (
     4,
@@ -191,11 +191,11 @@ class LPIPS(nn.Module):
             "scale", torch.tensor([0.458, 0.448, 0.450]).view(1, 3, 1, 1), persistent=False
         )
         if pretrained:
-            vgg = fetch_weights(VGG16_URL, "vgg16-397923af.pth")
+            vgg = common.fetch_weights(VGG16_URL, "vgg16-397923af.pth", "LPIPS", OFF)
             self.features.load_state_dict(
                 {k[len("features.") :]: v for k, v in vgg.items() if k.startswith("features.")}
             )
-            heads = fetch_weights(LPIPS_URL, "lpips_vgg_v0.1.pth")
+            heads = common.fetch_weights(LPIPS_URL, "lpips_vgg_v0.1.pth", "LPIPS", OFF)
             self.load_state_dict(
                 {**{f"features.{k}": v for k, v in self.features.state_dict().items()}, **heads}
             )
@@ -216,22 +216,6 @@ class LPIPS(nn.Module):
             fx, fy = f.chunk(2)
             total = total + getattr(self, f"lin{i}")((fx - fy).pow(2)).mean((1, 2, 3))  # (B,)
         return total
-
-
-def fetch_weights(url: str, file_name: str) -> dict:
-    """A state dict through torch.hub's download cache; offline and uncached: a UserError."""
-    path = Path(torch.hub.get_dir()) / "checkpoints" / file_name
-    if not path.exists():
-        try:
-            torch.hub.load_state_dict_from_url(
-                url, file_name=file_name, map_location="cpu", weights_only=True
-            )
-        except Exception as e:
-            raise common.UserError(
-                f"LPIPS needs {file_name}, which is not in {path.parent} and could not be downloaded from "
-                f"{url} ({type(e).__name__}); put the file there, or turn the perceptual loss off with --perceptual-weight 0"
-            ) from None
-    return torch.load(path, map_location="cpu", weights_only=True)
 
 
 # --- encoder and decoder (taming-transformers' architecture) ---

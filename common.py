@@ -795,6 +795,23 @@ def lesson_name(cfg) -> str:
     return Path(sys.modules[type(cfg).__module__].__file__).stem
 
 
+def fetch_weights(url: str, file_name: str, needed_by: str, otherwise: str) -> dict:
+    """A state dict through torch.hub's download cache (downloaded once); offline and not cached:
+    a UserError that names the file, the folder to put it in, and `otherwise` (what else to do)."""
+    path = Path(torch.hub.get_dir()) / "checkpoints" / file_name
+    if not path.exists():
+        try:
+            torch.hub.load_state_dict_from_url(
+                url, file_name=file_name, map_location="cpu", weights_only=True
+            )
+        except Exception as e:
+            raise UserError(
+                f"{needed_by} needs {file_name}, which is not in {path.parent} and could not be downloaded from "
+                f"{url} ({type(e).__name__}); put the file there, or {otherwise}"
+            ) from None
+    return torch.load(path, map_location="cpu", weights_only=True)
+
+
 def save_atomic(obj, path: Path) -> None:
     """torch.save to a temporary file, then rename: a crash never leaves a half-written file."""
     path = Path(path)
