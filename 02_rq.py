@@ -27,14 +27,11 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Literal
 
-import matplotlib
-
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 from einops import rearrange
+from matplotlib.figure import Figure  # figures drawn straight to files: no GUI backend needed
 
 import common
 
@@ -293,7 +290,8 @@ def report(model: nn.Module, val_set, run_dir, device, cfg: Config) -> dict:
 def plot_coarse_to_fine(x: torch.Tensor, x_hat: torch.Tensor, path) -> None:
     """Fig. 5: one row per image: the original, then the decodes of Z^(1), ..., Z^(D)."""
     B, D = x_hat.shape[:2]
-    fig, axes = plt.subplots(B, D + 1, figsize=(1.2 * (D + 1), 1.2 * B), squeeze=False)
+    fig = Figure(figsize=(1.2 * (D + 1), 1.2 * B))
+    axes = fig.subplots(B, D + 1, squeeze=False)
     for i in range(B):
         for j, img in enumerate([x[i], *x_hat[i]]):
             axes[i, j].imshow(common.to_uint8(img), interpolation="nearest")
@@ -302,12 +300,12 @@ def plot_coarse_to_fine(x: torch.Tensor, x_hat: torch.Tensor, path) -> None:
                 axes[i, j].set_title("original" if j == 0 else f"Z^({j})", fontsize=8)
     fig.tight_layout(pad=0.2)
     fig.savefig(path, dpi=100)
-    plt.close(fig)
 
 
 def plot_code_usage(counts: torch.Tensor, norms: torch.Tensor, path) -> None:
     """Fig. 6: at each depth, how often codes are used against the norm of their embedding."""
-    fig, ax = plt.subplots(figsize=(6, 3.5))
+    fig = Figure(figsize=(6, 3.5))
+    ax = fig.subplots()
     bins = torch.linspace(0, norms.max().item() * 1.02, 40)
     for i, c in enumerate(counts):
         ax.hist(
@@ -323,7 +321,6 @@ def plot_code_usage(counts: torch.Tensor, norms: torch.Tensor, path) -> None:
     ax.legend()
     fig.tight_layout()
     fig.savefig(path, dpi=100)
-    plt.close(fig)
 
 
 # --- training ---
