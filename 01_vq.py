@@ -161,6 +161,8 @@ def restart_dead_codes(codebook, cluster_size, embed_sum, z, threshold: float = 
         else torch.randint(N, (n_dead,), device=z.device)
     )
     new = z[pick].to(codebook.dtype)  # (n_dead, d) distinct batch vectors where possible
+    # under torchrun: every rank takes rank 0's vectors, so all hold the same codebook
+    common.broadcast_from_main(new)
     codebook, cluster_size, embed_sum = codebook.clone(), cluster_size.clone(), embed_sum.clone()
     codebook[dead], cluster_size[dead], embed_sum[dead] = new, threshold, threshold * new
     return codebook, cluster_size, embed_sum, n_dead
@@ -298,14 +300,16 @@ def train(cfg: Config, build=VQVAE, report=None) -> nn.Module:
     Later lessons reuse this loop: `build(cfg)` makes their model, and `report(model, val_set,
     run_dir, device) -> dict` adds their own figures and final metrics.
     """
+    rank, world = common.distributed()  # (0, 1) unless launched by torchrun
     device = common.get_device(cfg.device)
     common.seed_everything(cfg.seed)
     run = common.Run(cfg)
-    train_set, val_set, _ = common.load_data(cfg)
+    train_set, val_set, _ = common.load_data(cfg, rank, world)
     model = build(cfg).to(device)
     opt = torch.optim.Adam(model.parameters(), lr=cfg.lr)
     start = run.restore(model=model, opt=opt)  # 0 unless --resume
-    data = common.batches(train_set, cfg, start)
+    data = common.batches(train_set, cfg, start, rank, world)
+    model = common.wrap(model, device)  # DistributedDataParallel under torchrun
     counts, restarted = torch.zeros(cfg.codebook_size), 0
     quantizer = common.unwrap(model).quantizer
     for step in common.progress(
@@ -336,7 +340,9 @@ def train(cfg: Config, build=VQVAE, report=None) -> nn.Module:
             restarted = 0
         if (step + 1) % cfg.ckpt_every == 0 or step + 1 == cfg.steps:
             run.save(step + 1, model=common.unwrap(model).state_dict(), opt=opt.state_dict())
-    finish(model, val_set, cfg, run, device, report)
+    model = common.unwrap(model)
+    if common.is_main():
+        finish(model, val_set, cfg, run, device, report)
     return model
 
 

@@ -55,6 +55,7 @@ def main(train_fn, config_cls, argv=None):
     except UserError as e:
         print(f"error: {e}", file=sys.stderr)
         sys.exit(2)
+    teardown()
 
 
 # --- config -> command line ---
@@ -210,8 +211,11 @@ def get_device(name: str = "auto") -> torch.device:
             f"--device {name} is not available on this machine; use --device auto or cpu"
         )
     if name == "cuda":
+        local = int(os.environ.get("LOCAL_RANK", 0))  # torchrun: one GPU per process
+        torch.cuda.set_device(local)
         torch.backends.cuda.matmul.allow_tf32 = True  # TF32 matmuls/convs: same speed class as bf16
         torch.backends.cudnn.allow_tf32 = True
+        return torch.device("cuda", local)
     return torch.device(name)
 
 
@@ -229,12 +233,13 @@ def autocast(device: torch.device):
 
 def progress(iterable, **kw):
     """The progress bar of every long loop."""
-    return tqdm(iterable, dynamic_ncols=True, mininterval=1.0, **kw)
+    return tqdm(iterable, dynamic_ncols=True, mininterval=1.0, disable=not is_main(), **kw)
 
 
 def echo(msg: str) -> None:
-    """Print a log line without breaking the progress bar."""
-    tqdm.write(msg)
+    """Print a log line without breaking the progress bar (rank 0 only under torchrun)."""
+    if is_main():
+        tqdm.write(msg)
 
 
 # --- datasets ---
@@ -738,15 +743,19 @@ class Run:
             self.dir.mkdir(parents=True, exist_ok=True)
         except OSError as e:
             raise UserError(f"cannot create run folder {self.dir}: {e.strerror}") from None
-        if not cfg.resume and (self.dir / "metrics.jsonl").exists():
+        if not cfg.resume and (self.dir / "metrics.jsonl").exists() and is_main():
             (self.dir / "metrics.jsonl").unlink()
 
     def log(self, record: dict) -> None:
-        with open(self.dir / "metrics.jsonl", "a") as f:
-            f.write(json.dumps(record) + "\n")
+        if is_main():  # under torchrun, rank 0 writes for everyone
+            with open(self.dir / "metrics.jsonl", "a") as f:
+                f.write(json.dumps(record) + "\n")
 
     def save(self, step: int, **state) -> None:
-        """Write ckpt.pt atomically: {"step", "lesson", "config", "rng", **state} (state dicts)."""
+        """Write ckpt.pt atomically: {"step", "lesson", "config", "rng", **state} (state dicts).
+        Rank 0 only under torchrun (every rank holds the same weights)."""
+        if not is_main():
+            return
         payload = {
             "step": step,
             "lesson": lesson_name(self.cfg),  # whose Config and build() rebuild the model
@@ -891,6 +900,60 @@ def unwrap(model: nn.Module) -> nn.Module:
 
 def all_reduce_sum(*tensors: torch.Tensor) -> None:
     """Sum tensors over all processes in place (a no-op in a single process)."""
-    if torch.distributed.is_available() and torch.distributed.is_initialized():
+    if dist_on():
         for t in tensors:
             torch.distributed.all_reduce(t)
+
+
+# --- several processes: torchrun + DistributedDataParallel ---
+#
+# `torchrun --nproc_per_node N lesson.py ...` starts N copies of the script with RANK, WORLD_SIZE
+# and LOCAL_RANK set. Each copy reads its own slice of every batch (--batch-size is per process,
+# so the global batch is N times it; scale --lr yourself if you want it to follow), gradients
+# are averaged by DDP, the EMA codebook statistics are summed over processes before each EMA
+# step (01's ema_update) and dead codes are restarted from rank 0's vectors on every rank.
+# Rank 0 alone writes logs, checkpoints and figures.
+
+
+def dist_on() -> bool:
+    return torch.distributed.is_available() and torch.distributed.is_initialized()
+
+
+def rank() -> int:
+    return torch.distributed.get_rank() if dist_on() else 0
+
+
+def is_main() -> bool:
+    return rank() == 0
+
+
+def distributed() -> tuple[int, int]:
+    """(rank, world size). Under torchrun the first call joins the process group (nccl on CUDA,
+    gloo on CPU); without it, (0, 1)."""
+    if not dist_on() and "RANK" in os.environ and "WORLD_SIZE" in os.environ:
+        torch.distributed.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
+    return (rank(), torch.distributed.get_world_size()) if dist_on() else (0, 1)
+
+
+def wrap(model: nn.Module, device: torch.device) -> nn.Module:
+    """DistributedDataParallel around model when several processes train, else model itself.
+    Buffers are not broadcast from rank 0 at each forward: the EMA codebook is kept equal on
+    every rank by its all-reduced statistics, and broadcasting would hide a rank that drifts."""
+    if not dist_on():
+        return model
+    ids = [device.index] if device.type == "cuda" else None
+    return nn.parallel.DistributedDataParallel(model, device_ids=ids, broadcast_buffers=False)
+
+
+def broadcast_from_main(t: torch.Tensor) -> torch.Tensor:
+    """Rank 0's values of t on every process, in place (a no-op in a single process)."""
+    if dist_on():
+        torch.distributed.broadcast(t, src=0)
+    return t
+
+
+def teardown() -> None:
+    """Wait for every process, then leave the process group (end of a torchrun job)."""
+    if dist_on():
+        torch.distributed.barrier()
+        torch.distributed.destroy_process_group()

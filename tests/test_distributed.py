@@ -1,0 +1,62 @@
+"""Two processes on the CPU (torchrun, gloo): both ranks end with the same weights and codebook,
+and the EMA statistics equal those of one process that sees the two ranks' batches at once."""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+import common
+
+WORKER = Path(__file__).resolve().parent / "ddp_worker.py"
+
+
+def torchrun(lesson: str, out: Path, **flags) -> tuple[dict, dict]:
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+           str(WORKER), lesson, str(out), json.dumps(flags)]  # fmt: skip
+    r = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env=env)
+    assert r.returncode == 0, r.stderr[-3000:]
+    return tuple(torch.load(out / f"rank{i}.pt") for i in (0, 1))
+
+
+SMALL = dict(steps=3, batch_size=8, eval_images=8, log_every=1)
+
+
+@pytest.mark.parametrize(
+    "lesson, extra", [("01_vq", dict(codebook_size=64)), ("02_rq", dict(depth=2))]
+)
+def test_both_ranks_hold_the_same_weights_and_codebook_with_restarts_on(lesson, extra, tmp_path):
+    a, b = torchrun(lesson, tmp_path, **SMALL, **extra)  # default dead_threshold: restarts happen
+    assert a.keys() == b.keys()
+    for k in a:
+        assert torch.equal(a[k], b[k]), k
+    log = [json.loads(line) for line in open(tmp_path / "metrics.jsonl")]
+    assert sum(r.get("restarted", 0) for r in log) > 0  # the restart path was exercised
+    assert (tmp_path / "ckpt.pt").exists() and common.load_checkpoint(tmp_path / "ckpt.pt")[
+        "step"
+    ] == 3
+
+
+@pytest.mark.parametrize("lesson", ["01_vq", "02_rq"])
+def test_ema_statistics_equal_one_process_over_the_concatenated_batch(lesson, tmp_path):
+    flags = dict(SMALL, steps=2, dead_threshold=0.0)  # no restarts: they pick random vectors
+    a, b = torchrun(lesson, tmp_path / "ddp", **flags)
+    mod = common.lesson(lesson)
+    one = mod.train(
+        mod.Config(**dict(flags, batch_size=16), out=str(tmp_path / "one"))
+    ).state_dict()
+    for key in a:
+        if "cluster_size" in key or "embed_sum" in key or "codebook" in key:
+            torch.testing.assert_close(a[key], one[key], atol=1e-5, rtol=1e-4, msg=key)
+    # the weights too: DDP's mean of two half-batch gradients is the full batch's gradient
+    w = (
+        "encoder.net.0.weight"
+        if "encoder.net.0.weight" in a
+        else next(k for k in a if k.startswith("encoder"))
+    )
+    torch.testing.assert_close(a[w], one[w], atol=1e-5, rtol=1e-4)
