@@ -409,10 +409,11 @@ def train(cfg: Config) -> nn.Module:
     from disc_start D trains; from disc_start + disc_warmup its loss also reaches G, so that G
     is never pushed by an untrained D (taming issue #44).
     """
+    rank, world = common.distributed()  # (0, 1) unless launched by torchrun
     device = common.get_device(cfg.device)
     common.seed_everything(cfg.seed)
     run = common.Run(cfg)
-    train_set, val_set, _ = common.load_data(cfg)
+    train_set, val_set, _ = common.load_data(cfg, rank, world)
     model, disc = (
         build(cfg).to(device),
         PatchDiscriminator(cfg.disc_layers, cfg.disc_ch, cfg.disc_norm).to(device),
@@ -422,7 +423,10 @@ def train(cfg: Config) -> nn.Module:
     opt_d = torch.optim.Adam(disc.parameters(), lr=cfg.lr, betas=(0.5, 0.9))
     d_loss_fn = hinge_d_loss if cfg.gan_loss == "hinge" else vanilla_d_loss
     start = run.restore(model=model, disc=disc, opt=opt, opt_d=opt_d)  # 0 unless --resume
-    data = common.batches(train_set, cfg, start)
+    data = common.batches(train_set, cfg, start, rank, world)
+    # under torchrun both players are DistributedDataParallel; G's adversarial term goes through
+    # the plain D (its gradients on D are dropped before D's own step anyway)
+    g_ddp, d_ddp = common.wrap(model, device), common.wrap(disc, device)
     log = {}
     for step in common.progress(
         range(start, cfg.steps), initial=start, total=cfg.steps, desc=cfg.out
@@ -430,7 +434,7 @@ def train(cfg: Config) -> nn.Module:
         x = next(data)[0].to(device, non_blocking=True)
         d_on, g_on = step >= cfg.disc_start, step >= cfg.disc_start + cfg.disc_warmup
         with common.autocast(device):
-            x_hat, codes, q = model(x)
+            x_hat, codes, q = g_ddp(x)
             x_hat = x_hat.float()
             pixel = (x_hat - x).abs().mean() if cfg.rec_loss == "l1" else (x_hat - x).pow(2).mean()
             perceptual = (
@@ -450,7 +454,7 @@ def train(cfg: Config) -> nn.Module:
         opt.step()
         if d_on:  # D sees x_hat.detach(): none of its loss reaches the generator
             with common.autocast(device):
-                logits_real, logits_fake = disc(x).float(), disc(x_hat.detach()).float()
+                logits_real, logits_fake = d_ddp(x).float(), d_ddp(x_hat.detach()).float()
                 d_loss = d_loss_fn(logits_real, logits_fake)
             opt_d.zero_grad(set_to_none=True)  # also drops the grads G's step left on D
             d_loss.backward()
@@ -492,7 +496,8 @@ def train(cfg: Config) -> nn.Module:
         if cfg.depth > 1
         else None
     )
-    vq.finish(model, val_set, cfg, run, device, report)  # metrics, recon.png, coarse-to-fine figure
+    if common.is_main():  # metrics, recon.png, coarse-to-fine figure
+        vq.finish(model, val_set, cfg, run, device, report)
     return model
 
 

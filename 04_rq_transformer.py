@@ -362,6 +362,7 @@ def tokenizer_path(cfg: Config) -> Path:
             overwrite=True,
         )
     )
+    common.barrier()  # under torchrun: rank 0 has written the checkpoint before anyone reads it
     return out / "ckpt.pt"
 
 
@@ -389,6 +390,8 @@ class Stage2:
     data and the shape of the code grid."""
 
     device: torch.device
+    rank: int  # this process under torchrun (0 otherwise)
+    world: int  # number of processes
     run: common.Run
     tokenizer_path: Path
     tok: nn.Module  # frozen: .encoder, .quantizer (.codebook (K, d), .depth), .decoder
@@ -402,6 +405,7 @@ class Stage2:
 
 def setup(cfg) -> Stage2:
     """Run folder, tokenizer (checked against --image-size), data, and class conditioning."""
+    rank, world = common.distributed()  # (0, 1) unless launched by torchrun
     device = common.get_device(cfg.device)
     run = common.Run(cfg)
     path = tokenizer_path(cfg)
@@ -416,11 +420,13 @@ def setup(cfg) -> Stage2:
         raise common.UserError(
             f"tokenizer {path} was trained on {size} px images, not --image-size {common.default_image_size(cfg)}"
         )
-    train_set, val_set, classes = common.load_data(cfg)
+    train_set, val_set, classes = common.load_data(cfg, rank, world)
     conditional = classes is not None if cfg.conditional is None else cfg.conditional
     num_classes = len(classes) if conditional and classes else 1
     H = size // tok_cfg.downsample
-    return Stage2(device, run, path, tok, train_set, val_set, conditional, num_classes, H, size)
+    return Stage2(
+        device, rank, world, run, path, tok, train_set, val_set, conditional, num_classes, H, size
+    )
 
 
 def fit(cfg, s: Stage2, model: nn.Module, loss_fn, betas=(0.9, 0.95)) -> None:
@@ -440,7 +446,8 @@ def fit(cfg, s: Stage2, model: nn.Module, loss_fn, betas=(0.9, 0.95)) -> None:
         betas=betas,
     )
     start = s.run.restore(model=model, opt=opt)  # 0 unless --resume
-    data = common.batches(s.train_set, cfg, start)
+    data = common.batches(s.train_set, cfg, start, s.rank, s.world)
+    ddp = common.wrap(model, s.device)  # DistributedDataParallel under torchrun
     for step in common.progress(
         range(start, cfg.steps), initial=start, total=cfg.steps, desc=cfg.out
     ):
@@ -450,7 +457,7 @@ def fit(cfg, s: Stage2, model: nn.Module, loss_fn, betas=(0.9, 0.95)) -> None:
         x, y = next(data)
         c = y.to(s.device) if s.conditional else torch.zeros_like(y, device=s.device)
         with common.autocast(s.device):
-            loss, logs = loss_fn(model, x.to(s.device), c)
+            loss, logs = loss_fn(ddp, x.to(s.device), c)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
@@ -488,6 +495,8 @@ def train(cfg: Config) -> nn.Module:
         return loss, {"loss": loss.item(), "bits_per_code": loss.item() / math.log(2)}
 
     fit(cfg, s, model, loss_fn)
+    if not common.is_main():  # under torchrun, rank 0 evaluates and samples
+        return model
     val_nll = evaluate(model, s, cfg)
     c = sample_classes(s, cfg.samples_per_class)
     codes, _ = model.sample(c, cfg.temperature, cfg.top_k, cfg.top_p)

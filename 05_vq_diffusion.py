@@ -408,6 +408,8 @@ def train(cfg: Config) -> nn.Module:
         return loss, {"loss": loss.item(), "L_t-1": l_vlb.mean().item(), "L_x0": l_x0.mean().item()}
 
     ar.fit(cfg, s, model, loss_fn, betas=(0.9, 0.96))
+    if not common.is_main():  # under torchrun, rank 0 evaluates and samples
+        return model
     val = evaluate(model, sched, s, cfg)
     common.echo(
         "validation (nats per code): "

@@ -952,6 +952,12 @@ def broadcast_from_main(t: torch.Tensor) -> torch.Tensor:
     return t
 
 
+def barrier() -> None:
+    """Wait until every process gets here (a no-op in a single process)."""
+    if dist_on():
+        torch.distributed.barrier()
+
+
 def teardown() -> None:
     """Wait for every process, then leave the process group (end of a torchrun job)."""
     if dist_on():

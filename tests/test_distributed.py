@@ -19,7 +19,8 @@ def torchrun(lesson: str, out: Path, **flags) -> tuple[dict, dict]:
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
            str(WORKER), lesson, str(out), json.dumps(flags)]  # fmt: skip
-    r = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env=env)
+    out.mkdir(parents=True, exist_ok=True)  # also the working folder: no runs/ to reuse there
+    r = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env=env, cwd=out)
     assert r.returncode == 0, r.stderr[-3000:]
     return tuple(torch.load(out / f"rank{i}.pt") for i in (0, 1))
 
@@ -60,3 +61,26 @@ def test_ema_statistics_equal_one_process_over_the_concatenated_batch(lesson, tm
         else next(k for k in a if k.startswith("encoder"))
     )
     torch.testing.assert_close(a[w], one[w], atol=1e-5, rtol=1e-4)
+
+
+def test_vqgan_both_players_stay_in_sync(tmp_path):
+    """03: G and D are both DistributedDataParallel; lambda uses autograd.grad inside G's step."""
+    a, b = torchrun(
+        "03_vqgan", tmp_path, **SMALL, disc_start=0, disc_warmup=1, perceptual_weight=0.0
+    )
+    for k in a:
+        assert torch.equal(a[k], b[k]), k
+    log = [json.loads(line) for line in open(tmp_path / "metrics.jsonl")]
+    assert any(r.get("lam", 0) > 0 for r in log)  # the GAN term reached G on both ranks
+
+
+def test_stage_two_priors_stay_in_sync(tmp_path):
+    """04 and 05 share their training loop (04's fit); a small tokenizer is trained first."""
+    rq = common.lesson("02_rq")
+    tok = tmp_path / "tok"
+    rq.train(rq.Config(steps=2, batch_size=8, eval_images=8, depth=2, out=str(tok)))
+    flags = dict(SMALL, tokenizer=str(tok / "ckpt.pt"), width=16, heads=2)
+    a, b = torchrun("05_vq_diffusion", tmp_path / "05", **flags, layers=1, steps_T=4)
+    for k in a:
+        assert torch.equal(a[k], b[k]), k
+    assert (tmp_path / "05" / "samples.png").exists() and (tmp_path / "05" / "inpaint.png").exists()
