@@ -308,23 +308,25 @@ def train(cfg: Config, build=VQVAE, report=None) -> nn.Module:
     model = build(cfg).to(device)
     opt = torch.optim.Adam(model.parameters(), lr=cfg.lr)
     start = run.restore(model=model, opt=opt)  # 0 unless --resume
-    data = common.batches(train_set, cfg, start, rank, world)
+    data = common.batches(train_set, cfg, start * cfg.grad_accum, rank, world)
     model = common.wrap(model, device)  # DistributedDataParallel under torchrun
     counts, restarted = torch.zeros(cfg.codebook_size), 0
     quantizer = common.unwrap(model).quantizer
     for step in common.progress(
         range(start, cfg.steps), initial=start, total=cfg.steps, desc=cfg.out
     ):
-        x = next(data)[0].to(device, non_blocking=True)
-        with common.autocast(device):
-            x_hat, codes, q = model(x)
-        rec = F.mse_loss(x_hat.float(), x)  # RQ Eq. 6: ||x - x^||^2
-        loss = rec + q["loss"]
         opt.zero_grad(set_to_none=True)
-        loss.backward()
+        for micro in range(cfg.grad_accum):  # the EMA codebook takes one step per micro-batch
+            x = next(data)[0].to(device, non_blocking=True)
+            with common.accumulating(model, micro, cfg.grad_accum):
+                with common.autocast(device):
+                    x_hat, codes, q = model(x)
+                rec = F.mse_loss(x_hat.float(), x)  # RQ Eq. 6: ||x - x^||^2
+                loss = rec + q["loss"]
+                (loss / cfg.grad_accum).backward()
+            counts += torch.bincount(codes.flatten().cpu(), minlength=cfg.codebook_size)
+            restarted += quantizer.n_dead
         opt.step()
-        counts += torch.bincount(codes.flatten().cpu(), minlength=cfg.codebook_size)
-        restarted += quantizer.n_dead
         if (step + 1) % cfg.log_every == 0:  # codebook health since the last log line
             stats = common.codebook_stats(counts)
             rec_, commit = rec.item(), q["commit"].item()

@@ -75,6 +75,10 @@ class Config(rq.Config):
     max_lambda: float = 1e4  # clamp of the adaptive weight
 
     def __post_init__(self):
+        if self.grad_accum != 1:
+            raise ValueError(
+                "--grad-accum is not supported by the two-player loop of lesson 03; raise --batch-size or use more processes"
+            )
         net = NET.get(self.dataset if self.hf_id is None else "", NET_OTHER)
         for name, value in net.items():
             if getattr(self, name) is None:

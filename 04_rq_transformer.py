@@ -446,7 +446,7 @@ def fit(cfg, s: Stage2, model: nn.Module, loss_fn, betas=(0.9, 0.95)) -> None:
         betas=betas,
     )
     start = s.run.restore(model=model, opt=opt)  # 0 unless --resume
-    data = common.batches(s.train_set, cfg, start, s.rank, s.world)
+    data = common.batches(s.train_set, cfg, start * cfg.grad_accum, s.rank, s.world)
     ddp = common.wrap(model, s.device)  # DistributedDataParallel under torchrun
     for step in common.progress(
         range(start, cfg.steps), initial=start, total=cfg.steps, desc=cfg.out
@@ -454,12 +454,14 @@ def fit(cfg, s: Stage2, model: nn.Module, loss_fn, betas=(0.9, 0.95)) -> None:
         for g in opt.param_groups:  # linear warm-up, then cosine decay
             warm = min(1.0, (step + 1) / 100)
             g["lr"] = cfg.lr * warm * 0.5 * (1 + math.cos(math.pi * step / cfg.steps))
-        x, y = next(data)
-        c = y.to(s.device) if s.conditional else torch.zeros_like(y, device=s.device)
-        with common.autocast(s.device):
-            loss, logs = loss_fn(ddp, x.to(s.device), c)
         opt.zero_grad(set_to_none=True)
-        loss.backward()
+        for micro in range(cfg.grad_accum):
+            x, y = next(data)
+            c = y.to(s.device) if s.conditional else torch.zeros_like(y, device=s.device)
+            with common.accumulating(ddp, micro, cfg.grad_accum):
+                with common.autocast(s.device):
+                    loss, logs = loss_fn(ddp, x.to(s.device), c)
+                (loss / cfg.grad_accum).backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         opt.step()
         if (step + 1) % cfg.log_every == 0:

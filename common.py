@@ -74,6 +74,7 @@ class TrainConfig:
     label_column: str | None = None  # label column of --hf-id or a local dataset (default: none)
     streaming: bool | None = None  # stream from the hub, no download (default: on for imagenet)
     batch_size: int = 64  # images per step (per process under torchrun)
+    grad_accum: int = 1  # micro-batches of --batch-size per optimizer step (gradient accumulation)
     steps: int = 1500  # optimizer steps
     lr: float = 1e-3  # Adam learning rate
     seed: int = 0  # seeds data order, initialisation and code restarts
@@ -88,7 +89,7 @@ class TrainConfig:
 
     def __post_init__(self):
         """Checks of the shared flags; a lesson's __post_init__ adds its own and calls this."""
-        for name in ("steps", "batch_size", "log_every", "ckpt_every", "eval_images"):
+        for name in ("steps", "batch_size", "grad_accum", "log_every", "ckpt_every", "eval_images"):
             if getattr(self, name) < 1:
                 raise ValueError(
                     f"--{name.replace('_', '-')} must be at least 1, got {getattr(self, name)}"
@@ -950,6 +951,14 @@ def broadcast_from_main(t: torch.Tensor) -> torch.Tensor:
     if dist_on():
         torch.distributed.broadcast(t, src=0)
     return t
+
+
+def accumulating(model: nn.Module, micro: int, n: int):
+    """Context for micro-batch `micro` of `n`: under DDP, every micro-batch but the last skips
+    the gradient all-reduce (DDP.no_sync), so that n micro-batches cost one reduction."""
+    if micro < n - 1 and isinstance(model, nn.parallel.DistributedDataParallel):
+        return model.no_sync()
+    return nullcontext()
 
 
 def barrier() -> None:

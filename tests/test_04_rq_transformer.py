@@ -236,3 +236,14 @@ def test_a_tokenizer_trained_from_the_command_line_loads(tmp_path):
     assert common.load_checkpoint(tmp_path / "tok" / "ckpt.pt")["lesson"] == "02_rq"
     tok, cfg = common.lesson("03_vqgan").load_tokenizer(tmp_path / "tok" / "ckpt.pt")
     assert cfg.depth == 2 and tok.quantizer.depth == 2
+
+
+def test_two_accumulated_micro_batches_equal_one_batch_of_twice_the_size(ar, tokenizer, tmp_path):
+    one = ar.train(small(ar, tokenizer, tmp_path / "one", steps=1, batch_size=16))
+    two = ar.train(small(ar, tokenizer, tmp_path / "two", steps=1, batch_size=8, grad_accum=2))
+    for (name, a), b in zip(one.state_dict().items(), two.state_dict().values()):
+        torch.testing.assert_close(a, b, atol=1e-6, rtol=1e-5, msg=name)
+    half = ar.train(
+        small(ar, tokenizer, tmp_path / "half", steps=1, batch_size=8)
+    )  # micro-batch 1 only
+    assert not torch.allclose(half.head[1].weight, two.head[1].weight, atol=1e-6)
