@@ -309,7 +309,7 @@ def train(cfg: Config, build=VQVAE, report=None) -> nn.Module:
     opt = torch.optim.Adam(model.parameters(), lr=cfg.lr)
     start = run.restore(model=model, opt=opt)  # 0 unless --resume
     data = common.batches(train_set, cfg, start * cfg.grad_accum, rank, world)
-    model = common.wrap(model, device)  # DistributedDataParallel under torchrun
+    model = common.compiled(common.wrap(model, device), cfg)  # DDP under torchrun; --compile
     counts, restarted = torch.zeros(cfg.codebook_size), 0
     quantizer = common.unwrap(model).quantizer
     for step in common.progress(

@@ -430,7 +430,7 @@ def train(cfg: Config) -> nn.Module:
     data = common.batches(train_set, cfg, start, rank, world)
     # under torchrun both players are DistributedDataParallel; G's adversarial term goes through
     # the plain D (its gradients on D are dropped before D's own step anyway)
-    g_ddp, d_ddp = common.wrap(model, device), common.wrap(disc, device)
+    g_ddp, d_ddp = common.compiled(common.wrap(model, device), cfg), common.wrap(disc, device)
     log = {}
     for step in common.progress(
         range(start, cfg.steps), initial=start, total=cfg.steps, desc=cfg.out

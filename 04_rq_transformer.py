@@ -447,7 +447,7 @@ def fit(cfg, s: Stage2, model: nn.Module, loss_fn, betas=(0.9, 0.95)) -> None:
     )
     start = s.run.restore(model=model, opt=opt)  # 0 unless --resume
     data = common.batches(s.train_set, cfg, start * cfg.grad_accum, s.rank, s.world)
-    ddp = common.wrap(model, s.device)  # DistributedDataParallel under torchrun
+    ddp = common.compiled(common.wrap(model, s.device), cfg)  # DDP under torchrun; --compile
     for step in common.progress(
         range(start, cfg.steps), initial=start, total=cfg.steps, desc=cfg.out
     ):

@@ -75,6 +75,9 @@ class TrainConfig:
     streaming: bool | None = None  # stream from the hub, no download (default: on for imagenet)
     batch_size: int = 64  # images per step (per process under torchrun)
     grad_accum: int = 1  # micro-batches of --batch-size per optimizer step (gradient accumulation)
+    compile: bool = (
+        False  # torch.compile the trained network (GPU; on a CPU it needs a C++ compiler)
+    )
     steps: int = 1500  # optimizer steps
     lr: float = 1e-3  # Adam learning rate
     seed: int = 0  # seeds data order, initialisation and code restarts
@@ -721,6 +724,7 @@ class Run:
     RESUMABLE = frozenset(
         {
             "steps",
+            "compile",
             "resume",
             "overwrite",
             "log_every",
@@ -953,9 +957,16 @@ def broadcast_from_main(t: torch.Tensor) -> torch.Tensor:
     return t
 
 
+def compiled(model: nn.Module, cfg) -> nn.Module:
+    """torch.compile(model) with --compile, else model. The first steps are slow while it
+    compiles; the quantizers' data-dependent restarts run eagerly (graph breaks)."""
+    return torch.compile(model) if cfg.compile else model
+
+
 def accumulating(model: nn.Module, micro: int, n: int):
     """Context for micro-batch `micro` of `n`: under DDP, every micro-batch but the last skips
     the gradient all-reduce (DDP.no_sync), so that n micro-batches cost one reduction."""
+    model = getattr(model, "_orig_mod", model)  # under --compile
     if micro < n - 1 and isinstance(model, nn.parallel.DistributedDataParallel):
         return model.no_sync()
     return nullcontext()

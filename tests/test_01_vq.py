@@ -306,3 +306,13 @@ def test_help_lists_every_flag(vq, tmp_path):
     assert r.returncode == 0
     for f in dataclasses.fields(vq.Config):
         assert "--" + f.name.replace("_", "-") in r.stdout
+
+
+def test_compile_flag_compiles_the_training_network(vq, tmp_path, monkeypatch):
+    seen = []
+    monkeypatch.setattr(torch, "compile", lambda m: seen.append(m) or m)  # record, run eagerly
+    vq.train(small(vq, tmp_path, steps=2, compile=True))
+    assert len(seen) == 1 and isinstance(seen[0], vq.VQVAE)
+    seen.clear()
+    vq.train(small(vq, tmp_path, steps=2, overwrite=True))
+    assert seen == []  # off by default
