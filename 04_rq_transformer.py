@@ -370,7 +370,8 @@ def tokenizer_path(cfg: Config) -> Path:
 def encode(tok, x: torch.Tensor, tau: float = 0.5, stochastic: bool = False):
     """Images (B, 3, S, S) -> codes (B, T, D) in raster order (RQ Eq. 8), Q_tau (B*T, D, K)."""
     z = rearrange(tok.encoder(x).float(), "b d h w -> (b h w) d")  # raster order: row by row
-    codes, probs = soft_codes(z, tok.quantizer.codebook, tok.quantizer.depth, tau, stochastic)
+    with torch.autocast(x.device.type, enabled=False):  # distances in float32, also under bf16
+        codes, probs = soft_codes(z, tok.quantizer.codebook, tok.quantizer.depth, tau, stochastic)
     return codes.view(len(x), -1, tok.quantizer.depth), probs
 
 
