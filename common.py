@@ -75,9 +75,7 @@ class TrainConfig:
     streaming: bool | None = None  # stream from the hub, no download (default: on for imagenet)
     batch_size: int = 64  # images per step (per process under torchrun)
     grad_accum: int = 1  # micro-batches of --batch-size per optimizer step (gradient accumulation)
-    compile: bool = (
-        False  # torch.compile the trained network (GPU; on a CPU it needs a C++ compiler)
-    )
+    compile: bool = False  # torch.compile the network (on a CPU it needs a C++ compiler)
     steps: int = 1500  # optimizer steps
     lr: float = 1e-3  # Adam learning rate
     seed: int = 0  # seeds data order, initialisation and code restarts
