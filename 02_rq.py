@@ -50,6 +50,7 @@ PRESETS = {
     "ffhq": {**REAL, "downsample": 32, "codebook_size": 2048},
     "imagenet": {**REAL, "downsample": 32, "codebook_size": 16384, "steps": 500_000},
 }
+PRESETS["shapes-plain"] = PRESETS["shapes"]
 OTHER = {**REAL, "downsample": 16, "codebook_size": 2048}  # celebahq, lsun-church, --hf-id, paths
 
 

@@ -50,6 +50,7 @@ NET = {
     "imagenet": {**PAPER, **GPU},
 }
 NET["shapes"].update(disc_ch=32, batch_size=32, lr=4e-4, steps=1500)
+NET["shapes-plain"] = NET["shapes"]
 NET_OTHER = {**PAPER, "ch_mult": (1, 1, 2, 2, 4), "attn_resolutions": (16,), **GPU}  # f = 16
 
 

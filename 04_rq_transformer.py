@@ -49,6 +49,7 @@ gan = common.lesson("03_vqgan")  # load_tokenizer: rebuilds a frozen 02 or 03 to
 
 @dataclass
 class Config(common.TrainConfig):
+    dataset: str = "shapes-plain"  # as lesson 01; by default shapes in flat palette colours
     out: str = "runs/04_rq_transformer"  # run folder: ckpt.pt, metrics.jsonl, samples.png
     tokenizer: str | None = None  # 02/03 checkpoint (default: runs/02_rq/ckpt.pt, else train one)
     width: int = 128  # W: transformer width

@@ -62,6 +62,7 @@ NOISE = {
 
 @dataclass
 class Config(common.TrainConfig):
+    dataset: str = "shapes-plain"  # as lesson 01; by default shapes in flat palette colours
     out: str = (
         "runs/05_vq_diffusion"  # run folder: ckpt.pt, metrics.jsonl, samples.png, inpaint.png
     )

@@ -104,14 +104,14 @@ class TrainConfig:
         is_path = (
             "/" in self.dataset or self.dataset.endswith(".parquet") or Path(self.dataset).exists()
         )
-        if self.hf_id is None and self.dataset not in ("shapes", *DATASETS) and not is_path:
+        if self.hf_id is None and self.dataset not in (*BUILTIN, *DATASETS) and not is_path:
             raise ValueError(
                 f"unknown dataset '{self.dataset}'; choose one of: {dataset_choices()}"
             )
         size = default_image_size(self)
-        if size % 8 or not 8 <= size <= (256 if self.dataset == "shapes" else 4096):
+        if size % 8 or not 8 <= size <= (256 if self.dataset in BUILTIN else 4096):
             raise ValueError(
-                f"--image-size must be a multiple of 8 from 8 to {256 if self.dataset == 'shapes' else 4096}, got {size}"
+                f"--image-size must be a multiple of 8 from 8 to {256 if self.dataset in BUILTIN else 4096}, got {size}"
             )
 
 
@@ -250,6 +250,12 @@ def echo(msg: str) -> None:
 
 SHAPE_CLASSES = ("circle", "ring", "square", "triangle", "star", "cross", "crescent", "half-disc")
 SHAPES_TRAIN, SHAPES_VAL = 10_000, 1_000  # fixed split: val images use their own seeds
+BUILTIN = ("shapes", "shapes-plain")  # procedural datasets, no download
+# shapes-plain: one of 4 flat dark backgrounds and one of 4 bright shape colours. Colour then
+# carries 4 bits per image instead of about 70, so a small prior (lessons 04-05) spends its
+# capacity on the geometry that tells the classes apart, and its samples can be judged by eye.
+PLAIN_BACKGROUNDS = ((30, 30, 60), (60, 30, 30), (30, 60, 30), (50, 50, 50))
+PLAIN_COLOURS = ((240, 200, 40), (60, 200, 240), (240, 80, 160), (240, 240, 240))
 
 
 def _shape_outline(cls: str, cx: float, cy: float, r: float, angle: float):
@@ -292,22 +298,35 @@ def _shape_outline(cls: str, cx: float, cy: float, r: float, angle: float):
     raise ValueError(cls)
 
 
-def render_shape(seed: int, size: int = 32, supersample: int = 4) -> tuple[np.ndarray, int]:
-    """One image of the `shapes` dataset: (size, size, 3) uint8 and its class, fixed by `seed`.
-
-    A coloured shape of a random class, position, size and rotation on a background that is a
-    linear gradient between two random colours at a random angle.
-    """
-    rng = random.Random(seed)
+def _gradient_and_colour(rng: random.Random, size: int):
+    """The `shapes` background, a gradient between two random colours at a random angle, and a
+    random shape colour that stands out from the background's mean."""
     c0, c1 = (np.array([rng.randrange(256) for _ in range(3)], np.float32) for _ in range(2))
     theta = rng.uniform(0, 2 * math.pi)
     yy, xx = np.mgrid[0:size, 0:size] / (size - 1) - 0.5
     t = (xx * math.cos(theta) + yy * math.sin(theta)) / math.sqrt(2) + 0.5  # in [0, 1]
     bg = c0 * (1 - t[..., None]) + c1 * t[..., None]  # (size, size, 3)
-    while True:  # a shape colour that stands out from the background's mean
+    while True:
         fg = np.array([rng.randrange(256) for _ in range(3)], np.float32)
         if np.abs(fg - (c0 + c1) / 2).sum() > 120:
-            break
+            return bg, fg
+
+
+def render_shape(
+    seed: int, size: int = 32, supersample: int = 4, plain: bool = False
+) -> tuple[np.ndarray, int]:
+    """One image of the `shapes` dataset: (size, size, 3) uint8 and its class, fixed by `seed`.
+
+    A coloured shape of a random class, position, size and rotation on a background that is a
+    linear gradient between two random colours at a random angle. plain=True (`shapes-plain`):
+    a flat background and a shape colour from the two small palettes above.
+    """
+    rng = random.Random(seed)
+    if plain:
+        bg = np.broadcast_to(np.array(rng.choice(PLAIN_BACKGROUNDS), np.float32), (size, size, 3))
+        fg = np.array(rng.choice(PLAIN_COLOURS), np.float32)
+    else:
+        bg, fg = _gradient_and_colour(rng, size)
     label = rng.randrange(len(SHAPE_CLASSES))
     S = size * supersample  # the shape's mask is drawn larger, then box-filtered: smooth edges
     r = rng.uniform(0.22, 0.42) * S
@@ -325,9 +344,9 @@ def render_shape(seed: int, size: int = 32, supersample: int = 4) -> tuple[np.nd
 
 
 @functools.lru_cache(maxsize=4)
-def _render_all(base: int, n: int, size: int) -> tuple[torch.Tensor, torch.Tensor]:
+def _render_all(base: int, n: int, size: int, plain: bool) -> tuple[torch.Tensor, torch.Tensor]:
     items = [
-        render_shape(base + i, size)
+        render_shape(base + i, size, plain=plain)
         for i in progress(range(n), desc="rendering shapes", leave=False)
     ]
     return torch.from_numpy(np.stack([im for im, _ in items])), torch.tensor(
@@ -336,22 +355,23 @@ def _render_all(base: int, n: int, size: int) -> tuple[torch.Tensor, torch.Tenso
 
 
 class Shapes(torch.utils.data.Dataset):
-    """The built-in dataset: `n` procedural images, item i always the same for the same seed."""
+    """The built-in datasets: `n` procedural images, item i always the same for the same seed
+    (plain=True: `shapes-plain`)."""
 
-    def __init__(self, split: str, size: int = 32, seed: int = 0):
+    def __init__(self, split: str, size: int = 32, seed: int = 0, plain: bool = False):
         if size % 8 or not 8 <= size <= 256:
             raise UserError(
                 f"shapes: --image-size must be a multiple of 8 from 8 to 256, got {size}"
             )
         self.n = SHAPES_TRAIN if split == "train" else SHAPES_VAL
         self.base = seed * 10_000_019 + (0 if split == "train" else SHAPES_TRAIN)
-        self.size = size
+        self.size, self.plain = size, plain
         self.classes = SHAPE_CLASSES
         # Small sizes are rendered once into memory (10k images at 32 px take a few seconds);
         # large ones are rendered on access, so workers share the load.
         self.cache = None
         if self.n * size * size * 3 <= 64 * 2**20:
-            self.cache, self.labels = _render_all(self.base, self.n, size)
+            self.cache, self.labels = _render_all(self.base, self.n, size, plain)
 
     def __len__(self):
         return self.n
@@ -360,7 +380,7 @@ class Shapes(torch.utils.data.Dataset):
         if self.cache is not None:
             img, label = self.cache[i], int(self.labels[i])
         else:
-            img, label = render_shape(self.base + i, self.size)
+            img, label = render_shape(self.base + i, self.size, plain=self.plain)
             img = torch.from_numpy(img)
         return {"image": img.permute(2, 0, 1).float() / 127.5 - 1, "label": label}
 
@@ -398,7 +418,7 @@ HELD_OUT = 1000  # validation images held out of datasets that have no validatio
 
 def dataset_choices() -> str:
     return (
-        ", ".join(["shapes", *DATASETS])
+        ", ".join([*BUILTIN, *DATASETS])
         + ", --hf-id <hub id>, or a path to an image folder or .parquet file"
     )
 
@@ -408,7 +428,7 @@ def default_image_size(cfg) -> int:
         return cfg.image_size
     if cfg.dataset in DATASETS and cfg.hf_id is None:
         return DATASETS[cfg.dataset].size
-    return 32 if cfg.dataset == "shapes" and cfg.hf_id is None else 256
+    return 32 if cfg.dataset in BUILTIN and cfg.hf_id is None else 256
 
 
 def _to_pil(value) -> Image.Image:
@@ -513,8 +533,10 @@ def load_data(cfg, rank: int = 0, world: int = 1):
     `datasets.IterableDataset`s split by rank; map-style ones are split by `batches`.
     """
     size = default_image_size(cfg)
-    if cfg.dataset == "shapes" and cfg.hf_id is None:
-        return Shapes("train", size, cfg.seed), Shapes("val", size, cfg.seed), SHAPE_CLASSES
+    if cfg.dataset in BUILTIN and cfg.hf_id is None:
+        plain = cfg.dataset == "shapes-plain"
+        train, val = (Shapes(split, size, cfg.seed, plain) for split in ("train", "val"))
+        return train, val, SHAPE_CLASSES
     if size % 8 or size < 8:
         raise UserError(f"--image-size must be a positive multiple of 8, got {size}")
     train, spec = _open_hf(cfg, None)

@@ -200,7 +200,9 @@ def test_without_a_flag_a_matching_tokenizer_is_reused(ar, tokenizer, tmp_path, 
     monkeypatch.chdir(tmp_path)
     (tmp_path / "runs" / "02_rq").mkdir(parents=True)
     (tmp_path / "runs" / "02_rq" / "ckpt.pt").write_bytes(tokenizer.read_bytes())
-    assert ar.tokenizer_path(ar.Config(out="elsewhere")) == Path("runs/02_rq/ckpt.pt")
+    assert ar.tokenizer_path(ar.Config(out="elsewhere", dataset="shapes")) == Path(
+        "runs/02_rq/ckpt.pt"
+    )
     assert ar.tokenizer_path(ar.Config(tokenizer="given.pt")) == Path("given.pt")
 
 
@@ -247,3 +249,9 @@ def test_two_accumulated_micro_batches_equal_one_batch_of_twice_the_size(ar, tok
         small(ar, tokenizer, tmp_path / "half", steps=1, batch_size=8)
     )  # micro-batch 1 only
     assert not torch.allclose(half.head[1].weight, two.head[1].weight, atol=1e-6)
+
+
+def test_the_generative_lessons_default_to_the_plain_shapes(ar):
+    vqd = common.lesson("05_vq_diffusion")
+    assert ar.Config().dataset == vqd.Config().dataset == "shapes-plain"
+    assert common.lesson("01_vq").Config().dataset == "shapes"

@@ -36,6 +36,33 @@ def test_shapes_dataset_values_shapes_and_labels():
     assert labels == set(range(len(common.SHAPE_CLASSES))) and len(common.SHAPE_CLASSES) >= 6
 
 
+def test_plain_shapes_use_one_palette_background_and_one_palette_colour():
+    """Every pixel is the image's palette background, its palette shape colour, or a blend of the
+    two at the shape's edge; all four backgrounds and most classes occur."""
+    backgrounds = [np.array(c, np.float32) for c in common.PLAIN_BACKGROUNDS]
+    colours = [np.array(c, np.float32) for c in common.PLAIN_COLOURS]
+    seen = set()
+    for seed in range(40):
+        img, label = common.render_shape(seed, 32, plain=True)
+        px = img.reshape(-1, 3).astype(np.float32)
+        bg = min(backgrounds, key=lambda c: np.abs(px - c).sum(1).min())  # the exact one present
+        fg = min(colours, key=lambda c: np.abs(px - c).sum(1).min())
+        # distance of each pixel to the segment between bg and fg (blends at the shape's edge)
+        t = np.clip(((px - bg) @ (fg - bg)) / ((fg - bg) @ (fg - bg)), 0, 1)
+        assert np.abs(px - (bg + t[:, None] * (fg - bg))).max() <= 1.0
+        assert (np.abs(px - bg).sum(1) == 0).mean() > 0.3 and (np.abs(px - fg).sum(1) == 0).any()
+        seen.add((tuple(bg), tuple(fg), label))
+    assert len({s[2] for s in seen}) >= 6 and len({s[0] for s in seen}) == 4
+
+
+def test_plain_shapes_are_a_dataset_name():
+    cfg = data_cfg(dataset="shapes-plain")
+    train, val, classes = common.load_data(cfg)
+    assert train.plain and val.plain and classes == common.SHAPE_CLASSES
+    assert "shapes-plain" in common.dataset_choices()
+    assert not torch.equal(train[0]["image"], common.Shapes("train", 32, 0)[0]["image"])
+
+
 def test_shapes_split_is_fixed_and_disjoint():
     train, val = common.Shapes("train", 32, 0), common.Shapes("val", 32, 0)
     assert (len(train), len(val)) == (common.SHAPES_TRAIN, common.SHAPES_VAL)
