@@ -404,6 +404,10 @@ class Stage2:
     H: int  # the code grid is H x H: T = H * H positions of D codes
     size: int  # image side in pixels
 
+    def labels(self, y: torch.Tensor) -> torch.Tensor:
+        """The class each image is conditioned on, on the device: y, or 0 when unconditional."""
+        return y.to(self.device) if self.conditional else torch.zeros_like(y, device=self.device)
+
 
 def setup(cfg) -> Stage2:
     """Run folder, tokenizer (checked against --image-size), data, and class conditioning."""
@@ -459,7 +463,7 @@ def fit(cfg, s: Stage2, model: nn.Module, loss_fn, betas=(0.9, 0.95)) -> None:
         opt.zero_grad(set_to_none=True)
         for micro in range(cfg.grad_accum):
             x, y = next(data)
-            c = y.to(s.device) if s.conditional else torch.zeros_like(y, device=s.device)
+            c = s.labels(y)
             with common.accumulating(ddp, micro, cfg.grad_accum):
                 with common.autocast(s.device):
                     loss, logs = loss_fn(ddp, x.to(s.device), c)
@@ -529,7 +533,7 @@ def evaluate(model, s: Stage2, cfg: Config) -> float:
     total = 0.0
     for x, y in zip(x_all.split(cfg.batch_size), y_all.split(cfg.batch_size)):
         codes, _ = encode(s.tok, x.to(s.device))  # argmin codes
-        c = y.to(s.device) if s.conditional else torch.zeros_like(y, device=s.device)
+        c = s.labels(y)
         total += nll(model(codes, c), codes).item() * len(x)
     return total / len(x_all)
 

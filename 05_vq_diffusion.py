@@ -442,7 +442,7 @@ def evaluate(model, sched: Schedule, s, cfg: Config) -> dict:
     torch.manual_seed(cfg.seed)  # the same noise at every evaluation
     for x, y in zip(x_all.split(cfg.batch_size), y_all.split(cfg.batch_size)):
         x0, _ = ar.encode(s.tok, x.to(s.device))
-        c = y.to(s.device) if s.conditional else torch.zeros_like(y, device=s.device)
+        c = s.labels(y)
         total["L_T"] += loss_T(x0, sched).mean().item() * len(x)
         for t_val in times.tolist():
             t = torch.full((len(x),), t_val, device=s.device)
@@ -463,7 +463,7 @@ def inpaint(model, sched: Schedule, s, cfg: Config, completions: int = 2) -> Non
     then `completions` samples that keep every code outside that square."""
     x, y = common.first_images(s.val_set, 8)
     x = x.to(s.device)
-    c = y.to(s.device) if s.conditional else torch.zeros_like(y, device=s.device)
+    c = s.labels(y)
     codes, _ = ar.encode(s.tok, x)
     grid = torch.zeros(s.H, s.H, dtype=torch.bool, device=s.device)
     lo, hi = s.H // 4, s.H - s.H // 4
