@@ -30,3 +30,13 @@ torch.set_num_threads(min(2, torch.get_num_threads()))
 @pytest.fixture(scope="session")
 def vq():
     return common.lesson("01_vq")
+
+
+@pytest.fixture(scope="session")
+def tokenizer(tmp_path_factory):
+    """A tiny lesson-02 RQ-VAE checkpoint (32 px shapes, 8x8 codes of depth 2, K = 16) for the
+    stage-2 lessons 04 and 05: a few steps, enough to have every file they read."""
+    rq = common.lesson("02_rq")
+    out = tmp_path_factory.mktemp("tok")
+    rq.train(rq.Config(steps=4, batch_size=8, eval_images=8, depth=2, out=str(out)))
+    return out / "ckpt.pt"

@@ -271,7 +271,10 @@ def cli(*args, cwd):
 @pytest.mark.parametrize(
     "args, message",
     [
-        (["--dataset", "nope"], "unknown dataset 'nope'; choose one of: shapes, shapes-plain, mnist, cifar10"),
+        (
+            ["--dataset", "nope"],
+            "unknown dataset 'nope'; choose one of: shapes, shapes-plain, mnist, cifar10",
+        ),
         (["--image-size", "36"], "--image-size must be a multiple of 8"),
         (
             ["--image-size", "40", "--downsample", "16"],

@@ -14,14 +14,6 @@ def ar():
     return common.lesson("04_rq_transformer")
 
 
-@pytest.fixture(scope="module")
-def tokenizer(tmp_path_factory):
-    rq = common.lesson("02_rq")
-    out = tmp_path_factory.mktemp("tok")
-    rq.train(rq.Config(steps=4, batch_size=8, eval_images=8, depth=3, out=str(out)))
-    return out / "ckpt.pt"
-
-
 def model(ar, flatten=False, K=7, d_code=5, T=6, D=3, classes=3, seed=0):
     torch.manual_seed(seed)
     cfg = ar.Config(width=16, heads=2, spatial_layers=2, depth_layers=1, dropout=0.0)

@@ -15,14 +15,6 @@ def vqd():
     return common.lesson("05_vq_diffusion")
 
 
-@pytest.fixture(scope="module")
-def tokenizer(tmp_path_factory):
-    rq = common.lesson("02_rq")
-    out = tmp_path_factory.mktemp("tok")
-    rq.train(rq.Config(steps=4, batch_size=8, eval_images=8, depth=2, out=str(out)))
-    return out / "ckpt.pt"
-
-
 K, T = 5, 6
 NOISES = ["mask-replace", "uniform", "mask"]
 

@@ -74,12 +74,9 @@ def test_vqgan_both_players_stay_in_sync(tmp_path):
     assert any(r.get("lam", 0) > 0 for r in log)  # the GAN term reached G on both ranks
 
 
-def test_stage_two_priors_stay_in_sync(tmp_path):
-    """04 and 05 share their training loop (04's fit); a small tokenizer is trained first."""
-    rq = common.lesson("02_rq")
-    tok = tmp_path / "tok"
-    rq.train(rq.Config(steps=2, batch_size=8, eval_images=8, depth=2, out=str(tok)))
-    flags = dict(SMALL, tokenizer=str(tok / "ckpt.pt"), width=16, heads=2)
+def test_stage_two_priors_stay_in_sync(tokenizer, tmp_path):
+    """04 and 05 share their training loop (04's fit)."""
+    flags = dict(SMALL, tokenizer=str(tokenizer), width=16, heads=2)
     a, b = torchrun("05_vq_diffusion", tmp_path / "05", **flags, layers=1, steps_T=4)
     for k in a:
         assert torch.equal(a[k], b[k]), k
