@@ -281,6 +281,7 @@ def cli(*args, cwd):
             "--image-size 40 is not divisible by --downsample 16",
         ),
         (["--downsample", "3"], "--downsample must be a power of two"),
+        (["--grad-accum", "0"], "--grad-accum must be at least 1, got 0"),
         (["--dataset", "no/such/folder"], "no/such/folder: no such file or folder"),
         (["--resume"], "--resume: no checkpoint at runs/01_vq/ckpt.pt"),
     ],

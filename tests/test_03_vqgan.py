@@ -261,3 +261,10 @@ def test_contradicting_downsample_and_ch_mult_exit_2(tmp_path):
     r = subprocess.run([sys.executable, str(ROOT / "03_vqgan.py"), "--downsample", "8", "--ch-mult", "1", "2"],
                        cwd=tmp_path, capture_output=True, text=True, timeout=120)  # fmt: skip
     assert r.returncode == 2 and "--downsample 8 contradicts --ch-mult 1 2 (f = 2)" in r.stderr
+
+
+def test_gradient_accumulation_is_refused_by_the_gan_loop_with_exit_2(tmp_path):
+    r = subprocess.run([sys.executable, str(ROOT / "03_vqgan.py"), "--grad-accum", "2"],
+                       cwd=tmp_path, capture_output=True, text=True, timeout=120)  # fmt: skip
+    assert r.returncode == 2 and "--grad-accum is not supported by the two-player loop" in r.stderr
+    assert "Traceback" not in r.stderr and not (tmp_path / "runs").exists()
