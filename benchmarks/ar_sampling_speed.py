@@ -6,7 +6,7 @@ reads the T*D codes of an image one at a time. Both use their KV caches and the 
 Codes per image are equal (T*D); the paper's shapes, 8x8x4 against VQ-GAN's 16x16x1, give the
 flat GPT the same 256-token sequence as 8x8x4 unfolded, so one table covers both comparisons.
 
-Run: python benchmarks/ar_sampling_speed.py [--K 1024 2048] [--batch 16 64 128] [--repeats 3]
+Run: python benchmarks/ar_sampling_speed.py [--K 1024 2048] [--batch 16 64 128] [--repeats 3] [--threads 1]
 """
 
 import argparse
@@ -22,14 +22,31 @@ import common
 ar = common.lesson("04_rq_transformer")
 
 
+def seconds(fn) -> float:
+    start = time.perf_counter()
+    fn()
+    return time.perf_counter() - start
+
+
+def median(xs: list[float]) -> float:
+    return sorted(xs)[len(xs) // 2]
+
+
 def best_time(fn, repeats: int) -> float:
     fn()  # warm-up: first calls allocate
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return sorted(times)[len(times) // 2]  # median
+    return median([seconds(fn) for _ in range(repeats)])
+
+
+def paired_times(fn_a, fn_b, repeats: int) -> tuple[float, float, float]:
+    """Median seconds of a and of b, and the median of the per-pair ratios b / a. Runs alternate
+    (a, b, a, b, ...) so that the shared machine's slow spells hit both sides of a ratio alike."""
+    fn_a(), fn_b()  # warm-up
+    pairs = [(seconds(fn_a), seconds(fn_b)) for _ in range(repeats)]
+    return (
+        median([a for a, _ in pairs]),
+        median([b for _, b in pairs]),
+        median([b / a for a, b in pairs]),
+    )
 
 
 def main():
@@ -46,7 +63,10 @@ def main():
         "--depth-layers", type=int, default=2, help="RQ depth layers (flat GPT: spatial + depth)"
     )
     p.add_argument("--repeats", type=int, default=3, help="timed repeats (median)")
+    p.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
     args = p.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
     torch.manual_seed(0)
     cfg = ar.Config(
         width=args.width,
@@ -74,10 +94,11 @@ def main():
             m.eval()
         for B in args.batch:
             c = torch.zeros(B, dtype=torch.long)
-            t_rq = best_time(lambda: rqt.sample(c), args.repeats)
-            t_flat = best_time(lambda: flat.sample(c), args.repeats)
+            t_rq, t_flat, ratio = paired_times(
+                lambda: rqt.sample(c), lambda: flat.sample(c), args.repeats
+            )
             print(
-                f"{K:5d} | {B:5d} | {B / t_rq:8.1f} | {B / t_flat:10.1f} | {t_flat / t_rq:4.1f}x || {train_ms[0]:.0f} | {train_ms[1]:.0f}"
+                f"{K:5d} | {B:5d} | {B / t_rq:8.1f} | {B / t_flat:10.1f} | {ratio:4.1f}x || {train_ms[0]:.0f} | {train_ms[1]:.0f}"
             )
         where_time_goes(rqt, flat, K, 64, args)
 
@@ -121,6 +142,17 @@ def where_time_goes(rqt, flat, K: int, B: int, args) -> None:
     )
     print(
         f"        flat: stack {parts['flat stack']:.3f} ({T * D} steps, caches up to {T * D}) + head/draw {parts['head + draw']:.3f} = {flat_total:.3f}"
+    )
+    # One layer-step = one block applied to one new position of every image. The two models do
+    # the same work per layer-step except attention, whose cost grows with the cache length.
+    steps = {"spatial stack": T * args.spatial_layers, "depth stack": T * D * args.depth_layers,
+             "flat stack": T * D * (args.spatial_layers + args.depth_layers)}  # fmt: skip
+    per_step = {k: 1000 * parts[k] / n for k, n in steps.items()}
+    rq_steps = steps["spatial stack"] + steps["depth stack"]
+    print(
+        f"        layer-steps: RQ {rq_steps} against flat {steps['flat stack']} ({steps['flat stack'] / rq_steps:.2f}x fewer);"
+        f" ms per layer-step: spatial {per_step['spatial stack']:.2f}, depth {per_step['depth stack']:.2f},"
+        f" flat {per_step['flat stack']:.2f} (the flat GPT's longer caches cost it in attention)"
     )
 
 
