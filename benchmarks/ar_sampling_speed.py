@@ -11,42 +11,16 @@ Run: python benchmarks/ar_sampling_speed.py [--K 1024 2048] [--batch 16 64 128] 
 
 import argparse
 import sys
-import time
 from pathlib import Path
 
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from timing import median_seconds, paired_seconds
+
 import common
 
 ar = common.lesson("04_rq_transformer")
-
-
-def seconds(fn) -> float:
-    start = time.perf_counter()
-    fn()
-    return time.perf_counter() - start
-
-
-def median(xs: list[float]) -> float:
-    return sorted(xs)[len(xs) // 2]
-
-
-def best_time(fn, repeats: int) -> float:
-    fn()  # warm-up: first calls allocate
-    return median([seconds(fn) for _ in range(repeats)])
-
-
-def paired_times(fn_a, fn_b, repeats: int) -> tuple[float, float, float]:
-    """Median seconds of a and of b, and the median of the per-pair ratios b / a. Runs alternate
-    (a, b, a, b, ...) so that the shared machine's slow spells hit both sides of a ratio alike."""
-    fn_a(), fn_b()  # warm-up
-    pairs = [(seconds(fn_a), seconds(fn_b)) for _ in range(repeats)]
-    return (
-        median([a for a, _ in pairs]),
-        median([b for _, b in pairs]),
-        median([b / a for a, b in pairs]),
-    )
 
 
 def main():
@@ -89,12 +63,13 @@ def main():
             m.train()
             codes, c = torch.randint(K, (64, args.T, args.D)), torch.zeros(64, dtype=torch.long)
             train_ms.append(
-                1000 * best_time(lambda m=m: ar.nll(m(codes, c), codes).backward(), args.repeats)
+                1000
+                * median_seconds(lambda m=m: ar.nll(m(codes, c), codes).backward(), args.repeats)
             )
             m.eval()
         for B in args.batch:
             c = torch.zeros(B, dtype=torch.long)
-            t_rq, t_flat, ratio = paired_times(
+            t_rq, t_flat, ratio = paired_seconds(
                 lambda: rqt.sample(c), lambda: flat.sample(c), args.repeats
             )
             print(
@@ -129,7 +104,7 @@ def where_time_goes(rqt, flat, K: int, B: int, args) -> None:
         for _ in range(T * D):
             ar.sample_logits(rqt.head(x[:, 0]))
 
-    parts = {name: best_time(fn, n) for name, fn in
+    parts = {name: median_seconds(fn, n) for name, fn in
              [("spatial stack", spatial), ("depth stack", depth), ("flat stack", flat_gpt), ("head + draw", head_and_draw)]}  # fmt: skip
     rq_total = parts["spatial stack"] + parts["depth stack"] + parts["head + draw"]
     flat_total = parts["flat stack"] + parts["head + draw"]

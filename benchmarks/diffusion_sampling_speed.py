@@ -14,25 +14,17 @@ Run: python benchmarks/diffusion_sampling_speed.py [--strides 1 2 5 10 20] [--ba
 import argparse
 import math
 import sys
-import time
 from pathlib import Path
 
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from timing import median_seconds
+
 import common
 
 ar = common.lesson("04_rq_transformer")
 vqd = common.lesson("05_vq_diffusion")
-
-
-def median_time(fn, repeats: int) -> float:
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return sorted(times)[len(times) // 2]
 
 
 def main():
@@ -66,25 +58,23 @@ def main():
     timings = {}
     with torch.no_grad():
         x_t, t = torch.randint(K + 1, (B, H * H, D)), torch.full((B,), 50)
-        diffusion(x_t, t, c)  # warm-up
-        call = median_time(lambda: diffusion(x_t, t, c), 3)
+        call = median_seconds(lambda: diffusion(x_t, t, c), 3)
         logits = diffusion(x_t, t, c).float()
         step = lambda: ar.sample_logits(
             vqd.log_q_posterior(ar.filter_logits(logits, top_p=0.86).log_softmax(-1), x_t, sched, 50, 49)
             .reshape(-1, K + 1)
         )  # fmt: skip
-        step_math = median_time(step, 3)
+        step_math = median_seconds(step, 3)
     for name, fn in [
         ("RQ-Transformer", lambda: rqt.sample(c)),
         ("flat GPT (VQ-AR)", lambda: flat.sample(c)),
     ]:
-        fn()  # warm-up
-        timings[name] = median_time(fn, args.repeats)
+        timings[name] = median_seconds(fn, args.repeats)
     print(
         "\nsampler                      | network calls | s per batch | images/s | vs RQ-AR | vs flat AR"
     )
     for dt in args.strides:
-        seconds = median_time(
+        seconds = median_seconds(
             lambda dt=dt: vqd.sample(diffusion, sched, c, stride=dt, truncation=0.86), args.repeats
         )
         calls = math.ceil(args.steps_T / dt)

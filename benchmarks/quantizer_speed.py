@@ -14,26 +14,17 @@ The full grid of the issue: --N 4096 16384 --K 512 2048 16384 (about an hour on 
 
 import argparse
 import sys
-import time
 from pathlib import Path
 
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from timing import median_seconds
+
 import common
 
 vq = common.lesson("01_vq")
 rq = common.lesson("02_rq")
-
-
-def median_ms(fn, repeats: int) -> float:
-    fn()  # warm-up: the first call of a large operation pays for page faults
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return 1000 * sorted(times)[len(times) // 2]
 
 
 def ours(quantizer, z):
@@ -92,12 +83,12 @@ def main():
                 z = torch.randn(N, d)
                 kw = dict(decay=0.99, threshold_ema_dead_code=1)
                 t = {
-                    "vq": median_ms(ours(vq.VectorQuantizer(K, d).train(), z), args.repeats),
-                    "VQ": median_ms(theirs(VectorQuantize(dim=d, codebook_size=K, **kw).train(), z), args.repeats),
-                    "rq": median_ms(ours(rq.ResidualQuantizer(K, d, args.D).train(), z), args.repeats),
-                    "RQ": median_ms(theirs(ResidualVQ(dim=d, codebook_size=K, num_quantizers=args.D,
+                    "vq": 1000 * median_seconds(ours(vq.VectorQuantizer(K, d).train(), z), args.repeats),
+                    "VQ": 1000 * median_seconds(theirs(VectorQuantize(dim=d, codebook_size=K, **kw).train(), z), args.repeats),
+                    "rq": 1000 * median_seconds(ours(rq.ResidualQuantizer(K, d, args.D).train(), z), args.repeats),
+                    "RQ": 1000 * median_seconds(theirs(ResidualVQ(dim=d, codebook_size=K, num_quantizers=args.D,
                                                       shared_codebook=True, **kw).train(), z), args.repeats),
-                    "bound": median_ms(bound(z, K, args.D), args.repeats),
+                    "bound": 1000 * median_seconds(bound(z, K, args.D), args.repeats),
                 }  # fmt: skip
                 print(f"{N:5d} | {d:3d} | {K:5d} || {t['vq']:7.1f} | {t['VQ']:14.1f} | {t['VQ'] / t['vq']:7.1f}x || "
                       f"{t['rq']:11.1f} | {t['RQ']:10.1f} | {t['RQ'] / t['rq']:7.1f}x || {t['bound']:5.1f} | "
