@@ -122,7 +122,7 @@ def where_time_goes(rqt, flat, K: int, B: int, args) -> None:
     # the same work per layer-step except attention, whose cost grows with the cache length.
     steps = {"spatial stack": T * args.spatial_layers, "depth stack": T * D * args.depth_layers,
              "flat stack": T * D * (args.spatial_layers + args.depth_layers)}  # fmt: skip
-    per_step = {k: 1000 * parts[k] / n for k, n in steps.items()}
+    per_step = {k: 1000 * parts[k] / count for k, count in steps.items()}
     rq_steps = steps["spatial stack"] + steps["depth stack"]
     print(
         f"        layer-steps: RQ {rq_steps} against flat {steps['flat stack']} ({steps['flat stack'] / rq_steps:.2f}x fewer);"
