@@ -83,7 +83,6 @@ class Config(vq.Config):
 # --- residual quantization ---
 
 
-@torch.no_grad()
 @torch.no_grad()  # codes and partial sums carry no gradient: the straight-through step and sg[] detach them
 def residual_quantize(z: torch.Tensor, codebooks, depth: int):
     """RQ Eq. 3-4: RQ(z; C, D) = (k_1, ..., k_D), with r_0 = z, k_d = Q(r_{d-1}; C), r_d = r_{d-1} - e(k_d).

@@ -1001,5 +1001,5 @@ def barrier() -> None:
 def teardown() -> None:
     """Wait for every process, then leave the process group (end of a torchrun job)."""
     if dist_on():
-        torch.distributed.barrier()
+        barrier()
         torch.distributed.destroy_process_group()
