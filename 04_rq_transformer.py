@@ -439,7 +439,8 @@ def fit(cfg, s: Stage2, model: nn.Module, loss_fn, betas=(0.9, 0.95)) -> None:
     """The stage-2 training loop: AdamW (no decay on biases, norms and position tables), linear
     warm-up over 100 steps then cosine decay, gradient clipping at 1, --resume, checkpoints.
 
-    loss_fn(model, x (B, 3, S, S) images, c (B,) classes) -> (loss, {name: float}).
+    loss_fn(model, x (B, 3, S, S) images, c (B,) classes) -> (loss, {name: 0-dim tensor}); the
+    logged values are read (a device sync) only every --log-every steps.
     """
     decay = [p for n, p in model.named_parameters() if p.dim() >= 2 and "pos" not in n]
     no_decay = [p for n, p in model.named_parameters() if p.dim() < 2 or "pos" in n]
@@ -471,6 +472,7 @@ def fit(cfg, s: Stage2, model: nn.Module, loss_fn, betas=(0.9, 0.95)) -> None:
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         opt.step()
         if (step + 1) % cfg.log_every == 0:
+            logs = {k: v.item() for k, v in logs.items()}
             common.echo(f"step {step + 1} | " + " | ".join(f"{k} {v:.4f}" for k, v in logs.items()))
             s.run.log({"step": step + 1, **logs})
         if (step + 1) % cfg.ckpt_every == 0 or step + 1 == cfg.steps:
@@ -490,6 +492,12 @@ def sample_classes(s: Stage2, per_row: int) -> torch.Tensor:
     return torch.arange(min(s.num_classes, 8), device=s.device).repeat_interleave(per_row)
 
 
+def save_samples(s: Stage2, codes: torch.Tensor, per_row: int) -> None:
+    """Decode sampled codes (B, T, D) and write samples.png with per_row images in each row."""
+    images = decode(s.tok, codes, s.H)
+    common.save_grid(list(images.view(-1, per_row, *images.shape[1:])), s.run.dir / "samples.png")
+
+
 def train(cfg: Config) -> nn.Module:
     """Fit the prior on the frozen tokenizer's codes; write ckpt.pt, metrics.jsonl and samples.png."""
     s = setup(cfg)
@@ -500,7 +508,7 @@ def train(cfg: Config) -> nn.Module:
     def loss_fn(model, x, c):
         codes, probs = encode(s.tok, x, cfg.tau, cfg.stochastic_codes)
         loss = nll(model(codes, c), codes, probs if cfg.soft_labels else None)  # RQ Eq. 14
-        return loss, {"loss": loss.item(), "bits_per_code": loss.item() / math.log(2)}
+        return loss, {"loss": loss.detach(), "bits_per_code": loss.detach() / math.log(2)}
 
     fit(cfg, s, model, loss_fn)
     if not common.is_main():  # under torchrun, rank 0 evaluates and samples
@@ -508,10 +516,7 @@ def train(cfg: Config) -> nn.Module:
     val_nll = evaluate(model, s, cfg)
     c = sample_classes(s, cfg.samples_per_class)
     codes, _ = model.sample(c, cfg.temperature, cfg.top_k, cfg.top_p)
-    images = decode(s.tok, codes, s.H)
-    common.save_grid(
-        list(images.view(-1, cfg.samples_per_class, *images.shape[1:])), s.run.dir / "samples.png"
-    )
+    save_samples(s, codes, cfg.samples_per_class)
     common.echo(
         f"validation NLL {val_nll:.4f} nats = {val_nll / math.log(2):.3f} bits per code; samples.png: one row per {'class' if s.conditional else 'batch'}"
     )

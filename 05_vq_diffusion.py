@@ -406,7 +406,11 @@ def train(cfg: Config) -> nn.Module:
         l_vlb, l_x0 = losses(model(x_t, t, c), x0, x_t, sched, t)
         # L_vlb's unbiased estimate is T * L_{t-1}; the constant T is left out (Adam ignores it)
         loss = l_vlb.mean() + cfg.aux_weight * l_x0.mean()
-        return loss, {"loss": loss.item(), "L_t-1": l_vlb.mean().item(), "L_x0": l_x0.mean().item()}
+        return loss, {
+            "loss": loss.detach(),
+            "L_t-1": l_vlb.mean().detach(),
+            "L_x0": l_x0.mean().detach(),
+        }
 
     ar.fit(cfg, s, model, loss_fn, betas=(0.9, 0.96))
     if not common.is_main():  # under torchrun, rank 0 evaluates and samples
@@ -420,10 +424,7 @@ def train(cfg: Config) -> nn.Module:
     s.run.log({"step": cfg.steps, "final": True, **{f"val_{k}": v for k, v in val.items()}})
     c = ar.sample_classes(s, cfg.samples_per_class)
     codes = sample(model, sched, c, cfg.stride, cfg.truncation, progress=True)
-    images = ar.decode(s.tok, codes, s.H)
-    common.save_grid(
-        list(images.view(-1, cfg.samples_per_class, *images.shape[1:])), s.run.dir / "samples.png"
-    )
+    ar.save_samples(s, codes, cfg.samples_per_class)
     inpaint(model, sched, s, cfg)
     common.echo(
         f"wrote {s.run.dir / 'samples.png'} (one row per {'class' if s.conditional else 'batch'}) and inpaint.png"
