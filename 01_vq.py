@@ -202,7 +202,7 @@ class VectorQuantizer(nn.Module):
     def forward(self, z_e: torch.Tensor):
         B, d, H, W = z_e.shape
         assert d == self.d, f"expected {self.d} channels, got {d}"
-        with torch.autocast(z_e.device.type, enabled=False):  # distances and EMA in float32
+        with common.exact_float32(z_e.device.type):  # distances and EMA in true float32
             z = rearrange(z_e.float(), "b d h w -> (b h w) d")  # (N, d)
             idx = nearest_code(z, self.codebook)  # (N,)  RQ Eq. 1
             z_q = F.embedding(idx, self.codebook)  # (N, d)  RQ Eq. 2: Z^_hw = e(M_hw)

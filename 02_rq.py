@@ -177,7 +177,7 @@ class ResidualQuantizer(nn.Module):
 
     def forward(self, z_e: torch.Tensor):
         B, d, H, W = z_e.shape
-        with torch.autocast(z_e.device.type, enabled=False):  # distances and EMA in float32
+        with common.exact_float32(z_e.device.type):  # distances and EMA in true float32
             z = rearrange(z_e.float(), "b d h w -> (b h w) d")  # (N, d)
             codes, partial = self.quantize(z)  # (N, D), (N, D, d)  RQ Eq. 3-5
             commit = rq_commitment_loss(z, partial)  # RQ Eq. 7

@@ -69,7 +69,7 @@ class Config(common.TrainConfig):
     samples_per_class: int = 8  # images per row of samples.png
     batch_size: int = 32  # images per step (per process under torchrun)
     steps: int = 1500  # optimizer steps
-    lr: float = 1e-3  # peak AdamW lr, cosine decay after 100 warm-up steps (paper: 5e-4)
+    lr: float = 1e-3  # peak AdamW lr: a 100-step warm-up ramp times a cosine decay (paper: 5e-4)
 
     def __post_init__(self):
         super().__post_init__()
@@ -132,8 +132,10 @@ def sample_logits(logits: torch.Tensor, temperature=1.0, top_k=0, top_p=1.0) -> 
     """
     probs = filter_logits(logits.float() / temperature, top_k, top_p).softmax(-1)
     cdf = probs.cumsum(-1)  # (B, K)
-    u = torch.rand(len(cdf), 1, device=cdf.device) * cdf[:, -1:]
-    return torch.searchsorted(cdf, u).squeeze(1).clamp_max(probs.shape[-1] - 1)
+    u = torch.rand(len(cdf), 1, device=cdf.device) * cdf[:, -1:]  # in [0, total)
+    # the first code whose cdf EXCEEDS u (right=True): at u = 0 a code of probability 0 in front
+    # of the first allowed one has cdf 0 = u and must not be drawn
+    return torch.searchsorted(cdf, u, right=True).squeeze(1).clamp_max(probs.shape[-1] - 1)
 
 
 # --- transformers with a key/value cache ---
@@ -237,7 +239,7 @@ class RQTransformer(nn.Module):
     def forward(self, codes: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
         B, T, D = codes.shape
         e = self.codebook[codes]  # (B, T, D, d_code)
-        # RQ Eq. 10: u_1 = start(c), u_t = PE_T(t) + sum_d e(S_{t-1,d}) for t > 1
+        # RQ Eq. 10: u_1 = PE_T(1) + start(c), u_t = PE_T(t) + sum_d e(S_{t-1,d}) for t > 1
         u = (
             torch.cat([self.start(c)[:, None], self.embed_spatial(e[:, :-1].sum(2))], 1)
             + self.pos_t
@@ -369,9 +371,11 @@ def tokenizer_path(cfg: Config) -> Path:
 
 @torch.no_grad()
 def encode(tok, x: torch.Tensor, tau: float = 0.5, stochastic: bool = False):
-    """Images (B, 3, S, S) -> codes (B, T, D) in raster order (RQ Eq. 8), Q_tau (B*T, D, K)."""
-    z = rearrange(tok.encoder(x).float(), "b d h w -> (b h w) d")  # raster order: row by row
-    with torch.autocast(x.device.type, enabled=False):  # distances in float32, also under bf16
+    """Images (B, 3, S, S) -> codes (B, T, D) in raster order (RQ Eq. 8), Q_tau (B*T, D, K).
+    Always in float32 (no bf16 autocast, distances without TF32): the codes are the data, and
+    training and validation must see the same codes for the same image."""
+    with common.exact_float32(x.device.type):
+        z = rearrange(tok.encoder(x).float(), "b d h w -> (b h w) d")  # raster order: row by row
         codes, probs = soft_codes(z, tok.quantizer.codebook, tok.quantizer.depth, tau, stochastic)
     return codes.view(len(x), -1, tok.quantizer.depth), probs
 
@@ -436,8 +440,9 @@ def setup(cfg) -> Stage2:
 
 
 def fit(cfg, s: Stage2, model: nn.Module, loss_fn, betas=(0.9, 0.95)) -> None:
-    """The stage-2 training loop: AdamW (no decay on biases, norms and position tables), linear
-    warm-up over 100 steps then cosine decay, gradient clipping at 1, --resume, checkpoints.
+    """The stage-2 training loop: AdamW (no decay on biases, norms and position tables), the lr
+    a linear warm-up over 100 steps times a cosine decay over all steps, gradient clipping at 1,
+    --resume, checkpoints.
 
     loss_fn(model, x (B, 3, S, S) images, c (B,) classes) -> (loss, {name: 0-dim tensor}); the
     logged values are read (a device sync) only every --log-every steps.
@@ -458,7 +463,7 @@ def fit(cfg, s: Stage2, model: nn.Module, loss_fn, betas=(0.9, 0.95)) -> None:
     for step in common.progress(
         range(start, cfg.steps), initial=start, total=cfg.steps, desc=cfg.out
     ):
-        for g in opt.param_groups:  # linear warm-up, then cosine decay
+        for g in opt.param_groups:  # lr = peak * warm-up ramp * cosine, both from step 0
             warm = min(1.0, (step + 1) / 100)
             g["lr"] = cfg.lr * warm * 0.5 * (1 + math.cos(math.pi * step / cfg.steps))
         opt.zero_grad(set_to_none=True)

@@ -27,7 +27,9 @@ Notation:
     x_0             codes         (B, N, D)    long in [0, K): the tokenizer's codes, N = H*W
     x_t             x_t           (B, N, D)    long in [0, K]: K is [MASK]
     v(x)            log one-hot   (..., K+1)
-    alphabar_t      sched.alphabar (T+1,)      prob. that x_t is still x_0 (t = 0 is the identity)
+    alphabar_t      sched.alphabar (T+1,)      prob. that x_0 was never touched up to t (t = 0: 1)
+                                               (x_t = x_0 has prob. alphabar_t + betabar_t: a
+                                               redraw can land on x_0's own code)
     gammabar_t      sched.gammabar (T+1,)      prob. that x_t is [MASK]
     K*betabar_t     sched.replaced (T+1,)      prob. that x_t was redrawn uniformly
     p_theta(x_0|.)  logits        (B, N, D, K)
@@ -77,20 +79,21 @@ class Config(common.TrainConfig):
     )
     steps_T: int = 100  # T: diffusion steps
     gamma_end: float | None = (
-        None  # gammabar_T, mask probability at t = T (default by --noise: 0.9, 0, 1)
+        None  # gammabar_T, mask probability at t = T (default: 1 - --beta-end, or by --noise 0.9, 0, 1)
     )
     beta_end: float | None = (
-        None  # K*betabar_T, replace probability at t = T (default by --noise: 0.1, 1, 0)
+        None  # K*betabar_T, replace probability at t = T (default: 1 - --gamma-end)
     )
     aux_weight: float = 5e-4  # lambda on the auxiliary loss L_x0 = -log p_theta(x_0 | x_t)
     weight_decay: float = 4.5e-2  # AdamW weight decay (official value)
     stride: int = 1  # dt: sampling jumps from t to t - dt (fast inference); 1 = all T steps
     truncation: float = 0.86  # r: sample x_0 only from its smallest top set of mass >= r (1 = off)
+    inpaint_renoise: bool = False  # inpainting re-noises the known codes to q(x_t | x_0) (RePaint)
     samples_per_class: int = 8  # images per row of samples.png
     eval_timesteps: int = 10  # t values (evenly spread) that estimate the validation bound
     batch_size: int = 32  # images per step (per process under torchrun)
     steps: int = 1500  # optimizer steps
-    lr: float = 1e-3  # peak AdamW lr, cosine decay after 100 warm-up steps (paper: 4.5e-4)
+    lr: float = 1e-3  # peak AdamW lr: a 100-step warm-up ramp times a cosine decay (paper: 4.5e-4)
 
     def __post_init__(self):
         super().__post_init__()
@@ -101,11 +104,14 @@ class Config(common.TrainConfig):
             raise ValueError(
                 f"--noise {self.noise} means --gamma-end {gamma} --beta-end {beta}; use --noise mask-replace to choose them"
             )
-        self.gamma_end = gamma if self.gamma_end is None else self.gamma_end
-        self.beta_end = beta if self.beta_end is None else self.beta_end
-        if min(self.gamma_end, self.beta_end) < 0 or self.gamma_end + self.beta_end > 1 + 1e-9:
+        if self.gamma_end is None:  # one of the two given: the other makes the sum 1
+            self.gamma_end = gamma if self.beta_end is None else 1 - self.beta_end
+        if self.beta_end is None:
+            self.beta_end = 1 - self.gamma_end
+        if min(self.gamma_end, self.beta_end) < 0 or abs(self.gamma_end + self.beta_end - 1) > 1e-9:
             raise ValueError(
-                f"--gamma-end {self.gamma_end} and --beta-end {self.beta_end} must be >= 0 with a sum <= 1"
+                f"--gamma-end {self.gamma_end} and --beta-end {self.beta_end} must be >= 0 and sum to 1: "
+                "nothing of x_0 may be left at t = T, or p(x_T) is no distribution and L_T no KL"
             )
         if self.width % self.heads or min(self.width, self.layers, self.steps_T, self.stride) < 1:
             raise ValueError(
@@ -183,28 +189,32 @@ def transition_matrix(sched: Schedule, t: int, s: int | None = None) -> torch.Te
     return Q
 
 
-def _log(p: torch.Tensor) -> torch.Tensor:
-    return p.clamp_min(1e-300).log().clamp_min(LOG_EPS)
+def _log(p: torch.Tensor, exact: bool = False) -> torch.Tensor:
+    """log p clamped at LOG_EPS; exact=True keeps log 0 = -inf (for the posterior's division)."""
+    return p.log() if exact else p.clamp_min(1e-300).log().clamp_min(LOG_EPS)
 
 
-def log_q_xt_given_x0(log_x0: torch.Tensor, sched: Schedule, t) -> torch.Tensor:
+def log_q_xt_given_x0(log_x0: torch.Tensor, sched: Schedule, t, exact: bool = False):
     """VQD closed form: q(x_t | x_0) = alphabar_t v(x_0) + (gammabar_t - betabar_t) v(MASK) + betabar_t,
     in log space and O(K) instead of the product of t matrices.
 
     log_x0: (..., K) log-probabilities of x_0 over the K codes (a log one-hot for a known x_0;
     any non-negative weights work: the map is linear); t: int or long (...) -> (..., K+1).
+    exact=True: impossible states get log 0 = -inf instead of LOG_EPS.
     """
-    alpha, beta, gamma = (_log(c).to(log_x0) for c in transition(sched, 0, t))
+    alpha, beta, gamma = (_log(c, exact).to(log_x0) for c in transition(sched, 0, t))
     if torch.is_tensor(t) and t.dim():
         alpha, beta, gamma = alpha[..., None], beta[..., None], gamma[..., None]
     total = torch.logsumexp(log_x0, -1, keepdim=True)  # log sum_k x0_k (0 for a distribution)
     codes = torch.logaddexp(log_x0 + alpha, beta + total)  # alphabar x0_k + betabar
-    return torch.cat([codes, gamma + total], -1).clamp_min(LOG_EPS)  # [MASK]: gammabar
+    out = torch.cat([codes, gamma + total], -1)  # [MASK]: gammabar
+    return out if exact else out.clamp_min(LOG_EPS)
 
 
-def log_q_xt_given_xs(x_t: torch.Tensor, sched: Schedule, s, t, dtype=torch.float32):
+def log_q_xt_given_xs(x_t: torch.Tensor, sched: Schedule, s, t, dtype=torch.float32, exact=False):
     """The likelihood q(x_t | x_s = j) for every state j, i.e. row x_t of Qbar_{t|s}.
-    x_t: (...) long in [0, K]; s, t: ints or long (...) -> (..., K+1) log-probabilities."""
+    x_t: (...) long in [0, K]; s, t: ints or long (...) -> (..., K+1) log-probabilities
+    (exact=True: -inf where x_t cannot follow from j)."""
     alpha, beta, gamma = (c.to(x_t.device, dtype) for c in transition(sched, s, t))
     if torch.is_tensor(t) and t.dim():
         alpha, beta, gamma = alpha[..., None], beta[..., None], gamma[..., None]
@@ -216,7 +226,7 @@ def log_q_xt_given_xs(x_t: torch.Tensor, sched: Schedule, s, t, dtype=torch.floa
     from_code[..., K] = 0.0  # [MASK] never becomes a code
     ones = torch.ones(*x_t.shape, 1, dtype=dtype, device=x_t.device)
     from_mask = torch.cat([gamma.expand(*x_t.shape, K), ones], -1)  # x_t = [MASK]
-    return _log(torch.where((x_t == K)[..., None], from_mask, from_code))
+    return _log(torch.where((x_t == K)[..., None], from_mask, from_code), exact)
 
 
 def log_q_posterior(log_x0: torch.Tensor, x_t: torch.Tensor, sched: Schedule, t, s=None):
@@ -227,14 +237,19 @@ def log_q_posterior(log_x0: torch.Tensor, x_t: torch.Tensor, sched: Schedule, t,
     log p_theta(x_0 | x_t) it is the x0-parameterization (VQD):
         p_theta(x_s | x_t) = sum_{x0} q(x_s | x_t, x0) p_theta(x0 | x_t)
                            ∝ q(x_t | x_s) * [Qbar_s (p_theta(x0 | x_t) / q(x_t | x0))](x_s)
-    (the sum over x0 done by one closed-form map instead of K posteriors). x_t: (...) long;
+    (the sum over x0 done by one closed-form map instead of K posteriors). An x0 from which x_t
+    cannot follow (q(x_t | x0) = 0: under mask-only noise, every x0 but an unmasked x_t's own
+    code) has no posterior and drops out of the sum, so p_theta is renormalised over the others;
+    dividing by a clamped e^-70 instead would weigh it by e^70. x_t: (...) long;
     t, s: ints or long (...) -> (..., K+1) log-probabilities of x_s, normalised.
     """
     s = t - 1 if s is None else s
-    log_x0 = log_x0.clamp_min(LOG_EPS)
-    log_xt_given_x0 = log_q_xt_given_xs(x_t, sched, 0, t, log_x0.dtype)[..., : sched.K]
-    log_xs = log_q_xt_given_x0(log_x0 - log_xt_given_x0, sched, s)  # Qbar_s (p(x0) / q(x_t | x0))
-    log_post = log_q_xt_given_xs(x_t, sched, s, t, log_x0.dtype) + log_xs  # times q(x_t | x_s)
+    log_x0 = log_x0.clamp_min(LOG_EPS)  # every possible x0 keeps some weight
+    lik = log_q_xt_given_xs(x_t, sched, 0, t, log_x0.dtype, exact=True)[..., : sched.K]
+    ratio = torch.where(lik > -math.inf, log_x0 - lik, -math.inf)  # p(x0) / q(x_t | x0), or 0
+    log_xs = log_q_xt_given_x0(ratio, sched, s, exact=True)  # Qbar_s (p(x0) / q(x_t | x0))
+    log_post = log_q_xt_given_xs(x_t, sched, s, t, log_x0.dtype, exact=True) + log_xs
+    log_post = log_post.clamp_min(100 * LOG_EPS)  # an x_t that no x0 leads to: uniform, not NaN
     return (log_post - torch.logsumexp(log_post, -1, keepdim=True)).clamp_min(LOG_EPS)
 
 
@@ -353,20 +368,28 @@ def sample(
     truncation: float = 1.0,
     known: torch.Tensor | None = None,
     keep: torch.Tensor | None = None,
+    renoise: bool = False,
     progress: bool = False,
 ) -> torch.Tensor:
     """Run the reverse chain from x_T ~ p(x_T) at t = T, T - dt, ..., and return x_0 (B, N, D).
 
     Each step: p_theta(x_0 | x_t) (truncated to its top mass r), then p_theta(x_s | x_t) with
     s = max(t - dt, 0) by the x0-parameterized posterior, then a draw. ceil(T / dt) network calls.
-    Inpainting: known (B, N, D) codes are held fixed wherever keep (B, N, D) is True.
+    Inpainting: known (B, N, D) codes are held wherever keep (B, N, D) is True: clean at every
+    step, or with renoise=True re-noised to x_s ~ q(x_s | x_0 = known) (RePaint), so that the
+    network sees the known region as corrupted as the rest, as it was in training.
     """
     N, K, T = model.H * model.H, sched.K, sched.T
     B = len(c)
+
+    def hold(x, s):  # the known codes at step s
+        if keep is None:
+            return x
+        known_s = q_sample(known, sched, torch.full((B,), s)) if renoise and s > 0 else known
+        return torch.where(keep, known_s, x)
+
     x = ar.sample_logits(log_prior(sched).to(c.device).expand(B * N * model.D, K + 1))
-    x = x.view(B, N, model.D)
-    if keep is not None:
-        x = torch.where(keep, known, x)
+    x = hold(x.view(B, N, model.D), T)
     times = range(T, 0, -stride)
     for t in common.progress(times, desc="sampling", leave=False) if progress else times:
         s = max(t - stride, 0)
@@ -376,9 +399,7 @@ def sample(
         log_p = log_q_posterior(logits.log_softmax(-1), x, sched, t, s)  # (B, N, D, K+1)
         if s == 0:
             log_p = log_p[..., :K]  # x_0 is a code; [MASK] has probability exp(-70) here anyway
-        x = ar.sample_logits(log_p.reshape(-1, log_p.shape[-1])).view(B, N, model.D)
-        if keep is not None:
-            x = torch.where(keep, known, x)
+        x = hold(ar.sample_logits(log_p.reshape(-1, log_p.shape[-1])).view(B, N, model.D), s)
     return x
 
 
@@ -475,7 +496,9 @@ def inpaint(model, sched: Schedule, s, cfg: Config, completions: int = 2) -> Non
     hidden[:, :, lo * px : hi * px, lo * px : hi * px] = 0.0  # shown as grey
     rows = [x, hidden]
     for _ in range(completions):
-        filled = sample(model, sched, c, cfg.stride, cfg.truncation, known=codes, keep=keep)
+        filled = sample(
+            model, sched, c, cfg.stride, cfg.truncation, codes, keep, cfg.inpaint_renoise
+        )
         rows.append(ar.decode(s.tok, filled, s.H))
     common.save_grid(rows, s.run.dir / "inpaint.png")
 

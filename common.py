@@ -24,7 +24,7 @@ import textwrap
 import tokenize
 import types
 import typing
-from contextlib import nullcontext
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -215,8 +215,8 @@ def get_device(name: str = "auto") -> torch.device:
     if name == "cuda":
         local = int(os.environ.get("LOCAL_RANK", 0))  # torchrun: one GPU per process
         torch.cuda.set_device(local)
-        torch.backends.cuda.matmul.allow_tf32 = True  # TF32 matmuls/convs: same speed class as bf16
-        torch.backends.cudnn.allow_tf32 = True
+        torch.set_float32_matmul_precision("high")  # TF32 matmuls/convs: same speed class as bf16
+        torch.backends.cudnn.allow_tf32 = True  # (code distances opt out: exact_float32)
         return torch.device("cuda", local)
     return torch.device(name)
 
@@ -231,6 +231,19 @@ def autocast(device: torch.device):
     if device.type == "cuda":
         return torch.autocast("cuda", dtype=torch.bfloat16)
     return nullcontext()
+
+
+@contextmanager
+def exact_float32(device_type: str):
+    """Inside: matmuls in true float32, neither bf16 autocast nor TF32 (whose 10-bit mantissa can
+    make a distance matmul pick another nearest code than float32 does). For code distances."""
+    before = torch.get_float32_matmul_precision()
+    torch.set_float32_matmul_precision("highest")
+    try:
+        with torch.autocast(device_type, enabled=False):
+            yield
+    finally:
+        torch.set_float32_matmul_precision(before)
 
 
 def progress(iterable, **kw):

@@ -184,6 +184,18 @@ def test_quantizer_outputs_codebook_rows_at_the_chosen_codes(vq):
     torch.testing.assert_close(z_q, q.codebook[codes].permute(0, 3, 1, 2))
 
 
+def test_the_nearest_code_search_runs_in_true_float32_also_where_tf32_is_on(vq, monkeypatch):
+    seen, nearest = [], vq.nearest_code
+    monkeypatch.setattr(
+        vq,
+        "nearest_code",
+        lambda *a: seen.append(torch.get_float32_matmul_precision()) or nearest(*a),
+    )
+    monkeypatch.setattr(torch.backends.cuda.matmul, "allow_tf32", True)  # what get_device does
+    vq.VectorQuantizer(8, 4)(torch.randn(2, 4, 3, 3))
+    assert seen == ["highest"] and torch.get_float32_matmul_precision() == "high"
+
+
 def test_quantizer_passes_the_decoder_gradient_to_the_encoder_unchanged(vq):
     q = vq.VectorQuantizer(K=16, d=4, beta=0.0).eval()
     z_e = torch.randn(2, 4, 3, 3, requires_grad=True)

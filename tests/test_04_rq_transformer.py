@@ -140,6 +140,34 @@ def test_inverse_cdf_sampling_matches_the_softmax(ar):
     torch.testing.assert_close(freq, logits[0].softmax(0), atol=0.012, rtol=0)
 
 
+def test_a_draw_at_u_zero_never_picks_a_filtered_code(ar, monkeypatch):
+    """At u = 0 the inverse CDF must skip the leading codes of probability 0 (top-k removed them)."""
+    logits = torch.tensor([[0.0, 5.0, 4.0, -1.0]]).expand(8, 4)
+    monkeypatch.setattr(torch, "rand", lambda *a, **kw: torch.zeros(*a, device=kw.get("device")))
+    assert (ar.sample_logits(logits, top_k=2) == 1).all()  # code 0 has cdf 0 = u: not drawn
+
+
+def test_codes_are_the_same_under_bf16_autocast_and_in_float32(ar, tokenizer):
+    """Training encodes under the lesson's autocast, validation without: the codes must match."""
+    tok, _ = common.lesson("03_vqgan").load_tokenizer(tokenizer)
+    x = common.first_images(common.Shapes("val"), 32)[0]
+    plain, _ = ar.encode(tok, x)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        mixed, _ = ar.encode(tok, x)
+    assert torch.equal(plain, mixed)
+
+
+def test_code_distances_run_in_true_float32_also_where_tf32_is_on(ar, tokenizer, monkeypatch):
+    tok, _ = common.lesson("03_vqgan").load_tokenizer(tokenizer)
+    seen, soft = [], ar.soft_codes
+    monkeypatch.setattr(
+        ar, "soft_codes", lambda *a: seen.append(torch.get_float32_matmul_precision()) or soft(*a)
+    )
+    monkeypatch.setattr(torch.backends.cuda.matmul, "allow_tf32", True)  # what get_device does
+    ar.encode(tok, torch.zeros(2, 3, 32, 32))
+    assert seen == ["highest"] and torch.get_float32_matmul_precision() == "high"
+
+
 # --- training, sampling and checkpoints end to end ---
 
 

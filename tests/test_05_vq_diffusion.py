@@ -108,20 +108,46 @@ def test_posterior_equals_bayes_rule_with_explicit_matrices(vqd, noise, t, s):
             torch.testing.assert_close(got.exp()[0], want, atol=1e-12, rtol=1e-9)
 
 
-def test_x0_parameterization_is_the_mixture_of_posteriors(vqd):
-    """p(x_s | x_t) = sum_x0 q(x_s | x_t, x0) p(x0 | x_t) for a random p(x0)."""
-    sched = schedule(vqd)
-    torch.manual_seed(0)
-    p_x0 = torch.rand(K, dtype=torch.float64).softmax(0)
-    for t, s in [(3, 2), (6, 2), (1, 0)]:
+@pytest.mark.parametrize("noise", NOISES)
+@pytest.mark.parametrize("zeros", [False, True])
+def test_x0_parameterization_is_the_mixture_of_posteriors(vqd, noise, zeros):
+    """p(x_s | x_t) = sum_x0 q(x_s | x_t, x0) p(x0 | x_t) over the x0 that x_t can follow from
+    (p renormalised over them), for a random p(x0), with and without exact zeros in it."""
+    sched = schedule(vqd, noise)
+    g = torch.Generator().manual_seed(0)
+    p_x0 = torch.rand(K, dtype=torch.float64, generator=g)
+    if zeros:
+        p_x0[2:] = 0.0  # the issue's example: p(x0) = [.5, .5, 0, 0, 0] up to scale
+    p_x0 /= p_x0.sum()
+    for t, s in [(3, 2), (6, 2), (1, 0), (6, 5)]:
         for x_t in range(K + 1):
-            want = sum(
-                p_x0[x0] * bayes_posterior(vqd, sched, x0, x_t, t, s)
-                for x0 in range(K)
-                if vqd.transition_matrix(sched, t, 0)[x_t, x0] > 1e-12
-            )
+            possible = [x0 for x0 in range(K) if vqd.transition_matrix(sched, t, 0)[x_t, x0] > 0]
+            if sum(p_x0[x0] for x0 in possible) == 0:
+                continue  # x_t cannot follow from any x0 this p allows
+            want = sum(p_x0[x0] * bayes_posterior(vqd, sched, x0, x_t, t, s) for x0 in possible)
             got = vqd.log_q_posterior(p_x0.log()[None], torch.tensor([x_t]), sched, t, s).exp()[0]
             torch.testing.assert_close(got, want / want.sum(), atol=1e-12, rtol=1e-9)
+
+
+def test_mask_only_posterior_keeps_an_unmasked_code(vqd):
+    """Mask-only noise never unmasks back and never redraws: x_t = code 1 means x_s = code 1."""
+    sched = vqd.noise_schedule(10, K, *vqd.NOISE["mask"])
+    p_x0 = torch.tensor([[0.5, 0.5, 0, 0, 0]], dtype=torch.float64)
+    got = vqd.log_q_posterior(p_x0.log(), torch.tensor([1]), sched, 9, 8).exp()[0]
+    torch.testing.assert_close(got, F.one_hot(torch.tensor(1), K + 1).double(), atol=1e-12, rtol=0)
+
+
+def test_the_training_loss_of_a_mask_only_model_has_no_term_at_unmasked_codes(vqd):
+    """L_{t-1} = KL(q || p_theta) is 0 at codes that are not masked, whatever the network says."""
+    sched = vqd.noise_schedule(T, K, *vqd.NOISE["mask"])
+    g = torch.Generator().manual_seed(2)
+    x0 = torch.randint(K, (3, 6, 2), generator=g)
+    t = torch.tensor([2, 4, 6])
+    x_t = vqd.q_sample(x0, sched, t)
+    logits = torch.randn(3, 6, 2, K, generator=g) * 3
+    l_prev, _ = vqd.losses(logits, x0, x_t, sched, t)
+    assert (x_t < K).any() and l_prev[x_t < K].abs().max() < 1e-6
+    assert (l_prev[x_t == K] > 1e-3).all()
 
 
 def test_L_t_minus_1_is_zero_for_an_exact_x0_prediction_and_positive_otherwise(vqd):
@@ -208,6 +234,25 @@ def test_inpainting_keeps_the_known_codes(vqd):
     assert ((x >= 0) & (x < K)).all()
 
 
+def test_renoised_inpainting_shows_the_network_noised_known_codes_and_ends_clean(vqd):
+    """RePaint: at step t the network sees the known codes drawn from q(x_t | x_0) (masked about
+    as often as gammabar_t says), and the result holds them exactly."""
+    seen = []
+    m = small_model(vqd)
+    forward = m.forward
+    m.forward = lambda x_t, t, c: seen.append((x_t.clone(), int(t[0]))) or forward(x_t, t, c)
+    known, keep = torch.randint(K, (64, 9, 2)), torch.ones(64, 9, 2, dtype=torch.bool)
+    sched = schedule(vqd, "mask")
+    torch.manual_seed(4)
+    x = vqd.sample(
+        m, sched, torch.zeros(64, dtype=torch.long), known=known, keep=keep, renoise=True
+    )
+    assert (x == known).all()
+    for x_t, t in seen[1:]:  # the first call sees x_T, drawn before any step
+        masked = (x_t == K).double().mean().item()
+        assert abs(masked - sched.gammabar[t].item()) < 0.08, (t, masked)
+
+
 def test_a_mask_only_model_that_knows_x0_samples_it(vqd):
     """With mask-only noise and a network that always predicts one fixed x_0, the reverse chain
     must end exactly at that x_0, at any stride."""
@@ -231,7 +276,8 @@ def test_a_mask_only_model_that_knows_x0_samples_it(vqd):
     "flags, message",
     [
         (dict(noise="mask", beta_end=0.1), "--noise mask means"),
-        (dict(gamma_end=0.95, beta_end=0.1), "sum <= 1"),
+        (dict(gamma_end=0.95, beta_end=0.1), "sum to 1"),
+        (dict(gamma_end=0.5, beta_end=0.1), "sum to 1"),
         (dict(truncation=0.0), "--truncation"),
         (dict(stride=0), "--stride"),
     ],
@@ -246,7 +292,8 @@ def test_noise_flags_resolve(vqd):
         0.0,
         1.0,
     )
-    assert vqd.Config(gamma_end=0.5).beta_end == 0.1
+    assert vqd.Config(gamma_end=0.7).beta_end == pytest.approx(0.3)  # the sum is 1
+    assert vqd.Config(beta_end=0.2).gamma_end == pytest.approx(0.8)
 
 
 def test_training_lowers_the_loss_and_writes_everything(vqd, tokenizer, tmp_path):
