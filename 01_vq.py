@@ -314,9 +314,7 @@ def train(cfg: Config, build=VQVAE, report=None) -> nn.Module:
     model = common.compiled(common.wrap(model, device), cfg)  # DDP under torchrun; --compile
     counts, restarted = torch.zeros(cfg.codebook_size), 0
     quantizer = common.unwrap(model).quantizer
-    for step in common.progress(
-        range(start, cfg.steps), initial=start, total=cfg.steps, desc=cfg.out
-    ):
+    for step in run.steps(start):  # a progress bar; Ctrl-C / SIGTERM end it after a checkpoint
         opt.zero_grad(set_to_none=True)
         for micro in range(cfg.grad_accum):  # the EMA codebook takes one step per micro-batch
             x = next(data)[0].to(device, non_blocking=True)
@@ -326,6 +324,7 @@ def train(cfg: Config, build=VQVAE, report=None) -> nn.Module:
                 rec = F.mse_loss(x_hat.float(), x)  # RQ Eq. 6: ||x - x^||^2
                 loss = rec + q["loss"]
                 (loss / cfg.grad_accum).backward()
+            run.check_finite(loss, step + 1)  # stop at a NaN loss, before it is saved
             counts += torch.bincount(codes.flatten().cpu(), minlength=cfg.codebook_size)
             restarted += quantizer.n_dead
         opt.step()
@@ -342,7 +341,9 @@ def train(cfg: Config, build=VQVAE, report=None) -> nn.Module:
             )
             counts.zero_()
             restarted = 0
-        if (step + 1) % cfg.ckpt_every == 0 or step + 1 == cfg.steps:
+        if run.save_due(
+            step + 1
+        ):  # every --ckpt-every steps or --ckpt-minutes, at the end, on a signal
             run.save(step + 1, model=common.unwrap(model).state_dict(), opt=opt.state_dict())
     model = common.unwrap(model)
     if common.is_main():

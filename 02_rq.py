@@ -50,8 +50,8 @@ PRESETS = {
     "ffhq": {**REAL, "downsample": 32, "codebook_size": 2048},
     "imagenet": {**REAL, "downsample": 32, "codebook_size": 16384, "steps": 500_000},
 }
-PRESETS["shapes-plain"] = PRESETS["shapes"]
-OTHER = {**REAL, "downsample": 16, "codebook_size": 2048}  # celebahq, lsun-church, --hf-id, paths
+PRESETS["shapes-plain"] = PRESETS["small"] = PRESETS["shapes"]  # small: paths/--hf-id <= 64 px
+PRESETS["large"] = {**REAL, "downsample": 16, "codebook_size": 2048}  # celebahq, lsun, the rest
 
 
 @dataclass
@@ -67,7 +67,7 @@ class Config(vq.Config):
     lr: float | None = None  # Adam learning rate (default: shapes 1e-3, real datasets 4e-4)
 
     def __post_init__(self):
-        preset = PRESETS.get(self.dataset if self.hf_id is None else "", OTHER)
+        preset = PRESETS.get(common.preset_name(self), PRESETS["large"])
         for name, value in preset.items():
             if getattr(self, name) is None:
                 setattr(self, name, value)
@@ -337,6 +337,7 @@ def plot_code_usage(counts: torch.Tensor, norms: torch.Tensor, path) -> None:
 
 def train(cfg: Config) -> nn.Module:
     """Lesson 01's loop with the residual quantizer, then the depth report and figures."""
+    common.echo(f"preset '{common.preset_name(cfg)}': the defaults of the flags left unset")
     return vq.train(
         cfg,
         build,

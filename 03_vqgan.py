@@ -50,7 +50,7 @@ NET = {
     "imagenet": {**PAPER, **GPU},
 }
 NET["shapes"].update(disc_ch=32, batch_size=32, lr=4e-4, steps=1500)
-NET["shapes-plain"] = NET["shapes"]
+NET["shapes-plain"] = NET["small"] = NET["shapes"]  # small: paths and --hf-id of <= 64 px
 NET_OTHER = {**PAPER, "ch_mult": (1, 1, 2, 2, 4), "attn_resolutions": (16,), **GPU}  # f = 16
 
 
@@ -80,7 +80,7 @@ class Config(rq.Config):
             raise ValueError(
                 "--grad-accum is not supported by the two-player loop of lesson 03; raise --batch-size or use more processes"
             )
-        net = NET.get(self.dataset if self.hf_id is None else "", NET_OTHER)
+        net = NET.get(common.preset_name(self), NET_OTHER)
         for name, value in net.items():
             if getattr(self, name) is None:
                 setattr(self, name, value)
@@ -418,6 +418,7 @@ def train(cfg: Config) -> nn.Module:
     device = common.get_device(cfg.device)
     common.seed_everything(cfg.seed)
     run = common.Run(cfg)
+    common.echo(f"preset '{common.preset_name(cfg)}': the defaults of the flags left unset")
     train_set, val_set, _ = common.load_data(cfg, rank, world)
     model, disc = (
         build(cfg).to(device),
@@ -433,9 +434,7 @@ def train(cfg: Config) -> nn.Module:
     # the plain D (its gradients on D are dropped before D's own step anyway)
     g_ddp, d_ddp = common.compiled(common.wrap(model, device), cfg), common.wrap(disc, device)
     log = {}
-    for step in common.progress(
-        range(start, cfg.steps), initial=start, total=cfg.steps, desc=cfg.out
-    ):
+    for step in run.steps(start):  # a progress bar; Ctrl-C / SIGTERM end it after a checkpoint
         x = next(data)[0].to(device, non_blocking=True)
         d_on, g_on = step >= cfg.disc_start, step >= cfg.disc_start + cfg.disc_warmup
         with common.autocast(device):
@@ -454,6 +453,7 @@ def train(cfg: Config) -> nn.Module:
                     rec, g_loss, model.decoder.last_layer, max_lambda=cfg.max_lambda
                 )
                 loss = loss + cfg.disc_weight * lam * g_loss
+        run.check_finite(loss, step + 1, "--lr or --disc-weight")  # before a NaN reaches a save
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
@@ -461,6 +461,7 @@ def train(cfg: Config) -> nn.Module:
             with common.autocast(device):
                 logits_real, logits_fake = d_ddp(x).float(), d_ddp(x_hat.detach()).float()
                 d_loss = d_loss_fn(logits_real, logits_fake)
+            run.check_finite(d_loss, step + 1, "--lr")
             opt_d.zero_grad(set_to_none=True)  # also drops the grads G's step left on D
             d_loss.backward()
             opt_d.step()
@@ -484,11 +485,9 @@ def train(cfg: Config) -> nn.Module:
             )
             run.log(dict(log))
             log = {}
-        if not math.isfinite(loss.item()):
-            raise common.UserError(
-                f"the loss became {loss.item()} at step {step + 1}; lower --lr or --disc-weight (last checkpoint: {run.ckpt_path})"
-            )
-        if (step + 1) % cfg.ckpt_every == 0 or step + 1 == cfg.steps:
+        if run.save_due(
+            step + 1
+        ):  # every --ckpt-every steps or --ckpt-minutes, at the end, on a signal
             run.save(
                 step + 1,
                 model=model.state_dict(),

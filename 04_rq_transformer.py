@@ -73,12 +73,15 @@ class Config(common.TrainConfig):
 
     def __post_init__(self):
         super().__post_init__()
-        if (
+        if min(self.width, self.heads, self.spatial_layers, self.depth_layers) < 1 or (
             self.width % self.heads
-            or min(self.width, self.heads, self.spatial_layers, self.depth_layers) < 1
         ):
             raise ValueError(
                 f"--width {self.width} must be a positive multiple of --heads {self.heads}, and layers >= 1"
+            )
+        if not 0 <= self.dropout < 1 or self.samples_per_class < 1:
+            raise ValueError(
+                f"--dropout must be in [0, 1) (got {self.dropout}) and --samples-per-class >= 1 (got {self.samples_per_class})"
             )
         if self.tau <= 0 or self.temperature <= 0 or not 0 < self.top_p <= 1 or self.top_k < 0:
             raise ValueError("--tau and --temperature must be > 0, --top-p in (0, 1], --top-k >= 0")
@@ -344,8 +347,15 @@ def tokenizer_path(cfg: Config) -> Path:
     )
     candidates = ("runs/02_rq", "runs/04_rq_transformer/tokenizer", f"{cfg.out}/tokenizer")
     for path in (Path(folder) / "ckpt.pt" for folder in candidates):
-        if path.exists() and same(common.load_checkpoint(path)["config"]):
-            common.echo(f"tokenizer: reusing {path}")
+        if path.exists() and same((ckpt := common.load_checkpoint(path))["config"]):
+            final = [r for r in common.read_log(path.parent) if r.get("final")]
+            psnr = (
+                f"validation PSNR {final[-1]['val_psnr']:.2f} dB" if final else "no validation yet"
+            )
+            common.echo(
+                f"tokenizer: reusing {path} ({ckpt['step']} steps, {psnr}); pass --tokenizer, or "
+                f"train a fresh one with `python 02_rq.py --dataset {cfg.dataset} --overwrite`"
+            )
             return path
     out = Path(cfg.out) / "tokenizer"
     common.echo(f"tokenizer: none given; training a lesson-02 RQ-VAE into {out}")
@@ -460,9 +470,7 @@ def fit(cfg, s: Stage2, model: nn.Module, loss_fn, betas=(0.9, 0.95)) -> None:
     start = s.run.restore(model=model, opt=opt)  # 0 unless --resume
     data = common.batches(s.train_set, cfg, start * cfg.grad_accum, s.rank, s.world)
     ddp = common.compiled(common.wrap(model, s.device), cfg)  # DDP under torchrun; --compile
-    for step in common.progress(
-        range(start, cfg.steps), initial=start, total=cfg.steps, desc=cfg.out
-    ):
+    for step in s.run.steps(start):  # a progress bar; Ctrl-C / SIGTERM end it after a checkpoint
         for g in opt.param_groups:  # lr = peak * warm-up ramp * cosine, both from step 0
             warm = min(1.0, (step + 1) / 100)
             g["lr"] = cfg.lr * warm * 0.5 * (1 + math.cos(math.pi * step / cfg.steps))
@@ -474,13 +482,16 @@ def fit(cfg, s: Stage2, model: nn.Module, loss_fn, betas=(0.9, 0.95)) -> None:
                 with common.autocast(s.device):
                     loss, logs = loss_fn(ddp, x.to(s.device), c)
                 (loss / cfg.grad_accum).backward()
+            s.run.check_finite(loss, step + 1)  # stop at a NaN loss, before it is saved
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         opt.step()
         if (step + 1) % cfg.log_every == 0:
             logs = {k: v.item() for k, v in logs.items()}
             common.echo(f"step {step + 1} | " + " | ".join(f"{k} {v:.4f}" for k, v in logs.items()))
             s.run.log({"step": step + 1, **logs})
-        if (step + 1) % cfg.ckpt_every == 0 or step + 1 == cfg.steps:
+        if s.run.save_due(
+            step + 1
+        ):  # every --ckpt-every steps or --ckpt-minutes, the end, a signal
             s.run.save(
                 step + 1,
                 model=model.state_dict(),

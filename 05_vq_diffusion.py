@@ -113,9 +113,15 @@ class Config(common.TrainConfig):
                 f"--gamma-end {self.gamma_end} and --beta-end {self.beta_end} must be >= 0 and sum to 1: "
                 "nothing of x_0 may be left at t = T, or p(x_T) is no distribution and L_T no KL"
             )
-        if self.width % self.heads or min(self.width, self.layers, self.steps_T, self.stride) < 1:
+        if min(self.width, self.heads, self.layers, self.steps_T, self.stride) < 1 or (
+            self.width % self.heads
+        ):
             raise ValueError(
-                "--width must be a positive multiple of --heads; --layers, --steps-T, --stride >= 1"
+                f"--width {self.width} must be a positive multiple of --heads {self.heads}; --layers, --steps-T, --stride >= 1"
+            )
+        if not 0 <= self.dropout < 1 or self.samples_per_class < 1:
+            raise ValueError(
+                f"--dropout must be in [0, 1) (got {self.dropout}) and --samples-per-class >= 1 (got {self.samples_per_class})"
             )
         if not 0 < self.truncation <= 1 or self.eval_timesteps < 1:
             raise ValueError("--truncation must be in (0, 1] and --eval-timesteps >= 1")

@@ -12,6 +12,7 @@ import argparse
 import ast
 import dataclasses
 import functools
+import hashlib
 import importlib
 import inspect
 import io
@@ -19,8 +20,10 @@ import json
 import math
 import os
 import random
+import signal
 import sys
 import textwrap
+import time
 import tokenize
 import types
 import typing
@@ -47,6 +50,14 @@ class UserError(Exception):
     """A mistake the user can fix (a flag, a path, a checkpoint): printed as one line, exit 2."""
 
 
+class Interrupted(Exception):
+    """Ctrl-C or SIGTERM stopped training after a checkpoint was saved: exit 128 + signal."""
+
+    def __init__(self, msg: str, code: int):
+        super().__init__(msg)
+        self.code = code
+
+
 def main(train_fn, config_cls, argv=None):
     """The CLI of every lesson: parse flags into a Config, train, and turn UserError into exit 2."""
     cfg = parse(config_cls, argv)
@@ -55,6 +66,9 @@ def main(train_fn, config_cls, argv=None):
     except UserError as e:
         print(f"error: {e}", file=sys.stderr)
         sys.exit(2)
+    except Interrupted as e:
+        print(e, file=sys.stderr)
+        sys.exit(e.code)  # 130 after Ctrl-C, 143 after SIGTERM, as a shell reports them
     teardown()
 
 
@@ -84,6 +98,7 @@ class TrainConfig:
     out: str = "runs/lesson"  # run folder: ckpt.pt, metrics.jsonl, figures
     log_every: int = 100  # print and log metrics every this many steps
     ckpt_every: int = 500  # save ckpt.pt every this many steps (and at the end)
+    ckpt_minutes: float = 2.0  # also save ckpt.pt after this many minutes without a save (0 = off)
     eval_images: int = 512  # validation images used for the final metrics
     resume: bool = False  # continue the run in --out from its ckpt.pt
     overwrite: bool = False  # start afresh even if --out already holds a checkpoint
@@ -95,8 +110,12 @@ class TrainConfig:
                 raise ValueError(
                     f"--{name.replace('_', '-')} must be at least 1, got {getattr(self, name)}"
                 )
-        if self.lr <= 0 or self.num_workers < 0:
-            raise ValueError("--lr must be > 0 and --num-workers >= 0")
+        if not (0 < self.lr < math.inf) or self.num_workers < 0 or not self.ckpt_minutes >= 0:
+            raise ValueError(
+                f"--lr must be a finite number > 0 (got {self.lr}), --num-workers and --ckpt-minutes >= 0"
+            )
+        if not self.out.strip():
+            raise ValueError("--out must name a run folder, got an empty string")
         if self.device not in ("auto", "cpu", "cuda", "mps"):
             raise ValueError(
                 f"unknown --device '{self.device}'; choose one of: auto, cpu, cuda, mps"
@@ -427,6 +446,35 @@ DATASETS = {
     "flowers": HubDataset("nelorth/oxford-flowers", "image", "label", "train", "test", 64),
 }
 HELD_OUT = 1000  # validation images held out of datasets that have no validation split
+HOLD_OUT_SEED = 1234  # fixed, not --seed: a tokenizer and its prior hold out the same images
+
+
+def held_out_indices(n: int, held: int, labels=None) -> tuple[list[int], list[int]]:
+    """(train, val) indices: `held` of n picked at random with a fixed seed, the same on every
+    rank, and stratified by class where labels are given (each class gives its share). Folders
+    and many hub datasets are sorted by class: their LAST images would be one class alone."""
+    perm = torch.randperm(n, generator=torch.Generator().manual_seed(HOLD_OUT_SEED))
+    if labels is not None:  # classes in blocks, random order inside each block
+        perm = perm[torch.as_tensor(labels)[perm].argsort(stable=True)]
+    val = perm[torch.linspace(0, n - 1, held).round().long()]  # evenly spaced over the blocks
+    is_val = torch.zeros(n, dtype=torch.bool)
+    is_val[val] = True
+    return (~is_val).nonzero().squeeze(1).tolist(), val.sort().values.tolist()
+
+
+def _hold_out_stream(stream, image_col: str, buffer: int = 10_000):
+    """A stream without a validation split: the first HELD_OUT images of a seeded shuffle buffer
+    are read once (undecoded bytes) and held out; training skips them by a hash of their bytes,
+    which stays right whatever order workers and ranks later read the stream in."""
+    import datasets
+
+    if isinstance((stream.features or {}).get(image_col), datasets.Image):
+        stream = stream.cast_column(image_col, datasets.Image(decode=False))
+    key = lambda ex: hashlib.blake2b(_to_pil_bytes(ex[image_col]), digest_size=16).digest()
+    held = list(stream.shuffle(seed=HOLD_OUT_SEED, buffer_size=buffer).take(HELD_OUT))
+    keys = {key(ex) for ex in held}
+    val = datasets.Dataset.from_list(held, features=stream.features)
+    return stream.filter(lambda ex: key(ex) not in keys), val
 
 
 def dataset_choices() -> str:
@@ -436,12 +484,61 @@ def dataset_choices() -> str:
     )
 
 
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff")
+
+
+@functools.lru_cache(maxsize=16)
+def native_image_size(path: str, image_column: str = "image") -> int | None:
+    """The short side of a local folder's or parquet file's images when the first 64 share one
+    size and it is a multiple of 8 from 8 to 4096; else None."""
+    p = Path(path)
+    parquet = (
+        [p] if p.suffix == ".parquet" else sorted(p.rglob("*.parquet"))[:1] if p.is_dir() else []
+    )
+    try:
+        if parquet:
+            import pyarrow.parquet as pq
+
+            rows = next(pq.ParquetFile(parquet[0]).iter_batches(64, columns=[image_column]))
+            sizes = {_to_pil(v).size for v in rows.column(0).to_pylist()}
+        elif p.is_dir():
+            files = sorted(f for f in p.rglob("*") if f.suffix.lower() in IMAGE_SUFFIXES)[:64]
+            sizes = {Image.open(f).size for f in files}
+        else:
+            return None
+    except Exception:  # unreadable: load_data reports it
+        return None
+    side = min(next(iter(sizes))) if len(sizes) == 1 else None
+    return side if side and side % 8 == 0 and 8 <= side <= 4096 else None
+
+
 def default_image_size(cfg) -> int:
+    """--image-size, else the dataset's: shapes 32, the table's size for hub names, a local
+    dataset's own size when its images share one, else 256."""
     if cfg.image_size is not None:
         return cfg.image_size
     if cfg.dataset in DATASETS and cfg.hf_id is None:
         return DATASETS[cfg.dataset].size
-    return 32 if cfg.dataset in BUILTIN and cfg.hf_id is None else 256
+    if cfg.dataset in BUILTIN and cfg.hf_id is None:
+        return 32
+    if cfg.hf_id is None and Path(cfg.dataset).exists():
+        return native_image_size(cfg.dataset, cfg.image_column or "image") or 256
+    return 256
+
+
+def preset_name(cfg) -> str:
+    """Which per-dataset defaults a lesson takes: the dataset's name when it has its own, else
+    "small" for images of 64 px or less (a CPU-scale run) and "large" for the others."""
+    if cfg.hf_id is None and (cfg.dataset in BUILTIN or cfg.dataset in DATASETS):
+        return cfg.dataset
+    return "small" if default_image_size(cfg) <= 64 else "large"
+
+
+def _to_pil_bytes(value) -> bytes:
+    """The bytes of an image value (encoded bytes, else the decoded pixels): a hash key."""
+    if isinstance(value, dict) and value.get("bytes"):
+        return value["bytes"]
+    return _to_pil(value).tobytes()
 
 
 def _to_pil(value) -> Image.Image:
@@ -552,19 +649,31 @@ def load_data(cfg, rank: int = 0, world: int = 1):
         return train, val, SHAPE_CLASSES
     if size % 8 or size < 8:
         raise UserError(f"--image-size must be a positive multiple of 8, got {size}")
+    if cfg.image_size is None and cfg.hf_id is None and Path(cfg.dataset).exists():
+        own = native_image_size(cfg.dataset, cfg.image_column or "image")
+        echo(
+            f"--image-size {size}: "
+            + (
+                "the images' own size"
+                if own
+                else "the images differ in size (or are not a multiple of 8); pass --image-size"
+            )
+        )
     train, spec = _open_hf(cfg, None)
     if spec.eval_split is not None:
         val, _ = _open_hf(cfg, spec.eval_split)
     elif spec.streaming:
-        val, train = train.take(HELD_OUT), train.skip(HELD_OUT)
-    else:  # no validation split: hold out the last images (1000, or a tenth of a small dataset)
+        train, val = _hold_out_stream(train, spec.image_column)
+    else:  # no validation split: hold out a random 1000 (a tenth of a small dataset)
         n = len(train)
         held = min(HELD_OUT, n // 10)
         if held < 1:
             raise UserError(
                 f"dataset '{cfg.hf_id or cfg.dataset}' has only {n} images; it needs at least 10 to hold some out for validation"
             )
-        val, train = train.select(range(n - held, n)), train.select(range(n - held))
+        labels = train[spec.label_column] if spec.label_column else None
+        train_idx, val_idx = held_out_indices(n, held, labels)
+        val, train = train.select(val_idx), train.select(train_idx)
     classes = None
     if spec.label_column is not None:
         feature = (train.features or {}).get(spec.label_column)
@@ -575,8 +684,12 @@ def load_data(cfg, rank: int = 0, world: int = 1):
 
         train = split_dataset_by_node(train, rank=rank, world_size=world)
         keep = [spec.image_column] + ([spec.label_column] if spec.label_column else [])
-        train, val = (
-            d.select_columns(keep).map(fn, batched=True, remove_columns=keep) for d in (train, val)
+        lazy = lambda d: d.select_columns(keep).map(fn, batched=True, remove_columns=keep)
+        train = lazy(train)
+        val = (
+            lazy(val)
+            if isinstance(val, torch.utils.data.IterableDataset)
+            else val.with_transform(fn)
         )
     else:
         train, val = train.with_transform(fn), val.with_transform(fn)
@@ -750,22 +863,16 @@ def codebook_stats(counts: torch.Tensor) -> dict[str, float]:
 class Run:
     """A run folder: ckpt.pt (atomic), metrics.jsonl (one JSON object per line), figures.
 
-    A fresh run refuses to write over an existing checkpoint unless --overwrite; --resume loads
-    it and checks that the flags that shape the model match the saved config.
+    A fresh run refuses to write over an existing checkpoint unless --overwrite, and replaces
+    the old files only when it writes its own (a run that fails on its data loses nothing);
+    --resume loads the checkpoint, checks that the flags that shape the model match the saved
+    config, and cuts metrics.jsonl back to the checkpoint's step. The training loops iterate
+    `run.steps(start)`, which turns Ctrl-C / SIGTERM into a checkpoint and exit 130 / 143.
     """
 
-    RESUMABLE = frozenset(
-        {
-            "steps",
-            "compile",
-            "resume",
-            "overwrite",
-            "log_every",
-            "ckpt_every",
-            "num_workers",
-            "device",
-            "eval_images",
-        }
+    RESUMABLE = frozenset(  # flags that may change between a run and its --resume
+        {"steps", "compile", "resume", "overwrite", "log_every", "ckpt_every", "ckpt_minutes"}
+        | {"num_workers", "device", "eval_images", "out"}  # the folder may have moved
     )
 
     def __init__(self, cfg):
@@ -781,19 +888,79 @@ class Run:
             self.dir.mkdir(parents=True, exist_ok=True)
         except OSError as e:
             raise UserError(f"cannot create run folder {self.dir}: {e.strerror}") from None
-        if not cfg.resume and (self.dir / "metrics.jsonl").exists() and is_main():
-            (self.dir / "metrics.jsonl").unlink()
+        self.fresh_log = not cfg.resume  # the first log() of a fresh run replaces the old file
+        self.saved_step, self.saved_at, self.signalled = None, time.monotonic(), None
 
     def log(self, record: dict) -> None:
         if is_main():  # under torchrun, rank 0 writes for everyone
-            with open(self.dir / "metrics.jsonl", "a") as f:
+            with open(self.dir / "metrics.jsonl", "w" if self.fresh_log else "a") as f:
                 f.write(json.dumps(record) + "\n")
+            self.fresh_log = False
+
+    def steps(self, start: int):
+        """start, ..., cfg.steps - 1 with a progress bar. While it runs, Ctrl-C and SIGTERM (what
+        a cluster sends before preemption) only set a flag: the loop saves at the end of that
+        step (save_due is True), and then Interrupted says how to resume."""
+
+        def on_signal(signum, frame):
+            self.signalled = signum
+
+        old = {sig: signal.signal(sig, on_signal) for sig in (signal.SIGINT, signal.SIGTERM)}
+        try:
+            for step in progress(
+                range(start, self.cfg.steps), initial=start, total=self.cfg.steps, desc=self.cfg.out
+            ):
+                yield step
+                if self.signalled is not None:
+                    name = signal.Signals(self.signalled).name
+                    again = [a for a in sys.argv if a != "--overwrite"]
+                    again += [] if "--resume" in again else ["--resume"]
+                    raise Interrupted(
+                        f"{name} at step {step + 1}: saved {self.ckpt_path}; continue with: python {' '.join(again)}",
+                        128 + self.signalled,
+                    )
+        finally:
+            for sig, handler in old.items():
+                signal.signal(sig, handler)
+
+    def check_finite(self, loss: torch.Tensor, step: int, flags: str = "--lr") -> None:
+        """Stop at the first NaN or infinite loss, before it reaches a checkpoint (a device sync)."""
+        if not torch.isfinite(loss.detach()).all():
+            kept = (
+                f"{self.ckpt_path} keeps step {self.saved_step}"
+                if self.saved_step
+                else "nothing was saved"
+            )
+            raise UserError(
+                f"the loss became {loss.item()} at step {step}; training stopped and {kept}; lower {flags}"
+            )
+
+    def save_due(self, step: int) -> bool:
+        """Save now? Every --ckpt-every steps, at the last step, after --ckpt-minutes without a
+        save, and after Ctrl-C / SIGTERM (agreed by every process under torchrun)."""
+        stop = torch.tensor(float(self.signalled is not None))
+        if dist_on():  # nccl reduces CUDA tensors only
+            if torch.distributed.get_backend() == "nccl":
+                stop = stop.cuda()
+            torch.distributed.all_reduce(stop, op=torch.distributed.ReduceOp.MAX)
+            self.signalled = self.signalled or (signal.SIGTERM if stop.item() else None)
+        late = 0 < self.cfg.ckpt_minutes * 60 <= time.monotonic() - self.saved_at
+        return (
+            step % self.cfg.ckpt_every == 0 or step == self.cfg.steps or late or bool(stop.item())
+        )
 
     def save(self, step: int, **state) -> None:
         """Write ckpt.pt atomically: {"step", "lesson", "config", "rng", **state} (state dicts).
-        Rank 0 only under torchrun (every rank holds the same weights)."""
+        Rank 0 only under torchrun (every rank holds the same weights). Weights that are not
+        finite never replace a checkpoint."""
+        self.saved_at = time.monotonic()
         if not is_main():
             return
+        model = state.get("model", {})
+        if not all(v.isfinite().all() for v in model.values() if v.is_floating_point()):
+            raise UserError(
+                f"the weights became NaN or infinite by step {step}; {self.ckpt_path} was not overwritten; lower --lr"
+            )
         payload = {
             "step": step,
             "lesson": lesson_name(self.cfg),  # whose Config and build() rebuild the model
@@ -802,9 +969,15 @@ class Run:
             **state,
         }
         save_atomic(payload, self.ckpt_path)
+        self.saved_step = step
 
     def load(self) -> dict:
         ckpt = load_checkpoint(self.ckpt_path)
+        mine = lesson_name(self.cfg)
+        if ckpt.get("lesson") != mine:
+            raise UserError(
+                f"--resume: {self.ckpt_path} was written by {ckpt.get('lesson') or 'another script'}, not {mine}; pass another --out"
+            )
         saved, now = ckpt["config"], dataclasses.asdict(self.cfg)
         diff = [
             f"--{k.replace('_', '-')} {saved.get(k)} (now {now[k]})"
@@ -815,12 +988,17 @@ class Run:
             raise UserError(
                 f"--resume: {self.ckpt_path} was made with different flags: {'; '.join(diff)}"
             )
+        if ckpt["step"] > self.cfg.steps:
+            raise UserError(
+                f"--resume: {self.ckpt_path} is at step {ckpt['step']}, past --steps {self.cfg.steps}; pass --steps above {ckpt['step']} to train on"
+            )
         set_rng_state(ckpt["rng"])
         return ckpt
 
     def restore(self, **state) -> int:
-        """With --resume, load every named module or optimizer from ckpt.pt (and the RNG state);
-        return the step to continue from (0 for a fresh run)."""
+        """With --resume, load every named module or optimizer from ckpt.pt (and the RNG state),
+        and drop the metrics.jsonl lines after its step (they are about to be redone); return the
+        step to continue from (0 for a fresh run)."""
         if not self.cfg.resume:
             return 0
         ckpt = self.load()
@@ -833,7 +1011,25 @@ class Run:
                 load_state(obj, ckpt[key], self.ckpt_path)
             else:
                 obj.load_state_dict(ckpt[key])
+        self.saved_step = ckpt["step"]
+        if (self.dir / "metrics.jsonl").exists() and is_main():
+            kept = [
+                r
+                for r in read_log(self.dir)
+                if r.get("step", 0) <= ckpt["step"] and not r.get("final")
+            ]
+            (self.dir / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in kept))
         return ckpt["step"]
+
+
+def read_log(run_dir) -> list[dict]:
+    """The records of a run folder's metrics.jsonl ([] when it has none)."""
+    log = Path(run_dir) / "metrics.jsonl"
+    return (
+        [json.loads(line) for line in log.read_text().splitlines() if line.strip()]
+        if log.exists()
+        else []
+    )
 
 
 def lesson_name(cfg) -> str:
@@ -870,6 +1066,8 @@ def save_atomic(obj, path: Path) -> None:
 def load_checkpoint(path) -> dict:
     """torch.load(weights_only=True) with errors that name the file and what is wrong."""
     path = Path(path)
+    if path.is_dir():
+        raise UserError(f"checkpoint {path} is a folder; pass the file in it, {path / 'ckpt.pt'}")
     if not path.is_file():
         raise UserError(f"checkpoint {path} does not exist")
     try:

@@ -13,11 +13,13 @@ validation images and their reconstructions.
 Inputs are images in [-1, 1] (the lessons' range), resized bilinearly to 299 x 299, which is
 what pytorch-fid feeds the network after its own [0, 1] -> [-1, 1] scaling.
 
-Use: `rfid(model, loader)`; `fid(features_a, features_b)` from `features(images)`.
+Use: `rfid(model, loader)`; `fid(features_a, features_b)` from `features(images)`; from the
+command line, as pytorch-fid: `python fid.py real_folder generated_folder`.
 """
 
 from __future__ import annotations
 
+import numpy as np
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
@@ -53,6 +55,10 @@ def gaussian(features: torch.Tensor):
 
 def fid(features_a: torch.Tensor, features_b: torch.Tensor) -> float:
     """FID between two sets of Inception features (N_a, 2048) and (N_b, 2048)."""
+    if min(len(features_a), len(features_b)) < 2:
+        raise common.UserError(
+            f"FID needs at least 2 images in each set (a covariance), got {len(features_a)} and {len(features_b)}"
+        )
     return frechet_distance(*gaussian(features_a), *gaussian(features_b))
 
 
@@ -276,3 +282,59 @@ def rfid(model: nn.Module, loader, reconstruct=None, net: nn.Module | None = Non
         fake.append(net(reconstruct(x).float().clamp(-1, 1)).double().cpu())
     model.train(was_training)
     return fid(torch.cat(real), torch.cat(fake))
+
+
+# --- command line: FID between two image folders ---
+
+
+def folder_batches(folder, batch_size: int):
+    """Batches (B, 3, H, W) in [-1, 1] of a folder's images (sorted, sub-folders included), each
+    at its own size (the network resizes to 299), images of one size batched together."""
+    from pathlib import Path
+
+    from PIL import Image
+
+    files = sorted(f for f in Path(folder).rglob("*") if f.suffix.lower() in common.IMAGE_SUFFIXES)
+    if not files:
+        raise common.UserError(f"{folder} holds no images ({', '.join(common.IMAGE_SUFFIXES)})")
+    for i in range(0, len(files), batch_size):
+        group = {}
+        for f in files[i : i + batch_size]:
+            img = Image.open(f).convert("RGB")
+            x = torch.from_numpy(np.asarray(img).copy()).permute(2, 0, 1).float() / 127.5 - 1
+            group.setdefault(img.size, []).append(x)
+        yield from (torch.stack(xs) for xs in group.values())
+
+
+def main(argv=None) -> None:
+    import argparse
+    import sys
+    from pathlib import Path
+
+    p = argparse.ArgumentParser(
+        description="FID between the images of two folders (pytorch-fid's network and weights)."
+    )
+    p.add_argument("folder_a", help="a folder of images (png, jpg, ...), searched recursively")
+    p.add_argument("folder_b", help="the other folder")
+    p.add_argument(
+        "--batch-size", type=int, default=50, help="images per forward pass (default: 50)"
+    )
+    p.add_argument("--device", default="auto", help="auto | cpu | cuda | mps (default: auto)")
+    args = p.parse_args(argv)
+    try:
+        folders = (args.folder_a, args.folder_b)
+        for folder in folders:
+            if not Path(folder).is_dir():
+                raise common.UserError(f"{folder} is not a folder")
+        if args.batch_size < 1:
+            raise common.UserError(f"--batch-size must be at least 1, got {args.batch_size}")
+        net = inception(common.get_device(args.device))
+        a, b = (features(net, folder_batches(f, args.batch_size)) for f in folders)
+        print(f"FID {fid(a, b):.6g} ({len(a)} and {len(b)} images)")
+    except common.UserError as e:
+        print(f"error: {e}", file=sys.stderr)
+        sys.exit(2)
+
+
+if __name__ == "__main__":
+    main()

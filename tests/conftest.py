@@ -40,3 +40,12 @@ def tokenizer(tmp_path_factory):
     out = tmp_path_factory.mktemp("tok")
     rq.train(rq.Config(steps=4, batch_size=8, eval_images=8, depth=2, out=str(out)))
     return out / "ckpt.pt"
+
+
+@pytest.fixture
+def tf32_on():
+    """TF32 matmuls on, as common.get_device turns them on for CUDA; restored afterwards."""
+    before = torch.get_float32_matmul_precision()
+    torch.set_float32_matmul_precision("high")
+    yield
+    torch.set_float32_matmul_precision(before)

@@ -184,14 +184,15 @@ def test_quantizer_outputs_codebook_rows_at_the_chosen_codes(vq):
     torch.testing.assert_close(z_q, q.codebook[codes].permute(0, 3, 1, 2))
 
 
-def test_the_nearest_code_search_runs_in_true_float32_also_where_tf32_is_on(vq, monkeypatch):
+def test_the_nearest_code_search_runs_in_true_float32_also_where_tf32_is_on(
+    vq, monkeypatch, tf32_on
+):
     seen, nearest = [], vq.nearest_code
     monkeypatch.setattr(
         vq,
         "nearest_code",
         lambda *a: seen.append(torch.get_float32_matmul_precision()) or nearest(*a),
     )
-    monkeypatch.setattr(torch.backends.cuda.matmul, "allow_tf32", True)  # what get_device does
     vq.VectorQuantizer(8, 4)(torch.randn(2, 4, 3, 3))
     assert seen == ["highest"] and torch.get_float32_matmul_precision() == "high"
 
@@ -332,3 +333,100 @@ def test_compile_flag_compiles_the_training_network(vq, tmp_path, monkeypatch):
     seen.clear()
     vq.train(small(vq, tmp_path, steps=2, overwrite=True))
     assert seen == []  # off by default
+
+
+# --- runs that go wrong: NaN, signals, resume, overwrite (the loop is the same in every lesson) ---
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["--lr", "nan"], "--lr must be a finite number > 0 (got nan)"),
+        (["--lr", "inf"], "--lr must be a finite number > 0 (got inf)"),
+        (["--out", ""], "--out must name a run folder"),
+    ],
+)
+def test_bad_numbers_and_an_empty_out_exit_2(args, message, tmp_path):
+    r = cli(*args, cwd=tmp_path)
+    assert r.returncode == 2 and message in r.stderr and "Traceback" not in r.stderr
+    assert not any(tmp_path.iterdir())  # nothing written, not even into the current folder
+
+
+def test_a_nan_loss_stops_at_its_step_and_keeps_the_last_good_checkpoint(tmp_path):
+    r = cli("--lr", "1e30", "--batch-size", "8", "--ckpt-every", "1", "--steps", "50", cwd=tmp_path)
+    assert r.returncode == 2 and "the loss became nan at step 2" in r.stderr
+    assert "keeps step 1; lower --lr" in r.stderr
+    ckpt = common.load_checkpoint(tmp_path / "runs" / "01_vq" / "ckpt.pt")
+    assert ckpt["step"] == 1 and all(v.isfinite().all() for v in ckpt["model"].values())
+
+
+@pytest.mark.parametrize("sig, code", [("SIGTERM", 143), ("SIGINT", 130)])
+def test_a_signal_saves_the_current_step_and_the_run_resumes_without_duplicate_logs(
+    sig, code, tmp_path
+):
+    import signal as signals
+
+    flags = ["--batch-size", "8", "--log-every", "5", "--eval-images", "8"]
+    p = subprocess.Popen([sys.executable, str(ROOT / "01_vq.py"), *flags, "--steps", "100000"],
+                         cwd=tmp_path, stderr=subprocess.PIPE, stdout=subprocess.PIPE, text=True)  # fmt: skip
+    log = tmp_path / "runs" / "01_vq" / "metrics.jsonl"
+    while not (log.exists() and log.read_text().count("\n") >= 2):
+        assert p.poll() is None
+    p.send_signal(getattr(signals, sig))
+    _, err = p.communicate(timeout=60)
+    step = common.load_checkpoint(tmp_path / "runs" / "01_vq" / "ckpt.pt")["step"]
+    assert p.returncode == code and f"{sig} at step {step}: saved runs/01_vq/ckpt.pt" in err
+    assert "continue with: python" in err and "--resume" in err and step >= 10
+    r = cli(*flags, "--steps", str(step + 7), "--resume", cwd=tmp_path)
+    steps = [rec["step"] for rec in read_log(log) if not rec.get("final")]
+    assert r.returncode == 0 and steps == list(range(5, step + 8, 5))  # each logged step once
+
+
+def test_a_checkpoint_is_saved_after_ckpt_minutes_without_one(tmp_path, monkeypatch):
+    run = common.Run(common.TrainConfig(out=str(tmp_path), ckpt_every=1000, steps=5000))
+    assert not run.save_due(7)
+    now = common.time.monotonic()
+    monkeypatch.setattr(common.time, "monotonic", lambda: now + 121)
+    assert run.save_due(8)
+
+
+def test_resume_cuts_the_log_back_to_the_checkpoint(vq, tmp_path):
+    vq.train(small(vq, tmp_path, steps=4, log_every=1, ckpt_every=4))
+    log = tmp_path / "run" / "metrics.jsonl"
+    with open(log, "a") as f:  # as if it had logged steps 5 and 6 and then been killed
+        f.write('{"step": 5, "rec": 1.0}\n{"step": 6, "rec": 1.0}\n')
+    vq.train(small(vq, tmp_path, steps=6, log_every=1, ckpt_every=4, resume=True))
+    records = read_log(log)
+    assert [r["step"] for r in records] == [1, 2, 3, 4, 5, 6, 6] and records[-1]["final"]
+    assert records[4]["rec"] != 1.0  # redone, not kept
+
+
+def test_a_moved_run_folder_resumes(vq, tmp_path):
+    vq.train(small(vq, tmp_path / "a", steps=2))
+    (tmp_path / "a").rename(tmp_path / "b")
+    vq.train(small(vq, tmp_path / "b", steps=4, resume=True))
+    assert common.load_checkpoint(tmp_path / "b" / "run" / "ckpt.pt")["step"] == 4
+
+
+def test_resume_to_fewer_steps_than_the_checkpoint_is_refused(vq, tmp_path):
+    vq.train(small(vq, tmp_path, steps=4))
+    with pytest.raises(
+        common.UserError, match="is at step 4, past --steps 2; pass --steps above 4"
+    ):
+        vq.train(small(vq, tmp_path, steps=2, resume=True))
+
+
+def test_resume_of_another_lessons_run_names_that_lesson(vq, tmp_path):
+    vq.train(small(vq, tmp_path, steps=2))
+    rq = common.lesson("02_rq")
+    with pytest.raises(common.UserError, match="was written by 01_vq, not 02_rq"):
+        rq.train(rq.Config(out=str(tmp_path / "run"), resume=True, steps=4, batch_size=8))
+
+
+def test_overwrite_keeps_the_old_log_until_the_new_run_has_checked_its_data(vq, tmp_path):
+    vq.train(small(vq, tmp_path, steps=2))
+    before = (tmp_path / "run" / "metrics.jsonl").read_text()
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(common.UserError, match="holds no files"):
+        vq.train(small(vq, tmp_path, steps=2, overwrite=True, dataset=str(tmp_path / "empty")))
+    assert (tmp_path / "run" / "metrics.jsonl").read_text() == before

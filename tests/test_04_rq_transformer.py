@@ -157,13 +157,14 @@ def test_codes_are_the_same_under_bf16_autocast_and_in_float32(ar, tokenizer):
     assert torch.equal(plain, mixed)
 
 
-def test_code_distances_run_in_true_float32_also_where_tf32_is_on(ar, tokenizer, monkeypatch):
+def test_code_distances_run_in_true_float32_also_where_tf32_is_on(
+    ar, tokenizer, monkeypatch, tf32_on
+):
     tok, _ = common.lesson("03_vqgan").load_tokenizer(tokenizer)
     seen, soft = [], ar.soft_codes
     monkeypatch.setattr(
         ar, "soft_codes", lambda *a: seen.append(torch.get_float32_matmul_precision()) or soft(*a)
     )
-    monkeypatch.setattr(torch.backends.cuda.matmul, "allow_tf32", True)  # what get_device does
     ar.encode(tok, torch.zeros(2, 3, 32, 32))
     assert seen == ["highest"] and torch.get_float32_matmul_precision() == "high"
 
@@ -226,6 +227,23 @@ def test_without_a_flag_a_matching_tokenizer_is_reused(ar, tokenizer, tmp_path, 
     assert ar.tokenizer_path(ar.Config(tokenizer="given.pt")) == Path("given.pt")
 
 
+def test_a_reused_tokenizer_is_announced_with_its_steps_and_psnr(
+    ar, tokenizer, tmp_path, monkeypatch, capsys
+):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "runs" / "02_rq").mkdir(parents=True)
+    for name in ("ckpt.pt", "metrics.jsonl"):
+        (tmp_path / "runs" / "02_rq" / name).write_bytes((tokenizer.parent / name).read_bytes())
+    psnr = common.read_log(tokenizer.parent)[-1]["val_psnr"]
+    ar.tokenizer_path(ar.Config(out="elsewhere", dataset="shapes"))
+    said = capsys.readouterr()
+    assert (
+        f"reusing runs/02_rq/ckpt.pt (4 steps, validation PSNR {psnr:.2f} dB)"
+        in said.out + said.err
+    )
+    assert "python 02_rq.py --dataset shapes --overwrite" in said.out + said.err
+
+
 def test_a_lesson_01_checkpoint_is_not_a_tokenizer(ar, vq, tmp_path):
     vq.train(vq.Config(steps=1, batch_size=8, eval_images=8, out=str(tmp_path / "vq")))
     with pytest.raises(common.UserError, match="holds no RQ tokenizer"):
@@ -243,6 +261,35 @@ def test_command_line_with_a_missing_tokenizer_exits_2(tmp_path):
                        cwd=tmp_path, capture_output=True, text=True, timeout=120)  # fmt: skip
     assert r.returncode == 2 and "checkpoint nope.pt does not exist" in r.stderr
     assert "Traceback" not in r.stderr
+    (tmp_path / "runs" / "02_rq").mkdir(parents=True)
+    for flags in (["--tokenizer", "runs/02_rq"], ["--heads", "0"], ["--dropout", "2"]):
+        r = subprocess.run([sys.executable, str(script), *flags, "--steps", "1"],
+                           cwd=tmp_path, capture_output=True, text=True, timeout=120)  # fmt: skip
+        assert r.returncode == 2 and len(r.stderr.strip().splitlines()) == 1, r.stderr
+    assert (
+        "runs/02_rq is a folder; pass the file in it, runs/02_rq/ckpt.pt"
+        in subprocess.run(
+            [sys.executable, str(script), "--tokenizer", "runs/02_rq"],
+            cwd=tmp_path,
+            capture_output=True,
+            text=True,
+        ).stderr
+    )
+
+
+@pytest.mark.parametrize("lesson", ["04_rq_transformer", "05_vq_diffusion"])
+@pytest.mark.parametrize(
+    "flags, message",
+    [
+        (dict(heads=0), "must be a positive multiple of --heads 0"),
+        (dict(dropout=2.0), r"--dropout must be in \[0, 1\) \(got 2.0\)"),
+        (dict(dropout=-0.5), r"--dropout must be in \[0, 1\) \(got -0.5\)"),
+        (dict(samples_per_class=0), r"--samples-per-class >= 1 \(got 0\)"),
+    ],
+)
+def test_bad_prior_flags_are_one_line_errors_before_training(lesson, flags, message):
+    with pytest.raises(ValueError, match=message):
+        common.lesson(lesson).Config(**flags)
 
 
 def test_a_tokenizer_trained_from_the_command_line_loads(tmp_path):

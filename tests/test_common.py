@@ -114,9 +114,9 @@ def test_image_to_tensor_makes_rgb_resizes_and_centre_crops():
 # --- Hugging Face datasets, offline, on files written here ---
 
 
-def write_image_folder(root: Path, n_per_class=12) -> Path:
+def write_image_folder(root: Path, n_per_class=12, classes=("cats", "dogs")) -> Path:
     rng = np.random.default_rng(0)
-    for name in ["cats", "dogs"]:
+    for name in classes:
         (root / name).mkdir(parents=True)
         for i in range(n_per_class):
             size = (40 + i, 30 + 2 * i)  # odd, non-square sizes
@@ -158,19 +158,43 @@ def test_parquet_file_loads_with_custom_columns(tmp_path):
     train, val, classes = common.load_data(cfg)
     assert classes == ("a", "b", "c") and len(train) == 18
     x, y = common.first_images(val, 2)
-    assert x.shape == (2, 3, 8, 8) and y.tolist() == [0, 1]  # rows 18 and 19
+    assert x.shape == (2, 3, 8, 8) and set(y.tolist()) <= {0, 1, 2}
 
 
-def test_parquet_streams_with_a_held_out_head(tmp_path):
-    path = write_parquet(tmp_path / "data.parquet", n=common.HELD_OUT + 8)
+def test_a_class_sorted_folder_holds_out_every_class_at_random_and_the_same_each_time(tmp_path):
+    """An image folder is sorted by class: the held-out images must come from every class in
+    proportion, never be trained on, and be the same on every load (and rank)."""
+    folder = write_image_folder(tmp_path / "imgs", n_per_class=30, classes=("a", "b", "c", "d"))
+    cfg = data_cfg(dataset=str(folder), image_size=8, label_column="label")
+    train, val, _ = common.load_data(cfg)
+    assert len(val) == 12 and sorted(val["label"]) == [0, 0, 0, 1, 1, 1, 2, 2, 2, 3, 3, 3]
+    flat = lambda ds: {tuple(ds[i]["image"].flatten().tolist()) for i in range(len(ds))}
+    assert not flat(train) & flat(val) and len(train) == 108
+    again = common.load_data(cfg)[1]
+    assert torch.equal(common.first_images(val, 12)[0], common.first_images(again, 12)[0])
+
+
+def test_held_out_indices_are_a_stratified_random_subset():
+    labels = [i // 100 for i in range(1000)]  # sorted by class, 10 classes
+    train, val = common.held_out_indices(1000, 100, labels)
+    assert sorted(train + val) == list(range(1000)) and len(val) == 100
+    assert torch.bincount(torch.tensor(labels)[val]).tolist() == [10] * 10
+    assert val != list(range(0, 1000, 10)) and val == common.held_out_indices(1000, 100, labels)[1]
+
+
+def test_a_stream_holds_out_a_shuffled_sample_that_training_never_sees(tmp_path):
+    path = write_parquet(tmp_path / "data.parquet", n=common.HELD_OUT + 40)
     cfg = data_cfg(
         dataset=str(path), image_size=8, image_column="picture", label_column="kind", streaming=True
     )
     train, val, _ = common.load_data(cfg)
-    assert isinstance(train, torch.utils.data.IterableDataset)
+    assert isinstance(train, torch.utils.data.IterableDataset) and len(val) == common.HELD_OUT
+    x_val = common.first_images(val, common.HELD_OUT)[0].flatten(1)
+    x_train = torch.stack([item["image"] for item in train]).flatten(1)
+    assert len(x_train) == 40 and torch.cdist(x_train, x_val).min() > 1e-3  # disjoint
+    assert common.first_images(val, 3)[1].tolist() != [0, 1, 2]  # not simply the first rows
     x, y = next(common.batches(train, cfg))
     assert x.shape == (4, 3, 8, 8) and set(y.tolist()) <= {0, 1, 2}
-    assert common.first_images(val, 3)[1].tolist() == [0, 1, 2]  # the first rows are validation
 
 
 def test_a_stream_too_short_for_one_batch_is_an_error(tmp_path):
@@ -309,3 +333,22 @@ def test_image_grid_is_written_enlarged(tmp_path):
     )
     im = Image.open(tmp_path / "g.png")
     assert im.size == ((3 * 10 + 2) * 4, (2 * 10 + 2) * 4)
+
+
+def test_a_local_dataset_defaults_to_its_own_image_size_and_small_images_to_the_cpu_preset(
+    tmp_path,
+):
+    rq = common.lesson("02_rq")
+    folder = tmp_path / "small"
+    for name in ("a", "b"):
+        (folder / name).mkdir(parents=True)
+        for i in range(3):
+            Image.fromarray(np.zeros((32, 32, 3), np.uint8)).save(folder / name / f"{i}.png")
+    cfg = rq.Config(dataset=str(folder))
+    assert common.default_image_size(cfg) == 32 and common.preset_name(cfg) == "small"
+    assert (cfg.downsample, cfg.codebook_size, cfg.steps) == (4, 16, 1500)  # as on shapes
+    mixed = write_image_folder(tmp_path / "mixed")  # odd, different sizes: the old default
+    assert common.default_image_size(data_cfg(dataset=str(mixed))) == 256
+    assert common.preset_name(rq.Config(dataset=str(mixed))) == "large"
+    parquet = write_parquet(tmp_path / "d.parquet")  # 36 x 24 images: their short side
+    assert common.default_image_size(data_cfg(dataset=str(parquet), image_column="picture")) == 24

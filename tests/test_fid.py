@@ -2,14 +2,20 @@
 cases with a known answer, rFID, and the offline message."""
 
 import json
+import os
+import subprocess
+import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
+from PIL import Image
 
 import common
 import fid
 
+ROOT = Path(__file__).resolve().parent.parent
 SHAPES = json.loads(
     (Path(__file__).parent / "data" / "fid_inception_state_dict_shapes.json").read_text()
 )["keys"]
@@ -129,3 +135,35 @@ def test_cached_weights_load_strictly(tmp_path, monkeypatch):
     torch.save(fid.FIDInception().state_dict(), tmp_path / "checkpoints" / fid.WEIGHTS_FILE)
     net = fid.inception()
     assert not net.training and not any(p.requires_grad for p in net.parameters())
+
+
+def test_fid_of_a_single_image_is_a_clear_error():
+    with pytest.raises(common.UserError, match="FID needs at least 2 images in each set"):
+        fid.fid(torch.randn(1, 8), torch.randn(5, 8))
+
+
+def image_folder(path, seed, n=3):
+    path.mkdir()
+    rng = np.random.default_rng(seed)
+    for i in range(n):
+        Image.fromarray(rng.integers(0, 256, (24, 24, 3), dtype=np.uint8)).save(path / f"{i}.png")
+    return path
+
+
+def test_command_line_fid_between_two_folders(tmp_path):
+    """`python fid.py A B` as pytorch-fid: 0 for a folder against itself, > 0 against another;
+    --help works, and a missing folder exits 2 with one line."""
+    run = lambda *a, **env: subprocess.run([sys.executable, str(ROOT / "fid.py"), *a], capture_output=True, text=True,
+                                           timeout=300, env={**os.environ, "TORCH_HOME": str(tmp_path), **env})  # fmt: skip
+    a, b = image_folder(tmp_path / "a", 0), image_folder(tmp_path / "b", 1)
+    assert run("--help").returncode == 0 and "folder_a" in run("--help").stdout
+    r = run(str(a), str(tmp_path / "nope"))
+    assert r.returncode == 2 and "nope is not a folder" in r.stderr and "Traceback" not in r.stderr
+    (tmp_path / "hub" / "checkpoints").mkdir(parents=True)
+    torch.manual_seed(0)
+    net = fid.FIDInception().eval()
+    torch.save(net.state_dict(), tmp_path / "hub" / "checkpoints" / fid.WEIGHTS_FILE)
+    want = fid.fid(*(fid.features(net, fid.folder_batches(f, 50)) for f in (a, b)))
+    same, other = run(str(a), str(a), "--device", "cpu"), run(str(a), str(b), "--device", "cpu")
+    assert same.returncode == 0 and abs(float(same.stdout.split()[1])) < 1e-3 * want
+    assert other.returncode == 0 and float(other.stdout.split()[1]) == pytest.approx(want, rel=1e-4)
