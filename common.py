@@ -970,6 +970,9 @@ class Run:
         }
         save_atomic(payload, self.ckpt_path)
         self.saved_step = step
+        if self.fresh_log:  # the old run's log must not outlive its checkpoint
+            (self.dir / "metrics.jsonl").write_text("")
+            self.fresh_log = False
 
     def load(self) -> dict:
         ckpt = load_checkpoint(self.ckpt_path)

@@ -4,6 +4,7 @@ import dataclasses
 import json
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -372,6 +373,7 @@ def test_a_signal_saves_the_current_step_and_the_run_resumes_without_duplicate_l
     log = tmp_path / "runs" / "01_vq" / "metrics.jsonl"
     while not (log.exists() and log.read_text().count("\n") >= 2):
         assert p.poll() is None
+        time.sleep(0.1)
     p.send_signal(getattr(signals, sig))
     _, err = p.communicate(timeout=60)
     step = common.load_checkpoint(tmp_path / "runs" / "01_vq" / "ckpt.pt")["step"]
