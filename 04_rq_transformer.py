@@ -40,6 +40,7 @@ import torch.nn.functional as F
 from einops import rearrange
 
 import common
+import sample_quality
 
 rq = common.lesson("02_rq")  # the default tokenizer is a lesson-02 RQ-VAE
 gan = common.lesson("03_vqgan")  # load_tokenizer: rebuilds a frozen 02 or 03 tokenizer
@@ -66,7 +67,9 @@ class Config(common.TrainConfig):
     temperature: float = 1.0  # sampling temperature
     top_k: int = 0  # sample among the k most likely codes (0 = all)
     top_p: float = 1.0  # then among the smallest set of mass >= p (1 = all)
-    samples_per_class: int = 8  # images per row of samples.png
+    label_dropout: float = 0.1  # training: the class is replaced by "no class" this often (CFG)
+    guidance: float = 1.0  # sampling: classifier-free guidance scale s (1 = plain conditional)
+    samples_per_class: int = 16  # images per row of samples.png (all judged for sample quality)
     batch_size: int = 32  # images per step (per process under torchrun)
     steps: int = 1500  # optimizer steps
     lr: float = 1e-3  # peak AdamW lr: a 100-step warm-up ramp times a cosine decay (paper: 5e-4)
@@ -78,6 +81,10 @@ class Config(common.TrainConfig):
         ):
             raise ValueError(
                 f"--width {self.width} must be a positive multiple of --heads {self.heads}, and layers >= 1"
+            )
+        if not 0 <= self.label_dropout < 1 or not self.guidance >= 0:
+            raise ValueError(
+                f"--label-dropout must be in [0, 1) (got {self.label_dropout}) and --guidance >= 0 (got {self.guidance})"
             )
         if not 0 <= self.dropout < 1 or self.samples_per_class < 1:
             raise ValueError(
@@ -139,6 +146,16 @@ def sample_logits(logits: torch.Tensor, temperature=1.0, top_k=0, top_p=1.0) -> 
     # the first code whose cdf EXCEEDS u (right=True): at u = 0 a code of probability 0 in front
     # of the first allowed one has cdf 0 = u and must not be drawn
     return torch.searchsorted(cdf, u, right=True).squeeze(1).clamp_max(probs.shape[-1] - 1)
+
+
+def guide(logits: torch.Tensor, scale: float) -> torch.Tensor:
+    """Classifier-free guidance (Ho & Salimans, arXiv:2207.12598): l_u + s (l_c - l_u), from a
+    batch whose first half is conditioned on the classes and second half on "no class".
+    (2B, ..., K) -> (B, ..., K); scale 1 needs no second half: (B, ..., K) is returned as it is."""
+    if scale == 1.0:
+        return logits
+    l_c, l_u = logits.chunk(2)
+    return l_u + scale * (l_c - l_u)
 
 
 # --- transformers with a key/value cache ---
@@ -228,9 +245,8 @@ class RQTransformer(nn.Module):
             nn.Linear(d_code, cfg.width),
             nn.Linear(d_code, cfg.width),
         )
-        self.start = nn.Embedding(
-            max(num_classes, 1), cfg.width
-        )  # u_1: learned start, one per class
+        self.start = nn.Embedding(num_classes + 1, cfg.width)  # u_1's start, one per class + none
+        self.null = num_classes  # "no class": trained with --label-dropout, for guidance
         self.pos_t, self.pos_d = (
             nn.Parameter(torch.zeros(T, cfg.width)),
             nn.Parameter(torch.zeros(D, cfg.width)),
@@ -256,25 +272,27 @@ class RQTransformer(nn.Module):
         return rearrange(self.head(out), "(b t) d k -> b t d k", b=B)
 
     @torch.no_grad()
-    def sample(self, c: torch.Tensor, temperature=1.0, top_k=0, top_p=1.0):
-        """Raster order with both caches: T spatial steps, each followed by D depth steps.
+    def sample(self, c: torch.Tensor, temperature=1.0, top_k=0, top_p=1.0, guidance=1.0):
+        """Raster order with both caches: T spatial steps, each followed by D depth steps. With
+        guidance s != 1 a second half of the batch runs without the class and draws from guide().
         c: (B,) -> codes (B, T, D), logits (B, T, D, K) (the ones the codes were drawn from)."""
-        B, dev = len(c), c.device
+        B, dev, pair = len(c), c.device, 1 + (guidance != 1.0)
+        c = torch.cat([c, torch.full_like(c, self.null)]) if pair == 2 else c  # (pair * B,)
         codes = torch.zeros(B, self.T, self.D, dtype=torch.long, device=dev)
         logits = torch.zeros(B, self.T, self.D, self.K, device=dev)
-        spatial_cache = self.spatial.caches(B, self.T, dev)
-        u = (self.start(c) + self.pos_t[0])[:, None]  # (B, 1, W)
+        spatial_cache = self.spatial.caches(len(c), self.T, dev)
+        u = (self.start(c) + self.pos_t[0])[:, None]  # (pair * B, 1, W)
         for t in range(self.T):
-            h = self.spatial(u, spatial_cache)  # (B, 1, W)
-            depth_cache, v, acc = self.depth.caches(B, self.D, dev), h + self.pos_d[0], 0
+            h = self.spatial(u, spatial_cache)  # (pair * B, 1, W)
+            depth_cache, v, acc = self.depth.caches(len(c), self.D, dev), h + self.pos_d[0], 0
             for d in range(self.D):
-                logits[:, t, d] = self.head(self.depth(v, depth_cache))[:, 0]
+                logits[:, t, d] = guide(self.head(self.depth(v, depth_cache))[:, 0], guidance)
                 codes[:, t, d] = sample_logits(logits[:, t, d], temperature, top_k, top_p)
-                if d + 1 < self.D:
-                    acc = acc + self.embed_depth(self.codebook[codes[:, t, d]])  # (B, W)
+                if d + 1 < self.D:  # both halves go on from the code drawn
+                    acc = acc + self.embed_depth(self.codebook[codes[:, t, d].repeat(pair)])
                     v = (acc + self.pos_d[d + 1])[:, None]
             if t + 1 < self.T:
-                e_sum = self.codebook[codes[:, t]].sum(1)  # (B, d_code): sum_d e(S_td)
+                e_sum = self.codebook[codes[:, t]].sum(1).repeat(pair, 1)  # sum_d e(S_td)
                 u = (self.embed_spatial(e_sum) + self.pos_t[t + 1])[:, None]
         return codes, logits
 
@@ -289,7 +307,8 @@ class FlatTransformer(nn.Module):
         self.T, self.D, self.K = T, D, K
         self.register_buffer("codebook", codebook.clone())
         self.embed = nn.Linear(d_code, cfg.width)
-        self.start = nn.Embedding(max(num_classes, 1), cfg.width)
+        self.start = nn.Embedding(num_classes + 1, cfg.width)  # one per class + "no class"
+        self.null = num_classes
         self.pos = nn.Parameter(torch.zeros(T * D, cfg.width))
         self.gpt = Transformer(
             cfg.width, cfg.spatial_layers + cfg.depth_layers, cfg.heads, cfg.dropout
@@ -306,17 +325,18 @@ class FlatTransformer(nn.Module):
         return self.head(self.gpt(x)).view(B, T, D, self.K)
 
     @torch.no_grad()
-    def sample(self, c: torch.Tensor, temperature=1.0, top_k=0, top_p=1.0):
-        B, dev, L = len(c), c.device, self.T * self.D
+    def sample(self, c: torch.Tensor, temperature=1.0, top_k=0, top_p=1.0, guidance=1.0):
+        B, dev, L, pair = len(c), c.device, self.T * self.D, 1 + (guidance != 1.0)
+        c = torch.cat([c, torch.full_like(c, self.null)]) if pair == 2 else c
         seq = torch.zeros(B, L, dtype=torch.long, device=dev)
         logits = torch.zeros(B, L, self.K, device=dev)
-        cache = self.gpt.caches(B, L, dev)
+        cache = self.gpt.caches(len(c), L, dev)
         x = (self.start(c) + self.pos[0])[:, None]
         for i in range(L):
-            logits[:, i] = self.head(self.gpt(x, cache))[:, 0]
+            logits[:, i] = guide(self.head(self.gpt(x, cache))[:, 0], guidance)
             seq[:, i] = sample_logits(logits[:, i], temperature, top_k, top_p)
             if i + 1 < L:
-                x = (self.embed(self.codebook[seq[:, i]]) + self.pos[i + 1])[:, None]
+                x = (self.embed(self.codebook[seq[:, i].repeat(pair)]) + self.pos[i + 1])[:, None]
         return seq.view(B, self.T, self.D), logits.view(B, self.T, self.D, self.K)
 
 
@@ -418,9 +438,15 @@ class Stage2:
     H: int  # the code grid is H x H: T = H * H positions of D codes
     size: int  # image side in pixels
 
-    def labels(self, y: torch.Tensor) -> torch.Tensor:
-        """The class each image is conditioned on, on the device: y, or 0 when unconditional."""
-        return y.to(self.device) if self.conditional else torch.zeros_like(y, device=self.device)
+    def labels(self, y: torch.Tensor, drop: float = 0.0) -> torch.Tensor:
+        """The class each image is conditioned on, on the device: y, or 0 when unconditional; with
+        drop > 0 (training for guidance) each one is "no class" (num_classes) with that chance."""
+        if not self.conditional:
+            return torch.zeros_like(y, device=self.device)
+        c = y.to(self.device)
+        if drop == 0:
+            return c
+        return torch.where(torch.rand(len(c), device=self.device) < drop, self.num_classes, c)
 
 
 def setup(cfg) -> Stage2:
@@ -477,7 +503,7 @@ def fit(cfg, s: Stage2, model: nn.Module, loss_fn, betas=(0.9, 0.95)) -> None:
         opt.zero_grad(set_to_none=True)
         for micro in range(cfg.grad_accum):
             x, y = next(data)
-            c = s.labels(y)
+            c = s.labels(y, cfg.label_dropout)  # "no class" at times: what guidance contrasts
             with common.accumulating(ddp, micro, cfg.grad_accum):
                 with common.autocast(s.device):
                     loss, logs = loss_fn(ddp, x.to(s.device), c)
@@ -508,10 +534,21 @@ def sample_classes(s: Stage2, per_row: int) -> torch.Tensor:
     return torch.arange(min(s.num_classes, 8), device=s.device).repeat_interleave(per_row)
 
 
-def save_samples(s: Stage2, codes: torch.Tensor, per_row: int) -> None:
-    """Decode sampled codes (B, T, D) and write samples.png with per_row images in each row."""
+def save_samples(s: Stage2, codes: torch.Tensor, per_row: int) -> torch.Tensor:
+    """Decode sampled codes (B, T, D), write samples.png with per_row images in each row, and
+    return the images (B, 3, S, S)."""
     images = decode(s.tok, codes, s.H)
     common.save_grid(list(images.view(-1, per_row, *images.shape[1:])), s.run.dir / "samples.png")
+    return images
+
+
+def judge_samples(s: Stage2, cfg, images: torch.Tensor, c: torch.Tensor) -> dict:
+    """Sample quality of images drawn for classes c (sample_quality.py): printed, and returned
+    with "sample_" before each name for metrics.jsonl."""
+    dataset = cfg.dataset if cfg.hf_id is None else cfg.hf_id
+    quality = sample_quality.judge(images, c if s.conditional else None, s.val_set, dataset)
+    common.echo(f"samples.png ({len(images)} images): {sample_quality.summary(quality)}")
+    return {f"sample_{k}": v for k, v in quality.items()}
 
 
 def train(cfg: Config) -> nn.Module:
@@ -530,18 +567,17 @@ def train(cfg: Config) -> nn.Module:
     if not common.is_main():  # under torchrun, rank 0 evaluates and samples
         return model
     val_nll = evaluate(model, s, cfg)
-    c = sample_classes(s, cfg.samples_per_class)
-    codes, _ = model.sample(c, cfg.temperature, cfg.top_k, cfg.top_p)
-    save_samples(s, codes, cfg.samples_per_class)
-    common.echo(
-        f"validation NLL {val_nll:.4f} nats = {val_nll / math.log(2):.3f} bits per code; samples.png: one row per {'class' if s.conditional else 'batch'}"
-    )
+    common.echo(f"validation NLL {val_nll:.4f} nats = {val_nll / math.log(2):.3f} bits per code")
+    c = sample_classes(s, cfg.samples_per_class)  # one row per class
+    codes, _ = model.sample(c, cfg.temperature, cfg.top_k, cfg.top_p, cfg.guidance)
+    quality = judge_samples(s, cfg, save_samples(s, codes, cfg.samples_per_class), c)
     s.run.log(
         {
             "step": cfg.steps,
             "final": True,
             "val_nll": val_nll,
             "val_bits_per_code": val_nll / math.log(2),
+            **quality,
         }
     )
     return model

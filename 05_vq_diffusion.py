@@ -88,8 +88,10 @@ class Config(common.TrainConfig):
     weight_decay: float = 4.5e-2  # AdamW weight decay (official value)
     stride: int = 1  # dt: sampling jumps from t to t - dt (fast inference); 1 = all T steps
     truncation: float = 0.86  # r: sample x_0 only from its smallest top set of mass >= r (1 = off)
+    label_dropout: float = 0.1  # training: the class is replaced by "no class" this often (CFG)
+    guidance: float = 1.0  # sampling: classifier-free guidance scale s (1 = plain conditional)
     inpaint_renoise: bool = False  # inpainting re-noises the known codes to q(x_t | x_0) (RePaint)
-    samples_per_class: int = 8  # images per row of samples.png
+    samples_per_class: int = 16  # images per row of samples.png (all judged for sample quality)
     eval_timesteps: int = 10  # t values (evenly spread) that estimate the validation bound
     batch_size: int = 32  # images per step (per process under torchrun)
     steps: int = 1500  # optimizer steps
@@ -118,6 +120,10 @@ class Config(common.TrainConfig):
         ):
             raise ValueError(
                 f"--width {self.width} must be a positive multiple of --heads {self.heads}; --layers, --steps-T, --stride >= 1"
+            )
+        if not 0 <= self.label_dropout < 1 or not self.guidance >= 0:
+            raise ValueError(
+                f"--label-dropout must be in [0, 1) (got {self.label_dropout}) and --guidance >= 0 (got {self.guidance})"
             )
         if not 0 <= self.dropout < 1 or self.samples_per_class < 1:
             raise ValueError(
@@ -344,7 +350,8 @@ class DiffusionTransformer(nn.Module):
             nn.Parameter(torch.zeros(H, W)),
         )
         self.time = nn.Embedding(cfg.steps_T + 1, W)
-        self.label = nn.Embedding(max(num_classes, 1), W)
+        self.label = nn.Embedding(num_classes + 1, W)  # one per class + "no class" (guidance)
+        self.null = num_classes
         self.blocks = nn.ModuleList(
             AdaLNBlock(W, cfg.heads, cfg.dropout) for _ in range(cfg.layers)
         )
@@ -376,11 +383,14 @@ def sample(
     keep: torch.Tensor | None = None,
     renoise: bool = False,
     progress: bool = False,
+    guidance: float = 1.0,
 ) -> torch.Tensor:
     """Run the reverse chain from x_T ~ p(x_T) at t = T, T - dt, ..., and return x_0 (B, N, D).
 
     Each step: p_theta(x_0 | x_t) (truncated to its top mass r), then p_theta(x_s | x_t) with
     s = max(t - dt, 0) by the x0-parameterized posterior, then a draw. ceil(T / dt) network calls.
+    guidance s != 1: classifier-free guidance on log p_theta(x_0 | x_t) (improved VQ-Diffusion,
+    arXiv:2205.16007): log p_u + s (log p_c - log p_u), renormalised; each call is then on 2B.
     Inpainting: known (B, N, D) codes are held wherever keep (B, N, D) is True: clean at every
     step, or with renoise=True re-noised to x_s ~ q(x_s | x_0 = known) (RePaint), so that the
     network sees the known region as corrupted as the rest, as it was in training.
@@ -399,9 +409,12 @@ def sample(
     times = range(T, 0, -stride)
     for t in common.progress(times, desc="sampling", leave=False) if progress else times:
         s = max(t - stride, 0)
-        logits = ar.filter_logits(
-            model(x, torch.full((B,), t, device=c.device), c).float(), top_p=truncation
-        )
+        pair = 1 + (guidance != 1.0)  # a second half without the class, for guidance
+        c_in = torch.cat([c, torch.full_like(c, model.null)]) if pair == 2 else c
+        t_in = torch.full((pair * B,), t, device=c.device)
+        log_x0 = model(x.repeat(pair, 1, 1), t_in, c_in).float().log_softmax(-1)
+        log_x0 = ar.guide(log_x0, guidance).log_softmax(-1)  # (B, N, D, K)
+        logits = ar.filter_logits(log_x0, top_p=truncation)
         log_p = log_q_posterior(logits.log_softmax(-1), x, sched, t, s)  # (B, N, D, K+1)
         if s == 0:
             log_p = log_p[..., :K]  # x_0 is a code; [MASK] has probability exp(-70) here anyway
@@ -448,10 +461,14 @@ def train(cfg: Config) -> nn.Module:
         + " | ".join(f"{k} {v:.4f}" for k, v in val.items())
         + f" | bound {val['vlb'] / math.log(2):.3f} bits per code"
     )
-    s.run.log({"step": cfg.steps, "final": True, **{f"val_{k}": v for k, v in val.items()}})
-    c = ar.sample_classes(s, cfg.samples_per_class)
-    codes = sample(model, sched, c, cfg.stride, cfg.truncation, progress=True)
-    ar.save_samples(s, codes, cfg.samples_per_class)
+    c = ar.sample_classes(s, cfg.samples_per_class)  # one row per class
+    codes = sample(
+        model, sched, c, cfg.stride, cfg.truncation, progress=True, guidance=cfg.guidance
+    )
+    quality = ar.judge_samples(s, cfg, ar.save_samples(s, codes, cfg.samples_per_class), c)
+    s.run.log(
+        {"step": cfg.steps, "final": True, **{f"val_{k}": v for k, v in val.items()}, **quality}
+    )
     inpaint(model, sched, s, cfg)
     common.echo(
         f"wrote {s.run.dir / 'samples.png'} (one row per {'class' if s.conditional else 'batch'}) and inpaint.png"

@@ -13,6 +13,12 @@ if "HF_HOME" not in os.environ:
     os.environ["HF_HOME"] = tempfile.mkdtemp(prefix="hf-home-")
     atexit.register(shutil.rmtree, os.environ["HF_HOME"], ignore_errors=True)
 
+# The shapes classifier of sample_quality.py is trained once per test session, into a temporary file.
+if "SHAPES_CLASSIFIER" not in os.environ:
+    _clf_dir = tempfile.mkdtemp(prefix="shapes-clf-")
+    os.environ["SHAPES_CLASSIFIER"] = os.path.join(_clf_dir, "shapes_classifier.pt")
+    atexit.register(shutil.rmtree, _clf_dir, ignore_errors=True)
+
 import pytest
 import torch
 from hypothesis import settings

@@ -46,6 +46,27 @@ def test_cached_sampling_gives_the_logits_of_a_full_forward_pass(ar, flatten):
     torch.testing.assert_close(logits, m(codes, c), atol=1e-5, rtol=1e-5)
 
 
+@pytest.mark.parametrize("flatten", [False, True])
+def test_guided_sampling_draws_from_the_guided_logits_of_full_forward_passes(ar, flatten):
+    """Classifier-free guidance: every drawn code's logits are l_u + s (l_c - l_u), with l_c and
+    l_u the full forward pass on the drawn codes with the class and with "no class"."""
+    m = model(ar, flatten)
+    c = torch.tensor([0, 2, 1])
+    codes, logits = m.sample(c, guidance=2.5)
+    with torch.no_grad():
+        l_c, l_u = m(codes, c), m(codes, torch.full_like(c, m.null))
+    torch.testing.assert_close(logits, l_u + 2.5 * (l_c - l_u), atol=1e-4, rtol=1e-4)
+
+
+def test_label_dropout_replaces_the_class_by_no_class_at_its_rate(ar):
+    s = ar.Stage2(*[None] * 8, conditional=True, num_classes=8, H=8, size=32)
+    s.device = torch.device("cpu")
+    torch.manual_seed(0)
+    c = s.labels(torch.zeros(20000, dtype=torch.long), drop=0.1)
+    assert set(c.tolist()) == {0, 8} and abs((c == 8).double().mean().item() - 0.1) < 0.01
+    assert (s.labels(torch.arange(8)) == torch.arange(8)).all()  # no dropout: the classes
+
+
 def test_the_class_changes_the_logits(ar):
     m = model(ar)
     codes = torch.randint(7, (1, 6, 3))

@@ -253,6 +253,35 @@ def test_renoised_inpainting_shows_the_network_noised_known_codes_and_ends_clean
         assert abs(masked - sched.gammabar[t].item()) < 0.08, (t, masked)
 
 
+def test_guided_sampling_equals_sampling_a_model_that_outputs_the_guided_distribution(vqd):
+    """CFG on log p_theta(x_0 | x_t): a model with log p_c (class) and log p_u ("no class") sampled
+    at scale s draws exactly what a model outputting log_softmax(log p_u + s (log p_c - log p_u))
+    draws with the same noise; at s = 1 that is the conditional model."""
+    g = torch.Generator().manual_seed(5)
+    log_c, log_u = (torch.randn(1, 9, 2, K, generator=g).log_softmax(-1) for _ in range(2))
+
+    class Pair(torch.nn.Module):
+        H, D, null = 3, 2, 3
+
+        def __init__(self, fixed=None):
+            super().__init__()
+            self.fixed = fixed
+
+        def forward(self, x_t, t, c):
+            if self.fixed is not None:
+                return self.fixed.expand(len(c), -1, -1, -1)
+            return torch.where((c == self.null).view(-1, 1, 1, 1), log_u, log_c)
+
+    c = torch.tensor([0, 1, 2, 0])
+    for s in (1.0, 3.0):
+        want = (log_u + s * (log_c - log_u)).log_softmax(-1)
+        torch.manual_seed(6)
+        guided = vqd.sample(Pair(), schedule(vqd), c, truncation=0.9, guidance=s)
+        torch.manual_seed(6)
+        plain = vqd.sample(Pair(want), schedule(vqd), c, truncation=0.9)
+        assert torch.equal(guided, plain), s
+
+
 def test_a_mask_only_model_that_knows_x0_samples_it(vqd):
     """With mask-only noise and a network that always predicts one fixed x_0, the reverse chain
     must end exactly at that x_0, at any stride."""

@@ -1,0 +1,175 @@
+"""Sample quality of the generative lessons (04, 05): is a generated image what it was asked for?
+
+On the built-in datasets (`shapes`, `shapes-plain`) a small classifier, trained here on the
+procedural images themselves (seeded, about a minute on a CPU, cached; no download), judges
+generated images three ways:
+  - class accuracy: the fraction of class-conditional samples classified as the class they were
+    drawn for (chance 1/8; real validation images score about 99 %),
+  - confidence: the classifier's mean top probability (confident on shapes, unsure on blobs),
+  - shapes-FD: the Frechet distance (as FID) between the classifier's penultimate features of
+    the samples and of validation images, next to its floor, the same distance for as many REAL
+    images (a Frechet distance of a small set is biased upwards: compare the two).
+On any other dataset the same call returns Inception FID (`fid.py`) against validation images,
+when its weights are in torch.hub's cache (a GPU user's gFID on FFHQ or ImageNet), else nothing.
+
+Use: `sample_quality.judge(images, labels, val_set, dataset)`; the lessons call it after training.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+import common
+import fid
+
+SIZE = 32  # the classifier sees 32 px images; other sizes are resized to it
+
+
+class ShapesClassifier(nn.Module):
+    """Four conv stages (32 -> 16 -> 8 -> 4 px), global average pooling, a linear head.
+    x: (B, 3, S, S) in [-1, 1] -> logits (B, 8); features(x): (B, 128)."""
+
+    def __init__(self, classes: int = len(common.SHAPE_CLASSES), ch: int = 16):
+        super().__init__()
+        layers, c_in = [], 3
+        for c_out in (ch, 2 * ch, 4 * ch, 8 * ch):
+            layers += [nn.Conv2d(c_in, c_out, 3, padding=1), nn.BatchNorm2d(c_out), nn.ReLU()]
+            layers += [nn.Conv2d(c_out, c_out, 3, padding=1), nn.BatchNorm2d(c_out), nn.ReLU()]
+            layers += [nn.MaxPool2d(2)] if c_out < 8 * ch else []
+            c_in = c_out
+        self.net = nn.Sequential(*layers)
+        self.head = nn.Linear(c_in, classes)
+
+    def features(self, x: torch.Tensor) -> torch.Tensor:
+        if x.shape[-1] != SIZE:
+            x = F.interpolate(x.float(), size=(SIZE, SIZE), mode="bilinear", antialias=True)
+        return self.net(x.float()).mean((2, 3))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.features(x))
+
+
+def _shapes(split: str) -> tuple[torch.Tensor, torch.Tensor]:
+    """Both built-in datasets' images of a split, at 32 px: (N, 3, 32, 32), (N,)."""
+    parts = [common.Shapes(split, SIZE, seed=0, plain=plain) for plain in (False, True)]
+    x = torch.cat([p.cache for p in parts]).permute(0, 3, 1, 2).float() / 127.5 - 1
+    return x, torch.cat([p.labels for p in parts])
+
+
+def train_classifier(steps: int = 600, batch_size: int = 128, seed: int = 0) -> ShapesClassifier:
+    """Fit the classifier on the training images of `shapes` and `shapes-plain` (20k images),
+    with a light blur on a third of each batch: generated images are tokenizer decodes, softer
+    than the rendered ones."""
+    torch.manual_seed(seed)
+    x, y = _shapes("train")
+    model = ShapesClassifier()
+    opt = torch.optim.AdamW(model.parameters(), lr=2e-3, weight_decay=1e-4)
+    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=2e-3, total_steps=steps)
+    blur = torch.tensor([1.0, 2.0, 1.0])
+    kernel = (blur[:, None] * blur[None] / 16).expand(3, 1, 3, 3)
+    for _ in common.progress(range(steps), desc="shapes classifier", leave=False):
+        idx = torch.randint(len(x), (batch_size,))
+        xb = x[idx]
+        soft = torch.rand(batch_size) < 1 / 3
+        xb[soft] = F.conv2d(xb[soft], kernel, padding=1, groups=3)
+        loss = F.cross_entropy(model(xb), y[idx])
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        sched.step()
+    return model.eval()
+
+
+def cache_path() -> Path:
+    """Where the trained classifier is kept: $SHAPES_CLASSIFIER, else the user cache."""
+    default = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "tokenizer-lessons"
+    return Path(os.environ.get("SHAPES_CLASSIFIER", default / "shapes_classifier.pt"))
+
+
+_LOADED: dict[str, ShapesClassifier] = {}
+
+
+def classifier(device="cpu") -> ShapesClassifier:
+    """The shapes classifier: loaded from cache_path(), else trained once (about a minute) and
+    saved there. Frozen, eval mode."""
+    path = cache_path()
+    if str(path) not in _LOADED:
+        model = ShapesClassifier()
+        if path.exists():
+            common.load_state(model, torch.load(path, map_location="cpu", weights_only=True), path)
+        else:
+            common.echo(f"sample quality: training the shapes classifier once into {path}")
+            model = train_classifier()
+            path.parent.mkdir(parents=True, exist_ok=True)
+            common.save_atomic(model.state_dict(), path)
+        _LOADED[str(path)] = model.eval().requires_grad_(False)
+    return _LOADED[str(path)].to(device)
+
+
+@torch.no_grad()
+def _features_and_probs(net: ShapesClassifier, images: torch.Tensor):
+    feats, probs = [], []
+    for x in images.split(256):
+        f = net.features(x.to(next(net.parameters()).device))
+        feats.append(f.double().cpu())
+        probs.append(net.head(f).softmax(-1).cpu())
+    return torch.cat(feats), torch.cat(probs)
+
+
+def frechet(features_a: torch.Tensor, features_b: torch.Tensor) -> float:
+    """Frechet distance between two feature sets (N_a, F) and (N_b, F), as in FID."""
+    return fid.fid(features_a, features_b)
+
+
+@torch.no_grad()
+def judge(images: torch.Tensor, labels: torch.Tensor | None, val_set, dataset: str) -> dict:
+    """Quality of generated images (B, 3, S, S) in [-1, 1], drawn for classes `labels` (B,) (None
+    when unconditional), against the validation images of `dataset`.
+
+    Built-in data -> class_acc (if labels), confidence, shapes_fd and shapes_fd_floor (the same
+    distance for B real training images). Otherwise -> fid, when the Inception weights are cached
+    (computed against up to 1000 validation images), else {}.
+    """
+    images = images.float().clamp(-1, 1).cpu()
+    if dataset in common.BUILTIN:
+        net = classifier()
+        real, _ = common.first_images(val_set, 1000)
+        train_like = common.Shapes("train", images.shape[-1], 0, dataset == "shapes-plain")
+        floor_imgs, _ = common.first_images(train_like, len(images))
+        f_fake, p_fake = _features_and_probs(net, images)
+        f_real, _ = _features_and_probs(net, real)
+        f_floor, _ = _features_and_probs(net, floor_imgs)
+        out = {"confidence": p_fake.max(-1).values.mean().item()}
+        if labels is not None:
+            out["class_acc"] = (p_fake.argmax(-1) == labels.cpu()).double().mean().item()
+        out["shapes_fd"] = frechet(f_fake, f_real)
+        out["shapes_fd_floor"] = frechet(f_floor, f_real)
+        return out
+    weights = Path(torch.hub.get_dir()) / "checkpoints" / fid.WEIGHTS_FILE
+    if not weights.exists():
+        common.echo(f"sample quality: no FID ({weights} is not there; fid.py says how to get it)")
+        return {}
+    net = fid.inception()
+    real, _ = common.first_images(val_set, 1000)
+    return {"fid": fid.fid(fid.features(net, images), fid.features(net, real))}
+
+
+def summary(quality: dict) -> str:
+    """One log line: 'class accuracy 93.8 % | confidence 0.95 | shapes-FD 12.3 (real: 4.1)'."""
+    parts = []
+    if "class_acc" in quality:
+        parts.append(f"class accuracy {100 * quality['class_acc']:.1f} %")
+    if "confidence" in quality:
+        parts.append(f"confidence {quality['confidence']:.2f}")
+    if "shapes_fd" in quality:
+        parts.append(
+            f"shapes-FD {quality['shapes_fd']:.2f} (real images: {quality['shapes_fd_floor']:.2f})"
+        )
+    if "fid" in quality:
+        parts.append(f"FID {quality['fid']:.2f}")
+    return " | ".join(parts) or "no sample-quality measure for this dataset"
