@@ -82,7 +82,7 @@ def main():
         print(f"| {label} | {bits:.3f} | {100 * q['class_acc']:.1f} % | {q['confidence']:.2f} | "
               f"{q['shapes_fd']:.2f} ({q['shapes_fd_floor']:.2f}) | {train_s / 60:.1f} min | "
               f"{seconds:.3f} | {calls} |")  # fmt: skip
-    (Path(args.out) / "table.json").write_text(json.dumps([r[:2] + (r[2],) + r[3:] for r in rows]))
+    (Path(args.out) / "table.json").write_text(json.dumps(rows, indent=1))
 
 
 if __name__ == "__main__":
