@@ -53,6 +53,8 @@ class Config(common.TrainConfig):
     dataset: str = "shapes-plain"  # as lesson 01; by default shapes in flat palette colours
     out: str = "runs/04_rq_transformer"  # run folder: ckpt.pt, metrics.jsonl, samples.png
     tokenizer: str | None = None  # 02/03 checkpoint (default: runs/02_rq/ckpt.pt, else train one)
+    tokenizer_depth: int = 2  # D of the RQ-VAE trained (or reused) when no --tokenizer is given
+    tokenizer_codebook_size: int | None = None  # its K (default: lesson 02's preset, shapes 16)
     width: int = 128  # W: transformer width
     heads: int = 4  # attention heads
     spatial_layers: int = 3  # layers of the spatial transformer
@@ -68,11 +70,11 @@ class Config(common.TrainConfig):
     top_k: int = 0  # sample among the k most likely codes (0 = all)
     top_p: float = 1.0  # then among the smallest set of mass >= p (1 = all)
     label_dropout: float = 0.1  # training: the class is replaced by "no class" this often (CFG)
-    guidance: float = 1.0  # sampling: classifier-free guidance scale s (1 = plain conditional)
+    guidance: float = 2.0  # sampling: classifier-free guidance scale s (1 = plain conditional)
     samples_per_class: int = 16  # images per row of samples.png (all judged for sample quality)
     batch_size: int = 32  # images per step (per process under torchrun)
-    steps: int = 1500  # optimizer steps
-    lr: float = 1e-3  # peak AdamW lr: a 100-step warm-up ramp times a cosine decay (paper: 5e-4)
+    steps: int = 3000  # optimizer steps
+    lr: float = 2e-3  # peak AdamW lr: a 100-step warm-up ramp times a cosine decay (paper: 5e-4)
 
     def __post_init__(self):
         super().__post_init__()
@@ -82,16 +84,23 @@ class Config(common.TrainConfig):
             raise ValueError(
                 f"--width {self.width} must be a positive multiple of --heads {self.heads}, and layers >= 1"
             )
-        if not 0 <= self.label_dropout < 1 or not self.guidance >= 0:
-            raise ValueError(
-                f"--label-dropout must be in [0, 1) (got {self.label_dropout}) and --guidance >= 0 (got {self.guidance})"
-            )
-        if not 0 <= self.dropout < 1 or self.samples_per_class < 1:
-            raise ValueError(
-                f"--dropout must be in [0, 1) (got {self.dropout}) and --samples-per-class >= 1 (got {self.samples_per_class})"
-            )
+        check_prior_flags(self)
         if self.tau <= 0 or self.temperature <= 0 or not 0 < self.top_p <= 1 or self.top_k < 0:
             raise ValueError("--tau and --temperature must be > 0, --top-p in (0, 1], --top-k >= 0")
+
+
+def check_prior_flags(cfg) -> None:
+    """The flag checks lessons 04 and 05 share (tokenizer shape, guidance, dropout, samples)."""
+    if cfg.tokenizer_depth < 1 or (cfg.tokenizer_codebook_size or 1) < 1:
+        raise ValueError("--tokenizer-depth and --tokenizer-codebook-size must be at least 1")
+    if not 0 <= cfg.label_dropout < 1 or not cfg.guidance >= 0:
+        raise ValueError(
+            f"--label-dropout must be in [0, 1) (got {cfg.label_dropout}) and --guidance >= 0 (got {cfg.guidance})"
+        )
+    if not 0 <= cfg.dropout < 1 or cfg.samples_per_class < 1:
+        raise ValueError(
+            f"--dropout must be in [0, 1) (got {cfg.dropout}) and --samples-per-class >= 1 (got {cfg.samples_per_class})"
+        )
 
 
 # --- codes: hard, soft (RQ Eq. 15) and stochastic ---
@@ -356,14 +365,18 @@ def nll(
 
 def tokenizer_path(cfg: Config) -> Path:
     """--tokenizer, else the first of runs/02_rq/ckpt.pt (lesson 02's default run),
-    runs/04_rq_transformer/tokenizer/ckpt.pt (the one this lesson trains, also used by lesson 05)
-    and <out>/tokenizer/ckpt.pt that was trained on this dataset, else a small lesson-02 RQ-VAE
-    trained (once) into <out>/tokenizer."""
+    runs/04_rq_transformer/tokenizer/ckpt.pt (the one this lesson trains) and
+    <out>/tokenizer/ckpt.pt that was trained on this dataset with --tokenizer-depth and
+    --tokenizer-codebook-size, else a lesson-02 RQ-VAE of that shape trained (once) into
+    <out>/tokenizer."""
     if cfg.tokenizer:
         return Path(cfg.tokenizer)
+    shape = {"depth": cfg.tokenizer_depth, "codebook_size": cfg.tokenizer_codebook_size}
+    shape = {k: v for k, v in shape.items() if v is not None}  # None: lesson 02's preset
     same = lambda ckpt_cfg: (
         (ckpt_cfg["dataset"], ckpt_cfg["hf_id"], ckpt_cfg["image_size"])
         == (cfg.dataset, cfg.hf_id, cfg.image_size)
+        and all(ckpt_cfg.get(k) == v for k, v in shape.items())
     )
     candidates = ("runs/02_rq", "runs/04_rq_transformer/tokenizer", f"{cfg.out}/tokenizer")
     for path in (Path(folder) / "ckpt.pt" for folder in candidates):
@@ -393,6 +406,7 @@ def tokenizer_path(cfg: Config) -> Path:
             seed=cfg.seed,
             out=str(out),
             overwrite=True,
+            **shape,
         )
     )
     common.barrier()  # under torchrun: rank 0 has written the checkpoint before anyone reads it

@@ -13,6 +13,11 @@ the forward chain turns that prediction into p_theta(x_{t-1} | x_t). Sampling st
 prior p(x_T) and runs the chain backwards; because every position is predicted at every step, it
 can also jump dt steps at a time (fast inference) and fill in a masked region (inpainting).
 
+CPU defaults (README, lesson 05, says what each one changed): a depth-1 VQ tokenizer with K = 128
+(the paper's kind), mask-only noise (--noise mask; the paper's mask-and-replace is a flag away),
+lambda = 1 on L_x0 (official 5e-4: at this scale the x_0 cross-entropy is what teaches the network),
+classifier-free guidance 3 and 10 % "no class" in training.
+
 States: the K codes are 0..K-1 and [MASK] is state K, so every distribution below is over K+1
 states, stored as log-probabilities clamped at LOG_EPS (the official code does the same at -70).
 
@@ -53,6 +58,7 @@ import common
 ar = common.lesson("04_rq_transformer")  # tokenizer, stage-2 setup and loop, Block, truncation
 
 LOG_EPS = -70.0  # log-probabilities are clamped to [-70, 0]: exp(-70) ~ 4e-31 stands for zero
+LOG_ZERO = -1e4  # log 0 where a zero must stay exactly zero; finite, so no -inf - -inf = NaN
 NOISE = {
     "mask-replace": (0.9, 0.1),
     "uniform": (0.0, 1.0),
@@ -68,14 +74,18 @@ class Config(common.TrainConfig):
     out: str = (
         "runs/05_vq_diffusion"  # run folder: ckpt.pt, metrics.jsonl, samples.png, inpaint.png
     )
-    tokenizer: str | None = None  # 02/03 checkpoint (default: as lesson 04, reusing its tokenizer)
+    tokenizer: str | None = None  # 02/03 checkpoint (default: as lesson 04, of the shape below)
+    tokenizer_depth: int = 1  # D of the tokenizer trained when none is given (1: VQD's VQ model)
+    tokenizer_codebook_size: int | None = (
+        None  # its K (default: 128 on the built-in shapes, else 02's)
+    )
     width: int = 128  # transformer width
     heads: int = 4  # attention heads
     layers: int = 4  # transformer blocks (full attention, AdaLN)
     dropout: float = 0.0  # dropout in the residual branches
     conditional: bool | None = None  # class-conditional (default: when the dataset has labels)
     noise: Literal["mask-replace", "uniform", "mask"] = (
-        "mask-replace"  # the corruption q(x_t | x_{t-1})
+        "mask"  # q(x_t | x_{t-1}); paper: mask-replace
     )
     steps_T: int = 100  # T: diffusion steps
     gamma_end: float | None = (
@@ -84,21 +94,25 @@ class Config(common.TrainConfig):
     beta_end: float | None = (
         None  # K*betabar_T, replace probability at t = T (default: 1 - --gamma-end)
     )
-    aux_weight: float = 5e-4  # lambda on the auxiliary loss L_x0 = -log p_theta(x_0 | x_t)
+    aux_weight: float = (
+        1.0  # lambda on the auxiliary loss L_x0 = -log p_theta(x_0 | x_t) (official 5e-4)
+    )
     weight_decay: float = 4.5e-2  # AdamW weight decay (official value)
     stride: int = 1  # dt: sampling jumps from t to t - dt (fast inference); 1 = all T steps
     truncation: float = 0.86  # r: sample x_0 only from its smallest top set of mass >= r (1 = off)
     label_dropout: float = 0.1  # training: the class is replaced by "no class" this often (CFG)
-    guidance: float = 1.0  # sampling: classifier-free guidance scale s (1 = plain conditional)
+    guidance: float = 3.0  # sampling: classifier-free guidance scale s (1 = plain conditional)
     inpaint_renoise: bool = False  # inpainting re-noises the known codes to q(x_t | x_0) (RePaint)
     samples_per_class: int = 16  # images per row of samples.png (all judged for sample quality)
     eval_timesteps: int = 10  # t values (evenly spread) that estimate the validation bound
     batch_size: int = 32  # images per step (per process under torchrun)
-    steps: int = 1500  # optimizer steps
-    lr: float = 1e-3  # peak AdamW lr: a 100-step warm-up ramp times a cosine decay (paper: 4.5e-4)
+    steps: int = 2500  # optimizer steps
+    lr: float = 2e-3  # peak AdamW lr: a 100-step warm-up ramp times a cosine decay (paper: 4.5e-4)
 
     def __post_init__(self):
         super().__post_init__()
+        if self.tokenizer_codebook_size is None and self.dataset in common.BUILTIN:
+            self.tokenizer_codebook_size = 128  # depth 1 needs more codes than 02's K = 16
         gamma, beta = NOISE[self.noise]
         if self.noise != "mask-replace" and (
             self.gamma_end not in (None, gamma) or self.beta_end not in (None, beta)
@@ -121,14 +135,7 @@ class Config(common.TrainConfig):
             raise ValueError(
                 f"--width {self.width} must be a positive multiple of --heads {self.heads}; --layers, --steps-T, --stride >= 1"
             )
-        if not 0 <= self.label_dropout < 1 or not self.guidance >= 0:
-            raise ValueError(
-                f"--label-dropout must be in [0, 1) (got {self.label_dropout}) and --guidance >= 0 (got {self.guidance})"
-            )
-        if not 0 <= self.dropout < 1 or self.samples_per_class < 1:
-            raise ValueError(
-                f"--dropout must be in [0, 1) (got {self.dropout}) and --samples-per-class >= 1 (got {self.samples_per_class})"
-            )
+        ar.check_prior_flags(self)
         if not 0 < self.truncation <= 1 or self.eval_timesteps < 1:
             raise ValueError("--truncation must be in (0, 1] and --eval-timesteps >= 1")
 
@@ -202,8 +209,13 @@ def transition_matrix(sched: Schedule, t: int, s: int | None = None) -> torch.Te
 
 
 def _log(p: torch.Tensor, exact: bool = False) -> torch.Tensor:
-    """log p clamped at LOG_EPS; exact=True keeps log 0 = -inf (for the posterior's division)."""
-    return p.log() if exact else p.clamp_min(1e-300).log().clamp_min(LOG_EPS)
+    """log p clamped at LOG_EPS; exact=True clamps only at LOG_ZERO, so that a probability of
+    exactly 0 stays 0 (e^-10000) where the posterior divides by it."""
+    return (
+        p.clamp_min(0).log().clamp_min(LOG_ZERO)
+        if exact
+        else p.clamp_min(1e-300).log().clamp_min(LOG_EPS)
+    )
 
 
 def log_q_xt_given_x0(log_x0: torch.Tensor, sched: Schedule, t, exact: bool = False):
@@ -212,7 +224,7 @@ def log_q_xt_given_x0(log_x0: torch.Tensor, sched: Schedule, t, exact: bool = Fa
 
     log_x0: (..., K) log-probabilities of x_0 over the K codes (a log one-hot for a known x_0;
     any non-negative weights work: the map is linear); t: int or long (...) -> (..., K+1).
-    exact=True: impossible states get log 0 = -inf instead of LOG_EPS.
+    exact=True: impossible states get LOG_ZERO (exactly 0 after exp) instead of LOG_EPS.
     """
     alpha, beta, gamma = (_log(c, exact).to(log_x0) for c in transition(sched, 0, t))
     if torch.is_tensor(t) and t.dim():
@@ -226,7 +238,7 @@ def log_q_xt_given_x0(log_x0: torch.Tensor, sched: Schedule, t, exact: bool = Fa
 def log_q_xt_given_xs(x_t: torch.Tensor, sched: Schedule, s, t, dtype=torch.float32, exact=False):
     """The likelihood q(x_t | x_s = j) for every state j, i.e. row x_t of Qbar_{t|s}.
     x_t: (...) long in [0, K]; s, t: ints or long (...) -> (..., K+1) log-probabilities
-    (exact=True: -inf where x_t cannot follow from j)."""
+    (exact=True: LOG_ZERO where x_t cannot follow from j)."""
     alpha, beta, gamma = (c.to(x_t.device, dtype) for c in transition(sched, s, t))
     if torch.is_tensor(t) and t.dim():
         alpha, beta, gamma = alpha[..., None], beta[..., None], gamma[..., None]
@@ -258,7 +270,7 @@ def log_q_posterior(log_x0: torch.Tensor, x_t: torch.Tensor, sched: Schedule, t,
     s = t - 1 if s is None else s
     log_x0 = log_x0.clamp_min(LOG_EPS)  # every possible x0 keeps some weight
     lik = log_q_xt_given_xs(x_t, sched, 0, t, log_x0.dtype, exact=True)[..., : sched.K]
-    ratio = torch.where(lik > -math.inf, log_x0 - lik, -math.inf)  # p(x0) / q(x_t | x0), or 0
+    ratio = torch.where(lik > LOG_ZERO, log_x0 - lik, LOG_ZERO)  # p(x0) / q(x_t | x0), or 0
     log_xs = log_q_xt_given_x0(ratio, sched, s, exact=True)  # Qbar_s (p(x0) / q(x_t | x0))
     log_post = log_q_xt_given_xs(x_t, sched, s, t, log_x0.dtype, exact=True) + log_xs
     log_post = log_post.clamp_min(100 * LOG_EPS)  # an x_t that no x0 leads to: uniform, not NaN

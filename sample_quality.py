@@ -104,7 +104,8 @@ def classifier(device="cpu") -> ShapesClassifier:
             common.load_state(model, torch.load(path, map_location="cpu", weights_only=True), path)
         else:
             common.echo(f"sample quality: training the shapes classifier once into {path}")
-            model = train_classifier()
+            with torch.enable_grad():  # judge() runs under no_grad
+                model = train_classifier()
             path.parent.mkdir(parents=True, exist_ok=True)
             common.save_atomic(model.state_dict(), path)
         _LOADED[str(path)] = model.eval().requires_grad_(False)

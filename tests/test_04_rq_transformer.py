@@ -336,7 +336,11 @@ def test_two_accumulated_micro_batches_equal_one_batch_of_twice_the_size(ar, tok
     half = ar.train(
         small(ar, tokenizer, tmp_path / "half", steps=1, batch_size=8)
     )  # micro-batch 1 only
-    assert not torch.allclose(half.head[1].weight, two.head[1].weight, atol=1e-6)
+    # Adam's first step is -lr * sign(g): the two differ where the gradients' signs differ
+    differ = [
+        not torch.allclose(a, b, atol=1e-7) for a, b in zip(half.parameters(), two.parameters())
+    ]
+    assert any(differ)
 
 
 def test_the_generative_lessons_default_to_the_plain_shapes(ar):

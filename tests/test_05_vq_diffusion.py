@@ -129,6 +129,19 @@ def test_x0_parameterization_is_the_mixture_of_posteriors(vqd, noise, zeros):
             torch.testing.assert_close(got, want / want.sum(), atol=1e-12, rtol=1e-9)
 
 
+@pytest.mark.parametrize("noise", NOISES)
+def test_the_losses_and_their_gradients_are_finite_for_every_noise(vqd, noise):
+    """The exact zeros of the posterior must not turn into NaN gradients (e.g. logaddexp of two
+    log 0 = -inf terms), at every t including t = 1 and t = T."""
+    sched = schedule(vqd, noise)
+    g = torch.Generator().manual_seed(3)
+    x0, t = torch.randint(K, (T, 6, 2), generator=g), torch.arange(1, T + 1)
+    logits = torch.randn(T, 6, 2, K, generator=g, requires_grad=True)
+    l_prev, l_x0 = vqd.losses(logits, x0, vqd.q_sample(x0, sched, t), sched, t)
+    (l_prev.mean() + l_x0.mean()).backward()
+    assert l_prev.isfinite().all() and logits.grad.isfinite().all()
+
+
 def test_mask_only_posterior_keeps_an_unmasked_code(vqd):
     """Mask-only noise never unmasks back and never redraws: x_t = code 1 means x_s = code 1."""
     sched = vqd.noise_schedule(10, K, *vqd.NOISE["mask"])
@@ -305,8 +318,8 @@ def test_a_mask_only_model_that_knows_x0_samples_it(vqd):
     "flags, message",
     [
         (dict(noise="mask", beta_end=0.1), "--noise mask means"),
-        (dict(gamma_end=0.95, beta_end=0.1), "sum to 1"),
-        (dict(gamma_end=0.5, beta_end=0.1), "sum to 1"),
+        (dict(noise="mask-replace", gamma_end=0.95, beta_end=0.1), "sum to 1"),
+        (dict(noise="mask-replace", gamma_end=0.5, beta_end=0.1), "sum to 1"),
         (dict(truncation=0.0), "--truncation"),
         (dict(stride=0), "--stride"),
     ],
@@ -316,13 +329,29 @@ def test_bad_flags_are_errors(vqd, flags, message):
         vqd.Config(**flags)
 
 
+def test_the_default_tokenizer_is_a_depth_1_vq_with_128_codes(
+    vqd, tokenizer, tmp_path, monkeypatch
+):
+    """A depth-2 tokenizer in runs/02_rq is not reused: lesson 05 trains the paper's kind of VQ."""
+    ar = common.lesson("04_rq_transformer")
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "runs" / "02_rq").mkdir(parents=True)
+    (tmp_path / "runs" / "02_rq" / "ckpt.pt").write_bytes(tokenizer.read_bytes())  # depth 2
+    trained = []
+    monkeypatch.setattr(ar.rq, "train", trained.append)
+    ar.tokenizer_path(vqd.Config(dataset="shapes", out="r05"))
+    assert (trained[0].depth, trained[0].codebook_size, trained[0].out) == (1, 128, "r05/tokenizer")
+
+
 def test_noise_flags_resolve(vqd):
     assert (vqd.Config(noise="uniform").gamma_end, vqd.Config(noise="uniform").beta_end) == (
         0.0,
         1.0,
     )
-    assert vqd.Config(gamma_end=0.7).beta_end == pytest.approx(0.3)  # the sum is 1
-    assert vqd.Config(beta_end=0.2).gamma_end == pytest.approx(0.8)
+    mr = dict(noise="mask-replace")
+    assert vqd.Config(**mr, gamma_end=0.7).beta_end == pytest.approx(0.3)  # the sum is 1
+    assert vqd.Config(**mr, beta_end=0.2).gamma_end == pytest.approx(0.8)
+    assert (vqd.Config().gamma_end, vqd.Config().beta_end) == (1.0, 0.0)  # default: mask-only
 
 
 def test_training_lowers_the_loss_and_writes_everything(vqd, tokenizer, tmp_path):
