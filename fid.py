@@ -287,16 +287,22 @@ def rfid(model: nn.Module, loader, reconstruct=None, net: nn.Module | None = Non
 # --- command line: FID between two image folders ---
 
 
-def folder_batches(folder, batch_size: int):
-    """Batches (B, 3, H, W) in [-1, 1] of a folder's images (sorted, sub-folders included), each
-    at its own size (the network resizes to 299), images of one size batched together."""
+def image_files(folder) -> list:
+    """The image files of a folder, sorted, sub-folders included; none is a UserError."""
     from pathlib import Path
-
-    from PIL import Image
 
     files = sorted(f for f in Path(folder).rglob("*") if f.suffix.lower() in common.IMAGE_SUFFIXES)
     if not files:
         raise common.UserError(f"{folder} holds no images ({', '.join(common.IMAGE_SUFFIXES)})")
+    return files
+
+
+def folder_batches(folder, batch_size: int):
+    """Batches (B, 3, H, W) in [-1, 1] of a folder's images (sorted, sub-folders included), each
+    at its own size (the network resizes to 299), images of one size batched together."""
+    from PIL import Image
+
+    files = image_files(folder)
     for i in range(0, len(files), batch_size):
         group = {}
         for f in files[i : i + batch_size]:
@@ -326,6 +332,7 @@ def main(argv=None) -> None:
         for folder in folders:
             if not Path(folder).is_dir():
                 raise common.UserError(f"{folder} is not a folder")
+            image_files(folder)  # before the network: a folder without images fails fast
         if args.batch_size < 1:
             raise common.UserError(f"--batch-size must be at least 1, got {args.batch_size}")
         net = inception(common.get_device(args.device))

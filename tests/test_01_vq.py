@@ -345,6 +345,7 @@ def test_compile_flag_compiles_the_training_network(vq, tmp_path, monkeypatch):
         (["--lr", "nan"], "--lr must be a finite number > 0 (got nan)"),
         (["--lr", "inf"], "--lr must be a finite number > 0 (got inf)"),
         (["--out", ""], "--out must name a run folder"),
+        (["--ckpt-minutes", "-1"], "--num-workers and --ckpt-minutes >= 0"),
     ],
 )
 def test_bad_numbers_and_an_empty_out_exit_2(args, message, tmp_path):

@@ -159,6 +159,11 @@ def test_command_line_fid_between_two_folders(tmp_path):
     assert run("--help").returncode == 0 and "folder_a" in run("--help").stdout
     r = run(str(a), str(tmp_path / "nope"))
     assert r.returncode == 2 and "nope is not a folder" in r.stderr and "Traceback" not in r.stderr
+    r = run(str(a), str(b), "--batch-size", "0")
+    assert r.returncode == 2 and "--batch-size must be at least 1, got 0" in r.stderr
+    (tmp_path / "empty").mkdir()
+    r = run(str(a), str(tmp_path / "empty"))
+    assert r.returncode == 2 and "empty holds no images" in r.stderr
     (tmp_path / "hub" / "checkpoints").mkdir(parents=True)
     torch.manual_seed(0)
     net = fid.FIDInception().eval()
