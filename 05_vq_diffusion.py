@@ -1,8 +1,8 @@
 """Lesson 05: VQ-Diffusion, a discrete diffusion prior over the tokenizer's codes.
 
 Paper: S. Gu, D. Chen, J. Bao, F. Wen, B. Zhang, D. Chen, L. Yuan, B. Guo, "Vector Quantized
-Diffusion Model for Text-to-Image Synthesis" (arXiv:2111.14822), Sec. 3-4. Equation labels: the
-VQD lines of PAPERS.md (VQD one step, VQD closed form, VQD posterior, ...).
+Diffusion Model for Text-to-Image Synthesis" (arXiv:2111.14822), Sec. 3-4. Equations are cited by
+what they compute: VQD one step, VQD closed form, VQD posterior, ...
 
 Idea. Lesson 04 writes an image code by code, each conditioned on the ones before. VQ-Diffusion
 corrupts ALL codes at once and learns to undo it: a forward Markov chain q(x_t | x_{t-1}) turns
@@ -171,7 +171,8 @@ def noise_schedule(T: int, K: int, gamma_end: float, beta_end: float) -> Schedul
 
     beta_end is the TOTAL replace probability K*betabar_T (a betabar_T of 0.1 per code would not
     be a distribution for K > 10). The official schedule ends at gamma 0.99999 with K*betabar =
-    1e-6: in practice mask-only (their pitfall, PEERS.md); --noise mask is that process exactly.
+    1e-6: in practice mask-only (a known pitfall of the official code); --noise mask is that
+    process exactly.
     """
     frac = torch.arange(T + 1, dtype=torch.float64) / T
     gammabar = gamma_end * frac
