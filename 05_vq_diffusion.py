@@ -419,11 +419,11 @@ def sample(
 
     x = ar.sample_logits(log_prior(sched).to(c.device).expand(B * N * model.D, K + 1))
     x = hold(x.view(B, N, model.D), T)
+    pair = 1 + (guidance != 1.0)  # a second half without the class, for guidance
+    c_in = torch.cat([c, torch.full_like(c, model.null)]) if pair == 2 else c
     times = range(T, 0, -stride)
     for t in common.progress(times, desc="sampling", leave=False) if progress else times:
         s = max(t - stride, 0)
-        pair = 1 + (guidance != 1.0)  # a second half without the class, for guidance
-        c_in = torch.cat([c, torch.full_like(c, model.null)]) if pair == 2 else c
         t_in = torch.full((pair * B,), t, device=c.device)
         log_x0 = model(x.repeat(pair, 1, 1), t_in, c_in).float().log_softmax(-1)
         log_x0 = ar.guide(log_x0, guidance).log_softmax(-1)  # (B, N, D, K)
