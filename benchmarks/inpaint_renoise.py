@@ -16,6 +16,8 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from sample_sweep import load_prior
+
 import common
 
 ar = common.lesson("04_rq_transformer")
@@ -30,16 +32,13 @@ def main():
     p.add_argument("--seed", type=int, default=0, help="seed of the sampling noise")
     args = p.parse_args()
     torch.set_num_threads(2)
-    ckpt = common.load_checkpoint(Path(args.run) / "ckpt.pt")
-    cfg = vqd.Config(**{**ckpt["config"], "resume": False, "overwrite": False})
-    tok, tok_cfg = common.lesson("03_vqgan").load_tokenizer(ckpt["tokenizer"])
-    _, val, classes = common.load_data(cfg)
+    name, cfg, model, tok, H, val, sched, _ = load_prior(Path(args.run))
+    if name != "05_vq_diffusion":
+        raise SystemExit(
+            f"{args.run} is a run of {name}; inpainting needs a 05_vq_diffusion.py run"
+        )
     x, y = common.first_images(val, args.images)
     codes, _ = ar.encode(tok, x)
-    H, q = common.default_image_size(tok_cfg) // tok_cfg.downsample, tok.quantizer
-    model = vqd.DiffusionTransformer(len(q.codebook), H, q.depth, cfg, len(classes)).eval()
-    model.load_state_dict(ckpt["model"])
-    sched = vqd.noise_schedule(cfg.steps_T, len(q.codebook), cfg.gamma_end, cfg.beta_end)
     lo, hi = H // 4, H - H // 4
     grid = torch.zeros(H, H, dtype=torch.bool)
     grid[lo:hi, lo:hi] = True
