@@ -16,7 +16,8 @@ can also jump dt steps at a time (fast inference) and fill in a masked region (i
 CPU defaults (README, lesson 05, says what each one changed): a depth-1 VQ tokenizer with K = 128
 (the paper's kind), mask-only noise (--noise mask; the paper's mask-and-replace is a flag away),
 lambda = 1 on L_x0 (official 5e-4: at this scale the x_0 cross-entropy is what teaches the network),
-classifier-free guidance 3 and 10 % "no class" in training.
+classifier-free guidance 3 and 10 % "no class" in training. --purity swaps the independent
+posterior draw for improved VQ-Diffusion's purity sampler (the surest codes first).
 
 States: the K codes are 0..K-1 and [MASK] is state K, so every distribution below is over K+1
 states, stored as log-probabilities clamped at LOG_EPS (the official code does the same at -70).
@@ -102,6 +103,7 @@ class Config(common.TrainConfig):
     truncation: float = 0.86  # r: sample x_0 only from its smallest top set of mass >= r (1 = off)
     label_dropout: float = 0.1  # training: the class is replaced by "no class" this often (CFG)
     guidance: float = 3.0  # sampling: classifier-free guidance scale s (1 = plain conditional)
+    purity: bool = False  # sampling: reveal the purest [MASK] codes first (improved VQD)
     inpaint_renoise: bool = False  # inpainting re-noises the known codes to q(x_t | x_0) (RePaint)
     samples_per_class: int = 16  # images per row of samples.png (all judged for sample quality)
     eval_timesteps: int = 10  # t values (evenly spread) that estimate the validation bound
@@ -136,6 +138,8 @@ class Config(common.TrainConfig):
                 f"--width {self.width} must be a positive multiple of --heads {self.heads}; --layers, --steps-T, --stride >= 1"
             )
         ar.check_prior_flags(self)
+        if self.purity and self.noise == "uniform":
+            raise ValueError("--purity reveals [MASK] codes; --noise uniform has none")
         if not 0 < self.truncation <= 1 or self.eval_timesteps < 1:
             raise ValueError("--truncation must be in (0, 1] and --eval-timesteps >= 1")
 
@@ -397,6 +401,7 @@ def sample(
     renoise: bool = False,
     progress: bool = False,
     guidance: float = 1.0,
+    purity: bool = False,
 ) -> torch.Tensor:
     """Run the reverse chain from x_T ~ p(x_T) at t = T, T - dt, ..., and return x_0 (B, N, D).
 
@@ -407,6 +412,7 @@ def sample(
     Inpainting: known (B, N, D) codes are held wherever keep (B, N, D) is True: clean at every
     step, or with renoise=True re-noised to x_s ~ q(x_s | x_0 = known) (RePaint), so that the
     network sees the known region as corrupted as the rest, as it was in training.
+    purity=True: the purity sampler instead of the posterior draw (`reveal_purest`).
     """
     N, K, T = model.H * model.H, sched.K, sched.T
     B = len(c)
@@ -428,11 +434,36 @@ def sample(
         log_x0 = model(x.repeat(pair, 1, 1), t_in, c_in).float().log_softmax(-1)
         log_x0 = ar.guide(log_x0, guidance).log_softmax(-1)  # (B, N, D, K)
         logits = ar.filter_logits(log_x0, top_p=truncation)
+        if purity:  # reveal the codes the network is surest of; the rest stays as it is
+            x0 = ar.sample_logits(logits.reshape(-1, K)).view_as(x)
+            x = hold(reveal_purest(x, x0, logits, sched, t, s), s)
+            continue
         log_p = log_q_posterior(logits.log_softmax(-1), x, sched, t, s)  # (B, N, D, K+1)
         if s == 0:
             log_p = log_p[..., :K]  # x_0 is a code; [MASK] has probability exp(-70) here anyway
         x = hold(ar.sample_logits(log_p.reshape(-1, log_p.shape[-1])).view(B, N, model.D), s)
     return x
+
+
+def reveal_purest(x_t, x0, logits, sched: Schedule, t: int, s: int) -> torch.Tensor:
+    """One step of the purity sampler (improved VQ-Diffusion, arXiv:2205.16007, Sec. 4.2).
+
+    The posterior step unmasks each [MASK] code independently; with few steps left, two codes
+    that only make sense together can then be drawn at once and disagree. Here the NUMBER of
+    codes still masked at s is what the forward chain gives, round(n_masked * gammabar_s /
+    gammabar_t) (0 at s = 0), but WHICH codes are revealed is decided by their purity
+    max_k p_theta(x_0 = k | x_t): the purest first. Revealed codes take their draw x0 from
+    p_theta(x_0 | x_t); codes that are not [MASK] are kept.
+    x_t, x0: (B, N, D); logits (B, N, D, K) of p_theta(x_0 | x_t) -> x_s (B, N, D).
+    """
+    masked = (x_t == sched.K).flatten(1)  # (B, N*D)
+    n_masked = masked.sum(1)
+    stay = (n_masked * (sched.gammabar[s] / sched.gammabar[t]).item()).round().long()
+    n_reveal = n_masked - stay if s > 0 else n_masked  # (B,)
+    purity = logits.float().softmax(-1).amax(-1).flatten(1).masked_fill(~masked, -1.0)
+    rank = purity.argsort(1, descending=True).argsort(1)  # 0 = the purest masked code
+    reveal = (rank < n_reveal[:, None]).view_as(x_t)
+    return torch.where(reveal, x0, x_t)
 
 
 # --- training ---
@@ -476,7 +507,14 @@ def train(cfg: Config) -> nn.Module:
     )
     c = ar.sample_classes(s, cfg.samples_per_class)  # one row per class
     codes = sample(
-        model, sched, c, cfg.stride, cfg.truncation, progress=True, guidance=cfg.guidance
+        model,
+        sched,
+        c,
+        cfg.stride,
+        cfg.truncation,
+        progress=True,
+        guidance=cfg.guidance,
+        purity=cfg.purity,
     )
     quality = ar.judge_samples(s, cfg, ar.save_samples(s, codes, cfg.samples_per_class), c)
     s.run.log(
@@ -533,7 +571,15 @@ def inpaint(model, sched: Schedule, s, cfg: Config, completions: int = 2) -> Non
     rows = [x, hidden]
     for _ in range(completions):
         filled = sample(
-            model, sched, c, cfg.stride, cfg.truncation, codes, keep, cfg.inpaint_renoise
+            model,
+            sched,
+            c,
+            cfg.stride,
+            cfg.truncation,
+            codes,
+            keep,
+            cfg.inpaint_renoise,
+            purity=cfg.purity,
         )
         rows.append(ar.decode(s.tok, filled, s.H))
     common.save_grid(rows, s.run.dir / "inpaint.png")

@@ -311,6 +311,44 @@ def test_a_mask_only_model_that_knows_x0_samples_it(vqd):
         assert (x == target).all()
 
 
+def test_the_purity_sampler_reveals_the_purest_codes_as_many_as_the_chain_unmasks(vqd):
+    """One purity step keeps as many codes masked as the forward chain would, round(n *
+    gammabar_s / gammabar_t), reveals exactly the masked codes of highest max-probability (with
+    their draws), and never touches a code that is already known."""
+    sched = schedule(vqd, "mask", T=10)
+    x_t = torch.full((2, 8, 1), K)
+    x_t[0, 0, 0] = 3  # known: must stay 3 though its purity is the highest
+    purity = torch.tensor([9.0, 1, 7, 2, 8, 3, 6, 4])  # the logit of code 0 at each position
+    logits = torch.zeros(2, 8, 1, K)
+    logits[..., 0] = purity[None, :, None]
+    x0 = torch.randint(K, (2, 8, 1))
+    t, s = 10, 6
+    x_s = vqd.reveal_purest(x_t, x0, logits, sched, t, s)
+    for b in range(2):
+        masked = (x_t[b, :, 0] == K).nonzero().flatten()
+        stay = round(len(masked) * float(sched.gammabar[s] / sched.gammabar[t]))
+        order = masked[purity[masked].argsort(descending=True)]
+        revealed, kept = order[: len(masked) - stay], order[len(masked) - stay :]
+        assert (x_s[b, revealed, 0] == x0[b, revealed, 0]).all()
+        assert (x_s[b, kept, 0] == K).all()
+    assert x_s[0, 0, 0] == 3
+    assert (vqd.reveal_purest(x_t, x0, logits, sched, 3, 0) != K).all()  # s = 0: all revealed
+
+
+def test_the_purity_sampler_ends_at_the_oracle_x0(vqd):
+    target = torch.randint(K, (1, 9, 2))
+
+    class Oracle(torch.nn.Module):
+        H, D = 3, 2
+
+        def forward(self, x_t, t, c):
+            return (F.one_hot(target, K).float() * 50).expand(len(c), -1, -1, -1)
+
+    for stride in (1, 4):
+        x = vqd.sample(Oracle(), schedule(vqd, "mask"), torch.tensor([0, 0]), stride, purity=True)
+        assert (x == target).all()
+
+
 # --- config, training, checkpoints ---
 
 
@@ -322,6 +360,7 @@ def test_a_mask_only_model_that_knows_x0_samples_it(vqd):
         (dict(noise="mask-replace", gamma_end=0.5, beta_end=0.1), "sum to 1"),
         (dict(truncation=0.0), "--truncation"),
         (dict(stride=0), "--stride"),
+        (dict(noise="uniform", purity=True), "--purity"),
     ],
 )
 def test_bad_flags_are_errors(vqd, flags, message):
