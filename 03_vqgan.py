@@ -25,7 +25,6 @@ Next: 04_rq_transformer.py
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 from typing import Literal
 
@@ -34,6 +33,8 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 import common
+from common.lpips import LPIPS
+from common.vqgan_nets import Decoder, Encoder, Norm
 
 vq = common.lesson("01_vq")  # VQVAE, evaluate: lesson 01
 rq = common.lesson("02_rq")  # ResidualQuantizer, report (coarse-to-fine figure): lesson 02
@@ -139,202 +140,8 @@ def adaptive_weight(
 
 # --- LPIPS: VGG16 features + learned linear heads, in plain torch ---
 
-VGG16_URL = "https://download.pytorch.org/models/vgg16-397923af.pth"  # torchvision's weights
-LPIPS_URL = (
-    "https://github.com/richzhang/PerceptualSimilarity/raw/master/lpips/weights/v0.1/vgg.pth"
-)
-OFF = "turn the perceptual loss off with --perceptual-weight 0"  # the offline alternative
-VGG16_LAYERS = (64, 64, "M", 128, 128, "M", 256, 256, 256, "M", 512, 512, 512, "M", 512, 512, 512)
-LPIPS_TAPS = (
-    4,
-    9,
-    16,
-    23,
-    30,
-)  # ends of the slices: after relu1_2, relu2_2, relu3_3, relu4_3, relu5_3
-
-
-def vgg16_features() -> nn.Sequential:
-    """torchvision's vgg16().features (without the last pool): the same module indices, so its
-    state dict keys (features.0.weight, features.2.weight, ...) load unchanged."""
-    layers, c = [], 3
-    for v in VGG16_LAYERS:
-        if v == "M":
-            layers.append(nn.MaxPool2d(2, 2))
-        else:
-            layers += [nn.Conv2d(c, v, 3, padding=1), nn.ReLU()]
-            c = v
-    return nn.Sequential(*layers)
-
-
-class NetLin(nn.Module):
-    """LPIPS v0.1 head: dropout, then a 1x1 conv to one channel (keys `model.1.weight`)."""
-
-    def __init__(self, ch: int):
-        super().__init__()
-        self.model = nn.Sequential(nn.Dropout(), nn.Conv2d(ch, 1, 1, bias=False))
-
-    def forward(self, x):
-        return self.model(x)
-
-
-class LPIPS(nn.Module):
-    """d(x, y) = sum_l mean_hw w_l . (phi_l(x)/||phi_l(x)|| - phi_l(y)/||phi_l(y)||)^2. x, y: (B, 3, S, S) -> (B,)
-
-    Frozen and always in eval mode (dropout in the heads stays off even inside model.train()).
-    """
-
-    def __init__(self, pretrained: bool = True):
-        super().__init__()
-        self.features = vgg16_features()
-        for i, c in enumerate((64, 128, 256, 512, 512)):
-            setattr(self, f"lin{i}", NetLin(c))
-        self.register_buffer(
-            "shift", torch.tensor([-0.030, -0.088, -0.188]).view(1, 3, 1, 1), persistent=False
-        )
-        self.register_buffer(
-            "scale", torch.tensor([0.458, 0.448, 0.450]).view(1, 3, 1, 1), persistent=False
-        )
-        if pretrained:
-            vgg = common.fetch_weights(VGG16_URL, "vgg16-397923af.pth", "LPIPS", OFF)
-            self.features.load_state_dict(
-                {k[len("features.") :]: v for k, v in vgg.items() if k.startswith("features.")}
-            )
-            heads = common.fetch_weights(LPIPS_URL, "lpips_vgg_v0.1.pth", "LPIPS", OFF)
-            self.load_state_dict(
-                {**{f"features.{k}": v for k, v in self.features.state_dict().items()}, **heads}
-            )
-        self.requires_grad_(False)
-        self.train(False)
-
-    def train(self, mode: bool = True):
-        return super().train(False)  # the heads' dropout must never switch on
-
-    def forward(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        h = torch.cat([x, y]).float()
-        h = (h - self.shift) / self.scale
-        total, start = 0, 0
-        for i, end in enumerate(LPIPS_TAPS):
-            h = self.features[start:end](h)
-            start = end
-            f = h / (h.pow(2).sum(1, keepdim=True).sqrt() + 1e-10)  # unit length along channels
-            fx, fy = f.chunk(2)
-            total = total + getattr(self, f"lin{i}")((fx - fy).pow(2)).mean((1, 2, 3))  # (B,)
-        return total
-
 
 # --- encoder and decoder (taming-transformers' architecture) ---
-
-
-def Norm(ch: int) -> nn.GroupNorm:
-    return nn.GroupNorm(math.gcd(32, ch), ch, eps=1e-6)  # 32 groups where the width allows
-
-
-class ResBlock(nn.Module):
-    """GroupNorm -> Swish -> conv3x3, twice, plus a (1x1 when widths differ) shortcut."""
-
-    def __init__(self, c_in: int, c_out: int):
-        super().__init__()
-        self.net = nn.Sequential(
-            Norm(c_in),
-            nn.SiLU(),
-            nn.Conv2d(c_in, c_out, 3, padding=1),
-            Norm(c_out),
-            nn.SiLU(),
-            nn.Conv2d(c_out, c_out, 3, padding=1),
-        )
-        self.skip = nn.Conv2d(c_in, c_out, 1) if c_in != c_out else nn.Identity()
-
-    def forward(self, x):
-        return self.skip(x) + self.net(x)
-
-
-class Attention(nn.Module):
-    """Non-local block: single-head self-attention over the h*w positions, residual."""
-
-    def __init__(self, ch: int):
-        super().__init__()
-        self.norm, self.qkv, self.proj = Norm(ch), nn.Conv2d(ch, 3 * ch, 1), nn.Conv2d(ch, ch, 1)
-
-    def forward(self, x):
-        B, C, H, W = x.shape
-        q, k, v = (
-            self.qkv(self.norm(x)).flatten(2).transpose(1, 2).chunk(3, dim=-1)
-        )  # 3 x (B, HW, C)
-        out = F.scaled_dot_product_attention(q, k, v)  # softmax(q k^T / sqrt(C)) v
-        return x + self.proj(out.transpose(1, 2).reshape(B, C, H, W))
-
-
-class Encoder(nn.Module):
-    """x: (B, 3, S, S) -> z_e: (B, d, S/f, S/f); conv -> levels of ResBlocks (+attention) and
-    downsampling -> ResBlock, attention, ResBlock -> GroupNorm, Swish, conv."""
-
-    def __init__(self, d, ch, ch_mult, num_res_blocks, attn_resolutions, size):
-        super().__init__()
-        widths = [ch * m for m in (1, *ch_mult)]
-        layers = [nn.Conv2d(3, ch, 3, padding=1)]
-        for i in range(len(ch_mult)):
-            for j in range(num_res_blocks):
-                layers.append(ResBlock(widths[i] if j == 0 else widths[i + 1], widths[i + 1]))
-                if size in attn_resolutions:
-                    layers.append(Attention(widths[i + 1]))
-            if i < len(ch_mult) - 1:  # asymmetric pad + stride-2 conv halves the size
-                layers += [
-                    nn.ZeroPad2d((0, 1, 0, 1)),
-                    nn.Conv2d(widths[i + 1], widths[i + 1], 3, stride=2),
-                ]
-                size //= 2
-        top = widths[-1]
-        layers += [
-            ResBlock(top, top),
-            Attention(top),
-            ResBlock(top, top),
-            Norm(top),
-            nn.SiLU(),
-            nn.Conv2d(top, d, 3, padding=1),
-        ]
-        self.net = nn.Sequential(*layers)
-
-    def forward(self, x):
-        return self.net(x)
-
-
-class Decoder(nn.Module):
-    """z_q: (B, d, S/f, S/f) -> x_hat: (B, 3, S, S); the encoder's mirror (num_res_blocks + 1 per level)."""
-
-    def __init__(self, d, ch, ch_mult, num_res_blocks, attn_resolutions, size):
-        super().__init__()
-        widths = [ch * m for m in (1, *ch_mult)]
-        size //= 2 ** (len(ch_mult) - 1)
-        top = widths[-1]
-        layers = [
-            nn.Conv2d(d, top, 3, padding=1),
-            ResBlock(top, top),
-            Attention(top),
-            ResBlock(top, top),
-        ]
-        c = top
-        for i in reversed(range(len(ch_mult))):
-            for _ in range(num_res_blocks + 1):
-                layers.append(ResBlock(c, widths[i + 1]))
-                c = widths[i + 1]
-                if size in attn_resolutions:
-                    layers.append(Attention(c))
-            if i > 0:
-                layers += [
-                    nn.Upsample(scale_factor=2, mode="nearest"),
-                    nn.Conv2d(c, c, 3, padding=1),
-                ]
-                size *= 2
-        layers += [Norm(c), nn.SiLU(), nn.Conv2d(c, 3, 3, padding=1)]
-        self.net = nn.Sequential(*layers)
-
-    @property
-    def last_layer(self) -> torch.Tensor:
-        return self.net[-1].weight  # G_L, where lambda compares the two gradients
-
-    def forward(self, z):
-        return self.net(z)
 
 
 class VQGAN(vq.VQVAE):

@@ -388,8 +388,8 @@ def test_a_signal_saves_the_current_step_and_the_run_resumes_without_duplicate_l
 def test_a_checkpoint_is_saved_after_ckpt_minutes_without_one(tmp_path, monkeypatch):
     run = common.Run(common.TrainConfig(out=str(tmp_path), ckpt_every=1000, steps=5000))
     assert not run.save_due(7)
-    now = common.time.monotonic()
-    monkeypatch.setattr(common.time, "monotonic", lambda: now + 121)
+    now = time.monotonic()
+    monkeypatch.setattr(time, "monotonic", lambda: now + 121)
     assert run.save_due(8)
 
 

@@ -100,7 +100,7 @@ def test_vgg16_feature_keys_and_shapes_match_torchvision(gan):
 
 
 def test_a_torchvision_style_state_dict_loads_strictly(gan):
-    features = gan.vgg16_features()
+    features = common.lpips.vgg16_features()
     state = {k[len("features.") :]: torch.zeros(s) for k, s in VGG16_FEATURE_KEYS}
     features.load_state_dict(state)  # strict by default: no missing or unexpected key
 

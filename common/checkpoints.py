@@ -1,0 +1,81 @@
+"""Checkpoints and downloaded weights: atomic saves, clear errors for bad files, RNG state.
+
+A student may skip this folder: nothing in it is a concept the lessons teach.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+from pathlib import Path
+
+import torch
+import torch.nn as nn
+
+from .errors import UserError
+
+
+def fetch_weights(url: str, file_name: str, needed_by: str, otherwise: str) -> dict:
+    """A state dict through torch.hub's download cache (downloaded once); offline and not cached:
+    a UserError that names the file, the folder to put it in, and `otherwise` (what else to do)."""
+    path = Path(torch.hub.get_dir()) / "checkpoints" / file_name
+    if not path.exists():
+        try:
+            torch.hub.load_state_dict_from_url(
+                url, file_name=file_name, map_location="cpu", weights_only=True
+            )
+        except Exception as e:
+            raise UserError(
+                f"{needed_by} needs {file_name}, which is not in {path.parent} and could not be downloaded from "
+                f"{url} ({type(e).__name__}); put the file there, or {otherwise}"
+            ) from None
+    return torch.load(path, map_location="cpu", weights_only=True)
+
+
+def save_atomic(obj, path: Path) -> None:
+    """torch.save to a temporary file, then rename: a crash never leaves a half-written file."""
+    path = Path(path)
+    tmp = path.with_name(path.name + ".tmp")
+    torch.save(obj, tmp)
+    os.replace(tmp, path)
+
+
+def load_checkpoint(path) -> dict:
+    """torch.load(weights_only=True) with errors that name the file and what is wrong."""
+    path = Path(path)
+    if path.is_dir():
+        raise UserError(f"checkpoint {path} is a folder; pass the file in it, {path / 'ckpt.pt'}")
+    if not path.is_file():
+        raise UserError(f"checkpoint {path} does not exist")
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:
+        raise UserError(
+            f"checkpoint {path} is corrupt or not a checkpoint ({type(e).__name__})"
+        ) from None
+    if not isinstance(ckpt, dict) or not {"step", "config", "model"} <= ckpt.keys():
+        raise UserError(f"checkpoint {path} lacks step/config/model: not written by these lessons")
+    return ckpt
+
+
+def load_state(module: nn.Module, state: dict, path) -> None:
+    """load_state_dict whose mismatch error names the checkpoint file."""
+    try:
+        module.load_state_dict(state)
+    except RuntimeError as e:
+        first = str(e).split("\n\t")[1] if "\n\t" in str(e) else str(e)
+        raise UserError(f"checkpoint {path} does not fit this model: {first.strip()}") from None
+
+
+def rng_state() -> dict:
+    state = {"torch": torch.get_rng_state(), "python": random.getstate()}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state: dict) -> None:
+    torch.set_rng_state(state["torch"])
+    random.setstate(tuple(tuple(x) if isinstance(x, list) else x for x in state["python"]))
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])

@@ -1,0 +1,68 @@
+"""Images: PIL and hub image values <-> tensors, and the image grids a run writes.
+
+A student may skip this folder: nothing in it is a concept the lessons teach.
+"""
+
+from __future__ import annotations
+
+import io
+import math
+
+import numpy as np
+import torch
+from PIL import Image
+
+from .errors import UserError
+
+
+def _to_pil_bytes(value) -> bytes:
+    """The bytes of an image value (encoded bytes, else the decoded pixels): a hash key."""
+    if isinstance(value, dict) and value.get("bytes"):
+        return value["bytes"]
+    return _to_pil(value).tobytes()
+
+
+def _to_pil(value) -> Image.Image:
+    if isinstance(value, Image.Image):
+        return value
+    if isinstance(value, dict) and value.get("bytes"):  # an undecoded image struct
+        return Image.open(io.BytesIO(value["bytes"]))
+    if isinstance(value, dict) and value.get("path"):
+        return Image.open(value["path"])
+    raise UserError(f"cannot read an image from a value of type {type(value).__name__}")
+
+
+def image_to_tensor(img: Image.Image, size: int) -> torch.Tensor:
+    """PIL image of any mode/size -> (3, size, size) float in [-1, 1]: RGB, resize the short side, centre crop."""
+    img = img.convert("RGB")
+    w, h = img.size
+    s = size / min(w, h)
+    img = img.resize((max(size, round(w * s)), max(size, round(h * s))), Image.BICUBIC)
+    w, h = img.size
+    left, top = (w - size) // 2, (h - size) // 2
+    img = img.crop((left, top, left + size, top + size))
+    return torch.from_numpy(np.asarray(img).copy()).permute(2, 0, 1).float() / 127.5 - 1
+
+
+def to_uint8(x: torch.Tensor) -> np.ndarray:
+    """(..., 3, H, W) in [-1, 1] -> (..., H, W, 3) uint8."""
+    return (
+        ((x.detach().float().clamp(-1, 1) + 1) * 127.5).round().byte().movedim(-3, -1).cpu().numpy()
+    )
+
+
+def save_grid(rows: list[torch.Tensor], path, min_size: int = 64) -> None:
+    """Save images as a grid, one row per tensor (n, 3, H, W) in [-1, 1]; small images are
+    enlarged (nearest neighbour) to at least min_size pixels so that they can be seen."""
+    n, (H, W) = max(len(r) for r in rows), rows[0].shape[-2:]
+    pad = 2
+    grid = np.full((len(rows) * (H + pad) + pad, n * (W + pad) + pad, 3), 255, np.uint8)
+    for i, row in enumerate(rows):
+        for j, img in enumerate(to_uint8(row)):
+            grid[
+                pad + i * (H + pad) : pad + i * (H + pad) + H,
+                pad + j * (W + pad) : pad + j * (W + pad) + W,
+            ] = img
+    im = Image.fromarray(grid)
+    scale = max(1, math.ceil(min_size / H))
+    im.resize((im.width * scale, im.height * scale), Image.NEAREST).save(path)

@@ -1,0 +1,235 @@
+"""Loading images: Hugging Face datasets (hub, streaming, local), batches for one or many
+processes, and the first n images of a split.
+
+A student may skip this folder: nothing in it is a concept the lessons teach.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from pathlib import Path
+
+import torch
+
+from .datasets import (
+    DATASETS,
+    HELD_OUT,
+    HubDataset,
+    _hold_out_stream,
+    dataset_choices,
+    default_image_size,
+    held_out_indices,
+    native_image_size,
+)
+from .device import echo
+from .errors import UserError
+from .images import _to_pil, image_to_tensor
+from .shapes import BUILTIN, SHAPE_CLASSES, Shapes
+
+
+def _hf_transform(image_col: str, label_col: str | None, size: int):
+    def fn(batch):  # runs lazily on access (with_transform): nothing is written to disk
+        n = len(batch[image_col])
+        return {
+            "image": [image_to_tensor(_to_pil(v), size) for v in batch[image_col]],
+            "label": [int(v) for v in batch[label_col]] if label_col else [0] * n,
+        }
+
+    return fn
+
+
+def _open_hf(cfg, split: str | None):
+    """(dataset, spec) for cfg's hub dataset or local path. Errors become one-line UserErrors."""
+    os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+    import datasets
+
+    datasets.logging.set_verbosity_error()
+    name, path = cfg.hf_id or cfg.dataset, Path(cfg.dataset)
+    if cfg.hf_id:
+        spec = HubDataset(cfg.hf_id, "image", None, "train", None, 256)
+    elif cfg.dataset in DATASETS:
+        spec = DATASETS[cfg.dataset]
+    elif path.exists() or "/" in cfg.dataset or cfg.dataset.endswith(".parquet"):
+        if not path.exists():
+            raise UserError(f"--dataset {cfg.dataset}: no such file or folder")
+        spec = HubDataset(str(path), "image", None, "train", None, 256)
+    else:
+        raise UserError(f"unknown dataset '{cfg.dataset}'; choose one of: {dataset_choices()}")
+    spec = dataclasses.replace(
+        spec,
+        image_column=cfg.image_column or spec.image_column,
+        label_column=cfg.label_column if cfg.label_column is not None else spec.label_column,
+        streaming=spec.streaming if cfg.streaming is None else cfg.streaming,
+    )
+    split = split or spec.train_split
+    try:
+        if path.is_file() or (path.is_dir() and not cfg.hf_id and cfg.dataset not in DATASETS):
+            if path.is_dir() and not any(p.is_file() for p in path.rglob("*")):
+                raise UserError(f"--dataset {path}: the folder holds no files")
+            kind = (
+                "parquet"
+                if path.suffix == ".parquet" or any(path.rglob("*.parquet"))
+                else "imagefolder"
+            )
+            key = "data_files" if path.is_file() else "data_dir"
+            ds = datasets.load_dataset(
+                kind, **{key: str(path)}, split="train", streaming=spec.streaming
+            )
+        else:
+            ds = datasets.load_dataset(
+                spec.hub_id, split=split, streaming=spec.streaming, token=os.environ.get("HF_TOKEN")
+            )
+    except UserError:
+        raise
+    except (
+        Exception
+    ) as e:  # network, auth, missing split, unreadable files: one line, not a traceback
+        msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        hint = (
+            ""
+            if path.exists()
+            else "; check the hub id and the network, and for gated datasets (imagenet) run `hf auth login` or set HF_TOKEN"
+        )
+        raise UserError(f"cannot load dataset '{name}' (split {split}): {msg}{hint}") from None
+    columns = ds.column_names or list((ds.features or {}).keys())
+    for role, col in (("image", spec.image_column), ("label", spec.label_column)):
+        if col is not None and col not in columns:
+            raise UserError(
+                f"dataset '{name}' has no {role} column '{col}'; its columns are: {', '.join(columns)} (pass --{role}-column)"
+            )
+    return ds, spec
+
+
+def load_data(cfg, rank: int = 0, world: int = 1):
+    """(train, val, classes) for cfg.dataset: torch-style datasets of {"image", "label"} dicts.
+
+    `classes` is a tuple of class names, or None for unlabelled data. Streaming datasets are
+    `datasets.IterableDataset`s split by rank; map-style ones are split by `batches`.
+    """
+    size = default_image_size(cfg)
+    if cfg.dataset in BUILTIN and cfg.hf_id is None:
+        plain = cfg.dataset == "shapes-plain"
+        train, val = (Shapes(split, size, cfg.seed, plain) for split in ("train", "val"))
+        return train, val, SHAPE_CLASSES
+    if size % 8 or size < 8:
+        raise UserError(f"--image-size must be a positive multiple of 8, got {size}")
+    if cfg.image_size is None and cfg.hf_id is None and Path(cfg.dataset).exists():
+        own = native_image_size(cfg.dataset, cfg.image_column or "image")
+        echo(
+            f"--image-size {size}: "
+            + (
+                "the images' own size"
+                if own
+                else "the images differ in size (or are not a multiple of 8); pass --image-size"
+            )
+        )
+    train, spec = _open_hf(cfg, None)
+    if spec.eval_split is not None:
+        val, _ = _open_hf(cfg, spec.eval_split)
+    elif spec.streaming:
+        train, val = _hold_out_stream(train, spec.image_column)
+    else:  # no validation split: hold out a random 1000 (a tenth of a small dataset)
+        n = len(train)
+        held = min(HELD_OUT, n // 10)
+        if held < 1:
+            raise UserError(
+                f"dataset '{cfg.hf_id or cfg.dataset}' has only {n} images; it needs at least 10 to hold some out for validation"
+            )
+        labels = train[spec.label_column] if spec.label_column else None
+        train_idx, val_idx = held_out_indices(n, held, labels)
+        val, train = train.select(val_idx), train.select(train_idx)
+    classes = None
+    if spec.label_column is not None:
+        feature = (train.features or {}).get(spec.label_column)
+        classes = tuple(feature.names) if hasattr(feature, "names") else None
+    fn = _hf_transform(spec.image_column, spec.label_column, size)
+    if spec.streaming:  # IterableDataset has no with_transform; its map is lazy and writes nothing
+        from datasets.distributed import split_dataset_by_node
+
+        train = split_dataset_by_node(train, rank=rank, world_size=world)
+        keep = [spec.image_column] + ([spec.label_column] if spec.label_column else [])
+        lazy = lambda d: d.select_columns(keep).map(fn, batched=True, remove_columns=keep)
+        train = lazy(train)
+        val = (
+            lazy(val)
+            if isinstance(val, torch.utils.data.IterableDataset)
+            else val.with_transform(fn)
+        )
+    else:
+        train, val = train.with_transform(fn), val.with_transform(fn)
+    return train, val, classes
+
+
+def _collate(items):
+    return torch.stack([it["image"] for it in items]), torch.tensor([it["label"] for it in items])
+
+
+def batches(dataset, cfg, start_step: int = 0, rank: int = 0, world: int = 1):
+    """Yield (images (B, 3, S, S), labels (B,)) forever, in an order fixed by cfg.seed.
+
+    Epoch e shuffles with seed (cfg.seed, e); each rank takes every world-th index. The first
+    `start_step` batches are skipped without loading them, so --resume sees the same data.
+    """
+    B = cfg.batch_size
+    pin = torch.cuda.is_available()
+    if isinstance(dataset, torch.utils.data.IterableDataset):  # streaming: no length, no index
+        epoch = 0
+        stream = dataset.shuffle(seed=cfg.seed, buffer_size=10_000).skip(start_step * B)
+        while True:
+            stream.set_epoch(epoch)
+            workers = min(cfg.num_workers, getattr(stream, "num_shards", 1))
+            n = 0
+            loader = torch.utils.data.DataLoader(
+                stream,
+                batch_size=B,
+                collate_fn=_collate,
+                num_workers=workers,
+                pin_memory=pin,
+                drop_last=True,
+                generator=torch.Generator().manual_seed(epoch),
+            )
+            for n, batch in enumerate(loader, 1):
+                yield batch
+            if n == 0:
+                raise UserError(
+                    f"the stream holds fewer than {B} training images (after {HELD_OUT} held out for validation, and {start_step} batches skipped by --resume)"
+                )
+            epoch += 1
+    per_epoch = len(dataset) // (B * world)
+    if per_epoch == 0:
+        raise UserError(
+            f"the dataset has {len(dataset)} images, fewer than one batch of {B} per process; lower --batch-size"
+        )
+    epoch, skip = divmod(start_step, per_epoch)
+    while True:
+        perm = torch.randperm(
+            len(dataset), generator=torch.Generator().manual_seed(cfg.seed * 100_003 + epoch)
+        )
+        perm = perm[rank::world][: per_epoch * B].view(
+            per_epoch, B
+        )  # (steps, B): this rank's batches
+        loader = torch.utils.data.DataLoader(  # own generator: creating a loader must not consume the global RNG
+            dataset,
+            batch_sampler=perm[skip:].tolist(),
+            collate_fn=_collate,
+            num_workers=cfg.num_workers,
+            pin_memory=pin,
+            generator=torch.Generator().manual_seed(epoch),
+        )
+        yield from loader
+        epoch, skip = epoch + 1, 0
+
+
+def first_images(dataset, n: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """The first n validation images and labels, in a fixed order: (n, 3, S, S), (n,)."""
+    items = []
+    for item in (
+        dataset
+        if isinstance(dataset, torch.utils.data.IterableDataset)
+        else (dataset[i] for i in range(min(n, len(dataset))))
+    ):
+        items.append(item)
+        if len(items) == n:
+            break
+    return _collate(items)

@@ -1,0 +1,202 @@
+"""A run folder: metrics.jsonl, ckpt.pt with --resume and Ctrl-C, image grids.
+
+A student may skip this folder: nothing in it is a concept the lessons teach.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import signal
+import sys
+import time
+from pathlib import Path
+
+import torch
+import torch.nn as nn
+
+from .checkpoints import load_checkpoint, load_state, rng_state, save_atomic, set_rng_state
+from .device import progress
+from .dist import dist_on, is_main
+from .errors import Interrupted, UserError
+
+
+class Run:
+    """A run folder: ckpt.pt (atomic), metrics.jsonl (one JSON object per line), figures.
+
+    A fresh run refuses to write over an existing checkpoint unless --overwrite, and replaces
+    the old files only when it writes its own (a run that fails on its data loses nothing);
+    --resume loads the checkpoint, checks that the flags that shape the model match the saved
+    config, and cuts metrics.jsonl back to the checkpoint's step. The training loops iterate
+    `run.steps(start)`, which turns Ctrl-C / SIGTERM into a checkpoint and exit 130 / 143.
+    """
+
+    RESUMABLE = frozenset(  # flags that may change between a run and its --resume
+        {"steps", "compile", "resume", "overwrite", "log_every", "ckpt_every", "ckpt_minutes"}
+        | {"num_workers", "device", "eval_images", "out"}  # the folder may have moved
+    )
+
+    def __init__(self, cfg):
+        self.cfg, self.dir = cfg, Path(cfg.out)
+        self.ckpt_path = self.dir / "ckpt.pt"
+        if self.ckpt_path.exists() and not (cfg.resume or cfg.overwrite):
+            raise UserError(
+                f"{self.ckpt_path} exists; pass --resume to continue that run, --overwrite to replace it, or another --out"
+            )
+        if cfg.resume and not self.ckpt_path.exists():
+            raise UserError(f"--resume: no checkpoint at {self.ckpt_path}")
+        try:
+            self.dir.mkdir(parents=True, exist_ok=True)
+        except OSError as e:
+            raise UserError(f"cannot create run folder {self.dir}: {e.strerror}") from None
+        self.fresh_log = not cfg.resume  # the first log() of a fresh run replaces the old file
+        self.saved_step, self.saved_at, self.signalled = None, time.monotonic(), None
+
+    def log(self, record: dict) -> None:
+        if is_main():  # under torchrun, rank 0 writes for everyone
+            with open(self.dir / "metrics.jsonl", "w" if self.fresh_log else "a") as f:
+                f.write(json.dumps(record) + "\n")
+            self.fresh_log = False
+
+    def steps(self, start: int):
+        """start, ..., cfg.steps - 1 with a progress bar. While it runs, Ctrl-C and SIGTERM (what
+        a cluster sends before preemption) only set a flag: the loop saves at the end of that
+        step (save_due is True), and then Interrupted says how to resume."""
+
+        def on_signal(signum, frame):
+            self.signalled = signum
+
+        old = {sig: signal.signal(sig, on_signal) for sig in (signal.SIGINT, signal.SIGTERM)}
+        try:
+            for step in progress(
+                range(start, self.cfg.steps), initial=start, total=self.cfg.steps, desc=self.cfg.out
+            ):
+                yield step
+                if self.signalled is not None:
+                    name = signal.Signals(self.signalled).name
+                    again = [a for a in sys.argv if a != "--overwrite"]
+                    again += [] if "--resume" in again else ["--resume"]
+                    raise Interrupted(
+                        f"{name} at step {step + 1}: saved {self.ckpt_path}; continue with: python {' '.join(again)}",
+                        128 + self.signalled,
+                    )
+        finally:
+            for sig, handler in old.items():
+                signal.signal(sig, handler)
+
+    def check_finite(self, loss: torch.Tensor, step: int, flags: str = "--lr") -> None:
+        """Stop at the first NaN or infinite loss, before it reaches a checkpoint (a device sync)."""
+        if not torch.isfinite(loss.detach()).all():
+            kept = (
+                f"{self.ckpt_path} keeps step {self.saved_step}"
+                if self.saved_step
+                else "nothing was saved"
+            )
+            raise UserError(
+                f"the loss became {loss.item()} at step {step}; training stopped and {kept}; lower {flags}"
+            )
+
+    def save_due(self, step: int) -> bool:
+        """Save now? Every --ckpt-every steps, at the last step, after --ckpt-minutes without a
+        save, and after Ctrl-C / SIGTERM (agreed by every process under torchrun)."""
+        stop = torch.tensor(float(self.signalled is not None))
+        if dist_on():  # nccl reduces CUDA tensors only
+            if torch.distributed.get_backend() == "nccl":
+                stop = stop.cuda()
+            torch.distributed.all_reduce(stop, op=torch.distributed.ReduceOp.MAX)
+            self.signalled = self.signalled or (signal.SIGTERM if stop.item() else None)
+        late = 0 < self.cfg.ckpt_minutes * 60 <= time.monotonic() - self.saved_at
+        return (
+            step % self.cfg.ckpt_every == 0 or step == self.cfg.steps or late or bool(stop.item())
+        )
+
+    def save(self, step: int, **state) -> None:
+        """Write ckpt.pt atomically: {"step", "lesson", "config", "rng", **state} (state dicts).
+        Rank 0 only under torchrun (every rank holds the same weights). Weights that are not
+        finite never replace a checkpoint."""
+        self.saved_at = time.monotonic()
+        if not is_main():
+            return
+        model = state.get("model", {})
+        if not all(v.isfinite().all() for v in model.values() if v.is_floating_point()):
+            raise UserError(
+                f"the weights became NaN or infinite by step {step}; {self.ckpt_path} was not overwritten; lower --lr"
+            )
+        payload = {
+            "step": step,
+            "lesson": lesson_name(self.cfg),  # whose Config and build() rebuild the model
+            "config": dataclasses.asdict(self.cfg),
+            "rng": rng_state(),
+            **state,
+        }
+        save_atomic(payload, self.ckpt_path)
+        self.saved_step = step
+        if self.fresh_log:  # the old run's log must not outlive its checkpoint
+            (self.dir / "metrics.jsonl").write_text("")
+            self.fresh_log = False
+
+    def load(self) -> dict:
+        ckpt = load_checkpoint(self.ckpt_path)
+        mine = lesson_name(self.cfg)
+        if ckpt.get("lesson") != mine:
+            raise UserError(
+                f"--resume: {self.ckpt_path} was written by {ckpt.get('lesson') or 'another script'}, not {mine}; pass another --out"
+            )
+        saved, now = ckpt["config"], dataclasses.asdict(self.cfg)
+        diff = [
+            f"--{k.replace('_', '-')} {saved.get(k)} (now {now[k]})"
+            for k in now
+            if k not in self.RESUMABLE and saved.get(k) != now[k]
+        ]
+        if diff:
+            raise UserError(
+                f"--resume: {self.ckpt_path} was made with different flags: {'; '.join(diff)}"
+            )
+        if ckpt["step"] > self.cfg.steps:
+            raise UserError(
+                f"--resume: {self.ckpt_path} is at step {ckpt['step']}, past --steps {self.cfg.steps}; pass --steps above {ckpt['step']} to train on"
+            )
+        set_rng_state(ckpt["rng"])
+        return ckpt
+
+    def restore(self, **state) -> int:
+        """With --resume, load every named module or optimizer from ckpt.pt (and the RNG state),
+        and drop the metrics.jsonl lines after its step (they are about to be redone); return the
+        step to continue from (0 for a fresh run)."""
+        if not self.cfg.resume:
+            return 0
+        ckpt = self.load()
+        for key, obj in state.items():
+            if key not in ckpt:
+                raise UserError(
+                    f"checkpoint {self.ckpt_path} has no '{key}': it was not written by this lesson"
+                )
+            if isinstance(obj, nn.Module):
+                load_state(obj, ckpt[key], self.ckpt_path)
+            else:
+                obj.load_state_dict(ckpt[key])
+        self.saved_step = ckpt["step"]
+        if (self.dir / "metrics.jsonl").exists() and is_main():
+            kept = [
+                r
+                for r in read_log(self.dir)
+                if r.get("step", 0) <= ckpt["step"] and not r.get("final")
+            ]
+            (self.dir / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in kept))
+        return ckpt["step"]
+
+
+def read_log(run_dir) -> list[dict]:
+    """The records of a run folder's metrics.jsonl ([] when it has none)."""
+    log = Path(run_dir) / "metrics.jsonl"
+    return (
+        [json.loads(line) for line in log.read_text().splitlines() if line.strip()]
+        if log.exists()
+        else []
+    )
+
+
+def lesson_name(cfg) -> str:
+    """The file stem of the lesson whose Config this is ("02_rq"), also when that lesson runs as
+    the script (its module is then called __main__)."""
+    return Path(sys.modules[type(cfg).__module__].__file__).stem

@@ -1,0 +1,156 @@
+"""The built-in procedural datasets `shapes` and `shapes-plain`: 8 classes of shapes, no download.
+
+A student may skip this folder: nothing in it is a concept the lessons teach.
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+import random
+
+import numpy as np
+import torch
+from PIL import Image, ImageDraw
+
+from .device import progress
+from .errors import UserError
+
+#
+# Every dataset yields {"image": (3, S, S) float in [-1, 1], "label": int}; label 0 when unlabelled.
+
+SHAPE_CLASSES = ("circle", "ring", "square", "triangle", "star", "cross", "crescent", "half-disc")
+SHAPES_TRAIN, SHAPES_VAL = 10_000, 1_000  # fixed split: val images use their own seeds
+BUILTIN = ("shapes", "shapes-plain")  # procedural datasets, no download
+# shapes-plain: one of 4 flat dark backgrounds and one of 4 bright shape colours. Colour then
+# carries 4 bits per image instead of about 70, so a small prior (lessons 04-05) spends its
+# capacity on the geometry that tells the classes apart, and its samples can be judged by eye.
+PLAIN_BACKGROUNDS = ((30, 30, 60), (60, 30, 30), (30, 60, 30), (50, 50, 50))
+PLAIN_COLOURS = ((240, 200, 40), (60, 200, 240), (240, 80, 160), (240, 240, 240))
+
+
+def _shape_outline(cls: str, cx: float, cy: float, r: float, angle: float):
+    """Polygon vertices of one shape class, centred at (cx, cy) with radius r, rotated by angle."""
+
+    def polar(radii, phases):
+        return [
+            (cx + q * math.cos(a + angle), cy + q * math.sin(a + angle))
+            for q, a in zip(radii, phases)
+        ]
+
+    full = np.linspace(0, 2 * math.pi, 48, endpoint=False)
+    if cls == "circle":
+        return [polar([r] * len(full), full)]
+    if cls == "ring":  # drawn as a disc, then a background-coloured hole
+        return [polar([r] * len(full), full), polar([0.55 * r] * len(full), full)]
+    if cls == "square":
+        return [polar([r] * 4, np.arange(4) * math.pi / 2 + math.pi / 4)]
+    if cls == "triangle":
+        return [polar([r] * 3, np.arange(3) * 2 * math.pi / 3)]
+    if cls == "star":
+        return [polar([r, 0.45 * r] * 5, np.arange(10) * math.pi / 5)]
+    if cls == "cross":
+        w = 0.33 * r
+        pts = [(w, r), (w, w), (r, w), (r, -w), (w, -w), (w, -r)]
+        pts = pts + [(-x, -y) for x, y in pts]
+        return [polar([math.hypot(x, y) for x, y in pts], [math.atan2(y, x) for x, y in pts])]
+    if cls == "crescent":  # a disc with an offset disc cut out
+        hole = [(cx + 0.45 * r * math.cos(angle), cy + 0.45 * r * math.sin(angle))]
+        return [
+            polar([r] * len(full), full),
+            [
+                (hole[0][0] + 0.8 * r * math.cos(a), hole[0][1] + 0.8 * r * math.sin(a))
+                for a in full
+            ],
+        ]
+    if cls == "half-disc":
+        half = np.linspace(0, math.pi, 25)
+        return [polar([r] * len(half), half)]
+    raise ValueError(cls)
+
+
+def _gradient_and_colour(rng: random.Random, size: int):
+    """The `shapes` background, a gradient between two random colours at a random angle, and a
+    random shape colour that stands out from the background's mean."""
+    c0, c1 = (np.array([rng.randrange(256) for _ in range(3)], np.float32) for _ in range(2))
+    theta = rng.uniform(0, 2 * math.pi)
+    yy, xx = np.mgrid[0:size, 0:size] / (size - 1) - 0.5
+    t = (xx * math.cos(theta) + yy * math.sin(theta)) / math.sqrt(2) + 0.5  # in [0, 1]
+    bg = c0 * (1 - t[..., None]) + c1 * t[..., None]  # (size, size, 3)
+    while True:
+        fg = np.array([rng.randrange(256) for _ in range(3)], np.float32)
+        if np.abs(fg - (c0 + c1) / 2).sum() > 120:
+            return bg, fg
+
+
+def render_shape(
+    seed: int, size: int = 32, supersample: int = 4, plain: bool = False
+) -> tuple[np.ndarray, int]:
+    """One image of the `shapes` dataset: (size, size, 3) uint8 and its class, fixed by `seed`.
+
+    A coloured shape of a random class, position, size and rotation on a background that is a
+    linear gradient between two random colours at a random angle. plain=True (`shapes-plain`):
+    a flat background and a shape colour from the two small palettes above.
+    """
+    rng = random.Random(seed)
+    if plain:
+        bg = np.broadcast_to(np.array(rng.choice(PLAIN_BACKGROUNDS), np.float32), (size, size, 3))
+        fg = np.array(rng.choice(PLAIN_COLOURS), np.float32)
+    else:
+        bg, fg = _gradient_and_colour(rng, size)
+    label = rng.randrange(len(SHAPE_CLASSES))
+    S = size * supersample  # the shape's mask is drawn larger, then box-filtered: smooth edges
+    r = rng.uniform(0.22, 0.42) * S
+    cx, cy = rng.uniform(r, S - r), rng.uniform(r, S - r)
+    polys = _shape_outline(SHAPE_CLASSES[label], cx, cy, r, rng.uniform(0, 2 * math.pi))
+    mask = Image.new("L", (S, S), 0)
+    draw = ImageDraw.Draw(mask)
+    draw.polygon(polys[0], fill=255)
+    for hole in polys[1:]:
+        draw.polygon(hole, fill=0)
+    alpha = (
+        np.asarray(mask.resize((size, size), Image.BOX), np.float32)[..., None] / 255
+    )  # (size, size, 1)
+    return (bg * (1 - alpha) + fg * alpha).round().astype(np.uint8), label
+
+
+@functools.lru_cache(maxsize=4)
+def _render_all(base: int, n: int, size: int, plain: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    items = [
+        render_shape(base + i, size, plain=plain)
+        for i in progress(range(n), desc="rendering shapes", leave=False)
+    ]
+    return torch.from_numpy(np.stack([im for im, _ in items])), torch.tensor(
+        [lab for _, lab in items]
+    )  # (n, S, S, 3) uint8, (n,)
+
+
+class Shapes(torch.utils.data.Dataset):
+    """The built-in datasets: `n` procedural images, item i always the same for the same seed
+    (plain=True: `shapes-plain`)."""
+
+    def __init__(self, split: str, size: int = 32, seed: int = 0, plain: bool = False):
+        if size % 8 or not 8 <= size <= 256:
+            raise UserError(
+                f"shapes: --image-size must be a multiple of 8 from 8 to 256, got {size}"
+            )
+        self.n = SHAPES_TRAIN if split == "train" else SHAPES_VAL
+        self.base = seed * 10_000_019 + (0 if split == "train" else SHAPES_TRAIN)
+        self.size, self.plain = size, plain
+        self.classes = SHAPE_CLASSES
+        # Small sizes are rendered once into memory (10k images at 32 px take a few seconds);
+        # large ones are rendered on access, so workers share the load.
+        self.cache = None
+        if self.n * size * size * 3 <= 64 * 2**20:
+            self.cache, self.labels = _render_all(self.base, self.n, size, plain)
+
+    def __len__(self):
+        return self.n
+
+    def __getitem__(self, i):
+        if self.cache is not None:
+            img, label = self.cache[i], int(self.labels[i])
+        else:
+            img, label = render_shape(self.base + i, self.size, plain=self.plain)
+            img = torch.from_numpy(img)
+        return {"image": img.permute(2, 0, 1).float() / 127.5 - 1, "label": label}
