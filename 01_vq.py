@@ -2,7 +2,7 @@
 
 Paper: A. van den Oord, O. Vinyals, K. Kavukcuoglu, "Neural Discrete Representation Learning"
 (arXiv:1711.00937). Equation labels follow the RQ-VAE paper (arXiv:2203.01941), which restates
-VQ as RQ Eq. 1-2, and the VQGAN paper's form of the VQ loss.
+VQ as RQ Eq. 1-2, and the VQGAN paper's form of the VQ loss; docs/equations.md lists every label.
 
 Idea. An encoder maps an image to a grid of vectors z_e. Each vector is replaced by the nearest
 of K code vectors (RQ Eq. 1), so the image becomes a grid of integers, its codes; the decoder sees

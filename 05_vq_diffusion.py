@@ -2,7 +2,7 @@
 
 Paper: S. Gu, D. Chen, J. Bao, F. Wen, B. Zhang, D. Chen, L. Yuan, B. Guo, "Vector Quantized
 Diffusion Model for Text-to-Image Synthesis" (arXiv:2111.14822), Sec. 3-4. Equations are cited by
-what they compute: VQD one step, VQD closed form, VQD posterior, ...
+what they compute (VQD one step, VQD closed form, VQD posterior, ...: docs/equations.md).
 
 Idea. Lesson 04 writes an image code by code, each conditioned on the ones before. VQ-Diffusion
 corrupts ALL codes at once and learns to undo it: a forward Markov chain q(x_t | x_{t-1}) turns

@@ -144,7 +144,7 @@ def test_encoder_gradient_through_rq_is_the_identity(rq, depth):
     z_e = torch.randn(2, 4, 3, 3, requires_grad=True)
     upstream = torch.randn(2, 4, 3, 3)
     q(z_e)[0].backward(upstream)
-    torch.testing.assert_close(z_e.grad, upstream)  # not depth x upstream (PEERS pitfall 3)
+    torch.testing.assert_close(z_e.grad, upstream)  # not depth x upstream (a known pitfall)
 
 
 def test_shared_ema_step_uses_the_residuals_of_every_depth(rq, vq):
