@@ -84,11 +84,12 @@ class Config(vq.Config):
 
 
 @torch.no_grad()  # codes and partial sums carry no gradient: the straight-through step and sg[] detach them
-def residual_quantize(z: torch.Tensor, codebooks, depth: int):
+def residual_quantize(z: torch.Tensor, codebooks, depth: int, pick=vq.nearest_code):
     """RQ Eq. 3-4: RQ(z; C, D) = (k_1, ..., k_D), with r_0 = z, k_d = Q(r_{d-1}; C), r_d = r_{d-1} - e(k_d).
 
     z: (..., d); codebooks: one (K, d) tensor shared by every depth, or a list of D tensors
     -> codes (..., D) long, partial sums Z^(1..D): (..., D, d) float (RQ Eq. 5).
+    pick(r, codebook) -> k chooses each code: the nearest (Q, RQ Eq. 1) unless lesson 04 draws it.
     The outputs are allocated once and r and Z^(d) updated in place: on a CPU every fresh large
     tensor costs page faults, and this loop runs at every training step.
     """
@@ -98,7 +99,7 @@ def residual_quantize(z: torch.Tensor, codebooks, depth: int):
     partial = torch.empty(*z.shape[:-1], depth, z.shape[-1], dtype=z.dtype, device=z.device)
     r, z_hat = z.clone(), torch.zeros_like(z)  # r_0 = z, Z^(0) = 0
     for d, book in enumerate(books):
-        k = vq.nearest_code(r, book)  # k_d = Q(r_{d-1}; C)          RQ Eq. 4
+        k = pick(r, book)  # k_d = Q(r_{d-1}; C)          RQ Eq. 4
         e = F.embedding(k, book)  # e(k_d): (..., d)
         r -= e  # r_d = r_{d-1} - e(k_d)
         z_hat += e  # Z^(d) = sum_{d' <= d} e(k_d')      RQ Eq. 5

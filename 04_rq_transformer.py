@@ -117,16 +117,16 @@ def soft_codes(
     stochastic=False k_d is the argmin (RQ Eq. 4, the same codes as lesson 02); with True it is
     drawn from Q_tau, and the residual follows the drawn code.
     """
-    r, e_sq = z.float(), codebook.pow(2).sum(1)  # (N, d), (K,)
-    codes, probs = [], []
-    for _ in range(depth):
-        dist = r.pow(2).sum(1, keepdim=True) - 2 * r @ codebook.t() + e_sq  # (N, K) ||r - e(k)||^2
-        q = F.softmax(-dist / tau, dim=-1)  # Q_tau(. | r_{d-1})
-        k = torch.multinomial(q, 1).squeeze(1) if stochastic else dist.argmin(1)
-        r = r - codebook[k]  # r_d = r_{d-1} - e(k_d)
-        codes.append(k)
+    e_sq, probs = codebook.pow(2).sum(1), []  # (K,)
+
+    def pick(r, codebook):  # r_{d-1}: (N, d) -> k_d (N,), and Q_tau(. | r_{d-1}) kept
+        dist = e_sq - 2 * r @ codebook.t()  # (N, K): ||r - e(k)||^2 less ||r||^2, the same for all k
+        q = F.softmax(-dist / tau, dim=-1)  # Q_tau(. | r_{d-1})                     RQ Eq. 15
         probs.append(q)
-    return torch.stack(codes, 1), torch.stack(probs, 1)
+        return torch.multinomial(q, 1).squeeze(1) if stochastic else dist.argmin(1)
+
+    codes, _ = rq.residual_quantize(z.float(), codebook, depth, pick)  # lesson 02's RQ Eq. 4
+    return codes, torch.stack(probs, 1)
 
 
 def filter_logits(logits: torch.Tensor, top_k: int = 0, top_p: float = 1.0) -> torch.Tensor:
