@@ -57,21 +57,17 @@ class Config(common.TrainConfig):
     def __post_init__(self):
         super().__post_init__()
         size = common.default_image_size(self)
-        for name in ("codebook_size", "code_dim", "ch"):
-            if getattr(self, name) < 1:
-                raise ValueError(
-                    f"--{name.replace('_', '-')} must be at least 1, got {getattr(self, name)}"
-                )
-        if self.downsample < 2 or self.downsample & (self.downsample - 1):
-            raise ValueError(f"--downsample must be a power of two >= 2, got {self.downsample}")
-        if size % self.downsample:
-            raise ValueError(
-                f"--image-size {size} is not divisible by --downsample {self.downsample}"
-            )
-        if not 0 < self.decay < 1:
-            raise ValueError(f"--decay must lie in (0, 1), got {self.decay}")
-        if self.beta < 0 or self.dead_threshold < 0:
-            raise ValueError("--beta and --dead-threshold must be >= 0")
+        f = self.downsample
+        common.require(
+            *[
+                (getattr(self, n) >= 1, f"--{n.replace('_', '-')} must be at least 1")
+                for n in ("codebook_size", "code_dim", "ch")
+            ],
+            (f >= 2 and not f & (f - 1), f"--downsample must be a power of two >= 2, got {f}"),
+            (f >= 1 and size % f == 0, f"--image-size {size} is not divisible by --downsample {f}"),
+            (0 < self.decay < 1, f"--decay must lie in (0, 1), got {self.decay}"),
+            (min(self.beta, self.dead_threshold) >= 0, "--beta and --dead-threshold must be >= 0"),
+        )
 
 
 # --- vector quantization ---
@@ -193,9 +189,7 @@ class VectorQuantizer(nn.Module):
             self.register_buffer("codebook", init)
         else:
             self.codebook = nn.Parameter(init)
-        self.register_buffer(
-            "cluster_size", torch.ones(K)
-        )  # N_k: also drives restarts in "loss" mode
+        self.register_buffer("cluster_size", torch.ones(K))  # N_k: also drives restarts in "loss" mode
         self.register_buffer("embed_sum", init.clone())  # m_k = N_k e(k)
         self.n_dead = 0  # codes restarted at the last training step
 
@@ -336,14 +330,10 @@ def train(cfg: Config, build=VQVAE, report=None) -> nn.Module:
                 f"{cfg.codebook_size - stats['unused']}/{cfg.codebook_size} | perplexity "
                 f"{stats['perplexity']:.0f} | restarted {restarted}"
             )
-            run.log(
-                {"step": step + 1, "rec": rec_, "commit": commit, **stats, "restarted": restarted}
-            )
+            run.log({"step": step + 1, "rec": rec_, "commit": commit, **stats, "restarted": restarted})
             counts.zero_()
             restarted = 0
-        if run.save_due(
-            step + 1
-        ):  # every --ckpt-every steps or --ckpt-minutes, at the end, on a signal
+        if run.save_due(step + 1):  # every --ckpt-every steps or --ckpt-minutes, at the end, on a signal
             run.save(step + 1, model=common.unwrap(model).state_dict(), opt=opt.state_dict())
     model = common.unwrap(model)
     if common.is_main():

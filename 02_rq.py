@@ -149,26 +149,19 @@ class ResidualQuantizer(nn.Module):
         self.shared = codebooks == "shared"
         n_books, size = (1, K) if self.shared else (depth, K // depth)
         self.books = nn.ModuleList(
-            vq.VectorQuantizer(size, d, beta, codebook, decay, dead_threshold)
-            for _ in range(n_books)
+            vq.VectorQuantizer(size, d, beta, codebook, decay, dead_threshold) for _ in range(n_books)
         )
         self.n_dead = 0
 
     @property
     def codebook(self) -> torch.Tensor:
         """(K, d): all code vectors, indexed by the global code numbers that forward returns."""
-        return (
-            self.books[0].codebook if self.shared else torch.cat([b.codebook for b in self.books])
-        )
+        return self.books[0].codebook if self.shared else torch.cat([b.codebook for b in self.books])
 
     def offsets(self) -> torch.Tensor:
         """(D,): the global number of each depth's first code (all 0 when shared)."""
         size = self.K // self.depth
-        return (
-            torch.zeros(self.depth, dtype=torch.long)
-            if self.shared
-            else torch.arange(self.depth) * size
-        )
+        return torch.zeros(self.depth, dtype=torch.long) if self.shared else torch.arange(self.depth) * size
 
     def quantize(self, z: torch.Tensor):
         """z: (N, d) -> global codes (N, D), partial sums (N, D, d). No training step."""
@@ -202,9 +195,7 @@ class ResidualQuantizer(nn.Module):
             self.books[0].update(residuals.flatten(0, 1), codes.flatten())
             self.n_dead = self.books[0].n_dead
             return
-        for book, r, k, offset in zip(
-            self.books, residuals.unbind(1), codes.unbind(1), self.offsets()
-        ):
+        for book, r, k, offset in zip(self.books, residuals.unbind(1), codes.unbind(1), self.offsets()):
             book.update(r, k - offset)
         self.n_dead = sum(b.n_dead for b in self.books)
 
@@ -228,9 +219,7 @@ def decode_partial(model: nn.Module, x: torch.Tensor):
     B, d, H, W = z_e.shape
     codes, partial = model.quantizer.quantize(rearrange(z_e.float(), "b d h w -> (b h w) d"))
     partial = rearrange(partial, "(b h w) D d -> b D d h w", b=B, h=H, w=W)
-    x_hat = torch.stack(
-        [model.decoder(partial[:, i]) for i in range(partial.shape[1])], 1
-    )  # (B, D, 3, S, S)
+    x_hat = torch.stack([model.decoder(partial[:, i]) for i in range(partial.shape[1])], 1)  # (B, D, 3, S, S)
     return codes.view(B, H, W, -1), partial, x_hat, z_e
 
 
@@ -250,20 +239,9 @@ def report(model: nn.Module, val_set, run_dir, device, cfg: Config) -> dict:
         codes, partial, x_hat, z_e = decode_partial(model, x.to(device))
         n = len(x) / len(x_all)
         mse += (
-            n
-            * (x_hat.float().clamp(-1, 1) - x[:, None].to(device))
-            .pow(2)
-            .flatten(2)
-            .mean(2)
-            .mean(0)
-            .cpu()
+            n * (x_hat.float().clamp(-1, 1) - x[:, None].to(device)).pow(2).flatten(2).mean(2).mean(0).cpu()
         )
-        psnr += (
-            n
-            * torch.stack([common.psnr(x.to(device), x_hat[:, i]) for i in range(D)], 1)
-            .mean(0)
-            .cpu()
-        )
+        psnr += n * torch.stack([common.psnr(x.to(device), x_hat[:, i]) for i in range(D)], 1).mean(0).cpu()
         commit += n * (z_e[:, None].float() - partial).pow(2).mean((0, 2, 3, 4)).cpu()
         for i in range(D):
             counts[i] += torch.bincount(codes[..., i].flatten().cpu(), minlength=K)

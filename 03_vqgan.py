@@ -92,12 +92,7 @@ class Config(rq.Config):
             )
         self.downsample = implied
         super().__post_init__()
-        if (
-            self.disc_start < 0
-            or self.disc_warmup < 0
-            or self.perceptual_weight < 0
-            or self.disc_weight < 0
-        ):
+        if self.disc_start < 0 or self.disc_warmup < 0 or self.perceptual_weight < 0 or self.disc_weight < 0:
             raise ValueError(
                 "--disc-start, --disc-warmup, --perceptual-weight and --disc-weight must be >= 0"
             )
@@ -189,27 +184,6 @@ class PatchDiscriminator(nn.Module):
 # --- stage-1 tokenizers for lessons 04 and 05 ---
 
 
-def load_tokenizer(path, device="cpu"):
-    """(model, cfg) rebuilt from a checkpoint of 02_rq.py or 03_vqgan.py alone; frozen, eval mode.
-
-    model.encoder, model.quantizer (with .codebook (K, d) and .quantize) and model.decoder are
-    the pieces stage 2 needs; cfg is the Config the checkpoint was trained with.
-    """
-    ckpt = common.load_checkpoint(path)
-    name = ckpt.get("lesson")
-    if name not in ("02_rq", "03_vqgan"):
-        raise common.UserError(
-            f"checkpoint {path} was written by {name or 'an unknown script'}, not by 02_rq.py or 03_vqgan.py: it holds no RQ tokenizer"
-        )
-    lesson = common.lesson(name)
-    cfg = lesson.Config(
-        **{k: tuple(v) if isinstance(v, list) else v for k, v in ckpt["config"].items()}
-    )
-    model = lesson.build(cfg)
-    common.load_state(model, ckpt["model"], path)
-    return model.to(device).eval().requires_grad_(False), cfg
-
-
 # --- training ---
 
 
@@ -248,17 +222,13 @@ def train(cfg: Config) -> nn.Module:
             x_hat, codes, q = g_ddp(x)
             x_hat = x_hat.float()
             pixel = (x_hat - x).abs().mean() if cfg.rec_loss == "l1" else (x_hat - x).pow(2).mean()
-            perceptual = (
-                lpips(x_hat, x).mean() if lpips is not None else torch.zeros((), device=device)
-            )
+            perceptual = lpips(x_hat, x).mean() if lpips is not None else torch.zeros((), device=device)
             rec = pixel + cfg.perceptual_weight * perceptual  # L_rec
             loss = rec + q["loss"]  # + L_VQ (commitment; codebook by EMA)
             lam = torch.zeros((), device=device)
             if g_on:
                 g_loss = generator_loss(disc(x_hat).float())  # L_GAN
-                lam = adaptive_weight(
-                    rec, g_loss, model.decoder.last_layer, max_lambda=cfg.max_lambda
-                )
+                lam = adaptive_weight(rec, g_loss, model.decoder.last_layer, max_lambda=cfg.max_lambda)
                 loss = loss + cfg.disc_weight * lam * g_loss
         run.check_finite(loss, step + 1, "--lr or --disc-weight")  # before a NaN reaches a save
         opt.zero_grad(set_to_none=True)
@@ -286,15 +256,11 @@ def train(cfg: Config) -> nn.Module:
                 lam=lam.item(),
             )
             common.echo(
-                " | ".join(
-                    f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}" for k, v in log.items()
-                )
+                " | ".join(f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}" for k, v in log.items())
             )
             run.log(dict(log))
             log = {}
-        if run.save_due(
-            step + 1
-        ):  # every --ckpt-every steps or --ckpt-minutes, at the end, on a signal
+        if run.save_due(step + 1):  # every --ckpt-every steps or --ckpt-minutes, at the end, on a signal
             run.save(
                 step + 1,
                 model=model.state_dict(),
@@ -302,11 +268,7 @@ def train(cfg: Config) -> nn.Module:
                 opt=opt.state_dict(),
                 opt_d=opt_d.state_dict(),
             )
-    report = (
-        (lambda m, val, run_dir, dev: rq.report(m, val, run_dir, dev, cfg))
-        if cfg.depth > 1
-        else None
-    )
+    report = (lambda m, val, run_dir, dev: rq.report(m, val, run_dir, dev, cfg)) if cfg.depth > 1 else None
     if common.is_main():  # metrics, recon.png, coarse-to-fine figure
         vq.finish(model, val_set, cfg, run, device, report)
     return model

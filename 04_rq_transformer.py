@@ -32,7 +32,6 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from pathlib import Path
 
 import torch
 import torch.nn as nn
@@ -40,10 +39,9 @@ import torch.nn.functional as F
 from einops import rearrange
 
 import common
-import sample_quality
+from common import stage2
 
-rq = common.lesson("02_rq")  # the default tokenizer is a lesson-02 RQ-VAE
-gan = common.lesson("03_vqgan")  # load_tokenizer: rebuilds a frozen 02 or 03 tokenizer
+rq = common.lesson("02_rq")  # residual_quantize, which soft_codes runs with Q_tau
 
 # --- config ---
 
@@ -78,28 +76,13 @@ class Config(common.TrainConfig):
 
     def __post_init__(self):
         super().__post_init__()
-        if min(self.width, self.heads, self.spatial_layers, self.depth_layers) < 1 or (
-            self.width % self.heads
-        ):
-            raise ValueError(
-                f"--width {self.width} must be a positive multiple of --heads {self.heads}, and layers >= 1"
-            )
-        check_prior_flags(self)
-        if self.tau <= 0 or self.temperature <= 0 or not 0 < self.top_p <= 1 or self.top_k < 0:
-            raise ValueError("--tau and --temperature must be > 0, --top-p in (0, 1], --top-k >= 0")
-
-
-def check_prior_flags(cfg) -> None:
-    """The flag checks lessons 04 and 05 share (tokenizer shape, guidance, dropout, samples)."""
-    if cfg.tokenizer_depth < 1 or (cfg.tokenizer_codebook_size or 1) < 1:
-        raise ValueError("--tokenizer-depth and --tokenizer-codebook-size must be at least 1")
-    if not 0 <= cfg.label_dropout < 1 or not cfg.guidance >= 0:
-        raise ValueError(
-            f"--label-dropout must be in [0, 1) (got {cfg.label_dropout}) and --guidance >= 0 (got {cfg.guidance})"
-        )
-    if not 0 <= cfg.dropout < 1 or cfg.samples_per_class < 1:
-        raise ValueError(
-            f"--dropout must be in [0, 1) (got {cfg.dropout}) and --samples-per-class >= 1 (got {cfg.samples_per_class})"
+        stage2.check_prior_flags(self)
+        width = f"--width {self.width} must be a positive multiple of --heads {self.heads}"
+        common.require(
+            (self.heads >= 1 and self.width % self.heads == 0, width),
+            (min(self.spatial_layers, self.depth_layers) >= 1, "--spatial-layers, --depth-layers >= 1"),
+            (min(self.tau, self.temperature) > 0, "--tau and --temperature must be > 0"),
+            (0 < self.top_p <= 1 and self.top_k >= 0, "--top-p must be in (0, 1] and --top-k >= 0"),
         )
 
 
@@ -107,9 +90,7 @@ def check_prior_flags(cfg) -> None:
 
 
 @torch.no_grad()
-def soft_codes(
-    z: torch.Tensor, codebook: torch.Tensor, depth: int, tau: float, stochastic: bool = False
-):
+def soft_codes(z: torch.Tensor, codebook: torch.Tensor, depth: int, tau: float, stochastic: bool = False):
     """RQ Eq. 15 at every depth: Q_tau(k | r_{d-1}) = softmax_k(-||r_{d-1} - e(k)||^2 / tau).
 
     z: (N, d), codebook: (K, d) shared -> codes (N, D) long, probs (N, D, K). tau acts on SQUARED
@@ -269,8 +250,7 @@ class RQTransformer(nn.Module):
         e = self.codebook[codes]  # (B, T, D, d_code)
         # RQ Eq. 10: u_1 = PE_T(1) + start(c), u_t = PE_T(t) + sum_d e(S_{t-1,d}) for t > 1
         u = (
-            torch.cat([self.start(c)[:, None], self.embed_spatial(e[:, :-1].sum(2))], 1)
-            + self.pos_t
+            torch.cat([self.start(c)[:, None], self.embed_spatial(e[:, :-1].sum(2))], 1) + self.pos_t
         )  # (B, T, W)
         h = self.spatial(u)  # RQ Eq. 11: h_t = SpatialTransformer(u_1..u_t)
         # RQ Eq. 12: v_t1 = PE_D(1) + h_t, v_td = PE_D(d) + sum_{d' < d} e(S_td')
@@ -319,18 +299,13 @@ class FlatTransformer(nn.Module):
         self.start = nn.Embedding(num_classes + 1, cfg.width)  # one per class + "no class"
         self.null = num_classes
         self.pos = nn.Parameter(torch.zeros(T * D, cfg.width))
-        self.gpt = Transformer(
-            cfg.width, cfg.spatial_layers + cfg.depth_layers, cfg.heads, cfg.dropout
-        )
+        self.gpt = Transformer(cfg.width, cfg.spatial_layers + cfg.depth_layers, cfg.heads, cfg.dropout)
         self.head = nn.Sequential(nn.LayerNorm(cfg.width), nn.Linear(cfg.width, K))
 
     def forward(self, codes: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
         B, T, D = codes.shape
         seq = codes.reshape(B, T * D)  # (B, T*D)
-        x = (
-            torch.cat([self.start(c)[:, None], self.embed(self.codebook[seq[:, :-1]])], 1)
-            + self.pos
-        )
+        x = torch.cat([self.start(c)[:, None], self.embed(self.codebook[seq[:, :-1]])], 1) + self.pos
         return self.head(self.gpt(x)).view(B, T, D, self.K)
 
     @torch.no_grad()
@@ -349,9 +324,7 @@ class FlatTransformer(nn.Module):
         return seq.view(B, self.T, self.D), logits.view(B, self.T, self.D, self.K)
 
 
-def nll(
-    logits: torch.Tensor, codes: torch.Tensor, soft: torch.Tensor | None = None
-) -> torch.Tensor:
+def nll(logits: torch.Tensor, codes: torch.Tensor, soft: torch.Tensor | None = None) -> torch.Tensor:
     """RQ Eq. 14: mean over (b, t, d) of -log p(S_td | ...) in nats; against soft labels
     (N = B*T, D, K) the cross-entropy -sum_k Q_tau(k) log p(k). logits (B, T, D, K), codes (B, T, D)."""
     logp = logits.float().log_softmax(-1)
@@ -361,56 +334,6 @@ def nll(
 
 
 # --- tokenizer, codes and images ---
-
-
-def tokenizer_path(cfg: Config) -> Path:
-    """--tokenizer, else the first of runs/02_rq/ckpt.pt (lesson 02's default run),
-    runs/04_rq_transformer/tokenizer/ckpt.pt (the one this lesson trains) and
-    <out>/tokenizer/ckpt.pt that was trained on this dataset with --tokenizer-depth and
-    --tokenizer-codebook-size, else a lesson-02 RQ-VAE of that shape trained (once) into
-    <out>/tokenizer."""
-    if cfg.tokenizer:
-        return Path(cfg.tokenizer)
-    shape = {"depth": cfg.tokenizer_depth, "codebook_size": cfg.tokenizer_codebook_size}
-    shape = {k: v for k, v in shape.items() if v is not None}  # None: lesson 02's preset
-    same = lambda ckpt_cfg: (
-        (ckpt_cfg["dataset"], ckpt_cfg["hf_id"], ckpt_cfg["image_size"])
-        == (cfg.dataset, cfg.hf_id, cfg.image_size)
-        and all(ckpt_cfg.get(k) == v for k, v in shape.items())
-    )
-    candidates = ("runs/02_rq", "runs/04_rq_transformer/tokenizer", f"{cfg.out}/tokenizer")
-    for path in (Path(folder) / "ckpt.pt" for folder in candidates):
-        if path.exists() and same((ckpt := common.load_checkpoint(path))["config"]):
-            final = [r for r in common.read_log(path.parent) if r.get("final")]
-            psnr = (
-                f"validation PSNR {final[-1]['val_psnr']:.2f} dB" if final else "no validation yet"
-            )
-            common.echo(
-                f"tokenizer: reusing {path} ({ckpt['step']} steps, {psnr}); pass --tokenizer, or "
-                f"train a fresh one with `python 02_rq.py --dataset {cfg.dataset} --overwrite`"
-            )
-            return path
-    out = Path(cfg.out) / "tokenizer"
-    common.echo(f"tokenizer: none given; training a lesson-02 RQ-VAE into {out}")
-    flags = dict(
-        dataset=cfg.dataset,
-        hf_id=cfg.hf_id,
-        image_size=cfg.image_size,
-        image_column=cfg.image_column,
-    )
-    rq.train(
-        rq.Config(
-            **flags,
-            label_column=cfg.label_column,
-            device=cfg.device,
-            seed=cfg.seed,
-            out=str(out),
-            overwrite=True,
-            **shape,
-        )
-    )
-    common.barrier()  # under torchrun: rank 0 has written the checkpoint before anyone reads it
-    return out / "ckpt.pt"
 
 
 @torch.no_grad()
@@ -424,114 +347,37 @@ def encode(tok, x: torch.Tensor, tau: float = 0.5, stochastic: bool = False):
     return codes.view(len(x), -1, tok.quantizer.depth), probs
 
 
-@torch.no_grad()
-def decode(tok, codes: torch.Tensor, H: int) -> torch.Tensor:
-    """codes (B, T, D) -> images (B, 3, S, S) through the tokenizer: z^ = sum_d e(S_td)."""
-    z_q = rearrange(tok.quantizer.codebook[codes].sum(2), "b (h w) d -> b d h w", h=H)
-    return tok.decoder(z_q)
-
-
 # --- training ---
 
 
-@dataclass
-class Stage2:
-    """What a stage-2 lesson (04, 05) needs before it builds its prior: the frozen tokenizer, the
-    data and the shape of the code grid."""
-
-    device: torch.device
-    rank: int  # this process under torchrun (0 otherwise)
-    world: int  # number of processes
-    run: common.Run
-    tokenizer_path: Path
-    tok: nn.Module  # frozen: .encoder, .quantizer (.codebook (K, d), .depth), .decoder
-    train_set: object
-    val_set: object
-    conditional: bool
-    num_classes: int  # 1 when unconditional
-    H: int  # the code grid is H x H: T = H * H positions of D codes
-    size: int  # image side in pixels
-
-    def labels(self, y: torch.Tensor, drop: float = 0.0) -> torch.Tensor:
-        """The class each image is conditioned on, on the device: y, or 0 when unconditional; with
-        drop > 0 (training for guidance) each one is "no class" (num_classes) with that chance."""
-        if not self.conditional:
-            return torch.zeros_like(y, device=self.device)
-        c = y.to(self.device)
-        if drop == 0:
-            return c
-        return torch.where(torch.rand(len(c), device=self.device) < drop, self.num_classes, c)
-
-
-def setup(cfg) -> Stage2:
-    """Run folder, tokenizer (checked against --image-size), data, and class conditioning."""
-    rank, world = common.distributed()  # (0, 1) unless launched by torchrun
-    device = common.get_device(cfg.device)
-    run = common.Run(cfg)
-    path = tokenizer_path(cfg)
-    tok, tok_cfg = gan.load_tokenizer(path, device)
-    if not tok.quantizer.shared:
-        raise common.UserError(
-            f"tokenizer {path} has separate codebooks; stage 2 needs one shared codebook (--codebooks shared)"
-        )
-    common.seed_everything(cfg.seed)
-    size = common.default_image_size(tok_cfg)
-    if common.default_image_size(cfg) != size:
-        raise common.UserError(
-            f"tokenizer {path} was trained on {size} px images, not --image-size {common.default_image_size(cfg)}"
-        )
-    train_set, val_set, classes = common.load_data(cfg, rank, world)
-    conditional = classes is not None if cfg.conditional is None else cfg.conditional
-    num_classes = len(classes) if conditional and classes else 1
-    H = size // tok_cfg.downsample
-    return Stage2(
-        device, rank, world, run, path, tok, train_set, val_set, conditional, num_classes, H, size
-    )
-
-
-def fit(cfg, s: Stage2, model: nn.Module, loss_fn, betas=(0.9, 0.95)) -> None:
-    """The stage-2 training loop: AdamW (no decay on biases, norms and position tables), the lr
-    a linear warm-up over 100 steps times a cosine decay over all steps, gradient clipping at 1,
-    --resume, checkpoints.
-
-    loss_fn(model, x (B, 3, S, S) images, c (B,) classes) -> (loss, {name: 0-dim tensor}); the
-    logged values are read (a device sync) only every --log-every steps.
-    """
-    decay = [p for n, p in model.named_parameters() if p.dim() >= 2 and "pos" not in n]
-    no_decay = [p for n, p in model.named_parameters() if p.dim() < 2 or "pos" in n]
-    opt = torch.optim.AdamW(
-        [
-            {"params": decay, "weight_decay": cfg.weight_decay},
-            {"params": no_decay, "weight_decay": 0.0},
-        ],
-        lr=cfg.lr,
-        betas=betas,
-    )
+def train(cfg: Config) -> nn.Module:
+    """Fit the prior on the frozen tokenizer's codes; write ckpt.pt, metrics.jsonl and samples.png."""
+    s = stage2.setup(cfg)  # run folder, frozen tokenizer (trained once if none), data, classes
+    Model = FlatTransformer if cfg.flatten else RQTransformer
+    q = s.tok.quantizer
+    model = Model(q.codebook, s.H * s.H, q.depth, cfg, s.num_classes).to(s.device)
+    opt = stage2.adamw(model, cfg, betas=(0.9, 0.95))
     start = s.run.restore(model=model, opt=opt)  # 0 unless --resume
     data = common.batches(s.train_set, cfg, start * cfg.grad_accum, s.rank, s.world)
     ddp = common.compiled(common.wrap(model, s.device), cfg)  # DDP under torchrun; --compile
     for step in s.run.steps(start):  # a progress bar; Ctrl-C / SIGTERM end it after a checkpoint
-        for g in opt.param_groups:  # lr = peak * warm-up ramp * cosine, both from step 0
-            warm = min(1.0, (step + 1) / 100)
-            g["lr"] = cfg.lr * warm * 0.5 * (1 + math.cos(math.pi * step / cfg.steps))
+        stage2.set_lr(opt, cfg, step)  # warm-up, then cosine
         opt.zero_grad(set_to_none=True)
-        for micro in range(cfg.grad_accum):
+        for micro in range(cfg.grad_accum):  # gradient accumulation: --grad-accum micro-batches
             x, y = next(data)
             c = s.labels(y, cfg.label_dropout)  # "no class" at times: what guidance contrasts
-            with common.accumulating(ddp, micro, cfg.grad_accum):
-                with common.autocast(s.device):
-                    loss, logs = loss_fn(ddp, x.to(s.device), c)
+            codes, probs = encode(s.tok, x.to(s.device), cfg.tau, cfg.stochastic_codes)
+            with common.accumulating(ddp, micro, cfg.grad_accum):  # DDP syncs on the last one
+                with common.autocast(s.device):  # bf16 on CUDA, float32 elsewhere
+                    logits = ddp(codes, c)
+                loss = nll(logits, codes, probs if cfg.soft_labels else None)  # RQ Eq. 14
                 (loss / cfg.grad_accum).backward()
             s.run.check_finite(loss, step + 1)  # stop at a NaN loss, before it is saved
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         opt.step()
         if (step + 1) % cfg.log_every == 0:
-            logs = {k: v.item() for k, v in logs.items()}
-            common.echo(f"step {step + 1} | " + " | ".join(f"{k} {v:.4f}" for k, v in logs.items()))
-            s.run.log({"step": step + 1, **logs})
-        if s.run.save_due(
-            step + 1
-        ):  # every --ckpt-every steps or --ckpt-minutes, the end, a signal
+            stage2.log_step(s.run, step + 1, loss=loss, bits_per_code=loss / math.log(2))
+        if s.run.save_due(step + 1):  # every --ckpt-every steps or --ckpt-minutes, on a signal
             s.run.save(
                 step + 1,
                 model=model.state_dict(),
@@ -539,66 +385,21 @@ def fit(cfg, s: Stage2, model: nn.Module, loss_fn, betas=(0.9, 0.95)) -> None:
                 tokenizer=str(s.tokenizer_path),
             )
     model.eval()
-
-
-def sample_classes(s: Stage2, per_row: int) -> torch.Tensor:
-    """Labels for samples.png: one row per class (at most 8), or 4 rows of class 0. -> (rows * per_row,)"""
-    if not s.conditional:
-        return torch.zeros(4 * per_row, dtype=torch.long, device=s.device)
-    return torch.arange(min(s.num_classes, 8), device=s.device).repeat_interleave(per_row)
-
-
-def save_samples(s: Stage2, codes: torch.Tensor, per_row: int) -> torch.Tensor:
-    """Decode sampled codes (B, T, D), write samples.png with per_row images in each row, and
-    return the images (B, 3, S, S)."""
-    images = decode(s.tok, codes, s.H)
-    common.save_grid(list(images.view(-1, per_row, *images.shape[1:])), s.run.dir / "samples.png")
-    return images
-
-
-def judge_samples(s: Stage2, cfg, images: torch.Tensor, c: torch.Tensor) -> dict:
-    """Sample quality of images drawn for classes c (sample_quality.py): printed, and returned
-    with "sample_" before each name for metrics.jsonl."""
-    dataset = cfg.dataset if cfg.hf_id is None else cfg.hf_id
-    quality = sample_quality.judge(images, c if s.conditional else None, s.val_set, dataset)
-    common.echo(f"samples.png ({len(images)} images): {sample_quality.summary(quality)}")
-    return {f"sample_{k}": v for k, v in quality.items()}
-
-
-def train(cfg: Config) -> nn.Module:
-    """Fit the prior on the frozen tokenizer's codes; write ckpt.pt, metrics.jsonl and samples.png."""
-    s = setup(cfg)
-    Model = FlatTransformer if cfg.flatten else RQTransformer
-    q = s.tok.quantizer
-    model = Model(q.codebook, s.H * s.H, q.depth, cfg, s.num_classes).to(s.device)
-
-    def loss_fn(model, x, c):
-        codes, probs = encode(s.tok, x, cfg.tau, cfg.stochastic_codes)
-        loss = nll(model(codes, c), codes, probs if cfg.soft_labels else None)  # RQ Eq. 14
-        return loss, {"loss": loss.detach(), "bits_per_code": loss.detach() / math.log(2)}
-
-    fit(cfg, s, model, loss_fn)
     if not common.is_main():  # under torchrun, rank 0 evaluates and samples
         return model
     val_nll = evaluate(model, s, cfg)
     common.echo(f"validation NLL {val_nll:.4f} nats = {val_nll / math.log(2):.3f} bits per code")
-    c = sample_classes(s, cfg.samples_per_class)  # one row per class
+    c = stage2.sample_classes(s, cfg.samples_per_class)  # one row per class
     codes, _ = model.sample(c, cfg.temperature, cfg.top_k, cfg.top_p, cfg.guidance)
-    quality = judge_samples(s, cfg, save_samples(s, codes, cfg.samples_per_class), c)
-    s.run.log(
-        {
-            "step": cfg.steps,
-            "final": True,
-            "val_nll": val_nll,
-            "val_bits_per_code": val_nll / math.log(2),
-            **quality,
-        }
-    )
+    images = stage2.save_samples(s, codes, cfg.samples_per_class)
+    quality = stage2.judge_samples(s, cfg, images, c)
+    bits = val_nll / math.log(2)
+    s.run.log({"step": cfg.steps, "final": True, "val_nll": val_nll, "val_bits_per_code": bits, **quality})
     return model
 
 
 @torch.no_grad()
-def evaluate(model, s: Stage2, cfg: Config) -> float:
+def evaluate(model, s: stage2.Stage2, cfg: Config) -> float:
     """Validation NLL in nats per code against the argmin codes (hard labels), whatever the training."""
     x_all, y_all = common.first_images(s.val_set, cfg.eval_images)
     total = 0.0

@@ -55,6 +55,7 @@ import torch.nn.functional as F
 from einops import rearrange
 
 import common
+from common import stage2
 
 ar = common.lesson("04_rq_transformer")  # tokenizer, stage-2 setup and loop, Block, truncation
 
@@ -72,32 +73,22 @@ NOISE = {
 @dataclass
 class Config(common.TrainConfig):
     dataset: str = "shapes-plain"  # as lesson 01; by default shapes in flat palette colours
-    out: str = (
-        "runs/05_vq_diffusion"  # run folder: ckpt.pt, metrics.jsonl, samples.png, inpaint.png
-    )
+    out: str = "runs/05_vq_diffusion"  # run folder: ckpt.pt, metrics.jsonl, samples.png, inpaint.png
     tokenizer: str | None = None  # 02/03 checkpoint (default: as lesson 04, of the shape below)
     tokenizer_depth: int = 1  # D of the tokenizer trained when none is given (1: VQD's VQ model)
-    tokenizer_codebook_size: int | None = (
-        None  # its K (default: 128 on the built-in shapes, else 02's)
-    )
+    tokenizer_codebook_size: int | None = None  # its K (default: 128 on the built-in shapes, else 02's)
     width: int = 128  # transformer width
     heads: int = 4  # attention heads
     layers: int = 4  # transformer blocks (full attention, AdaLN)
     dropout: float = 0.0  # dropout in the residual branches
     conditional: bool | None = None  # class-conditional (default: when the dataset has labels)
-    noise: Literal["mask-replace", "uniform", "mask"] = (
-        "mask"  # q(x_t | x_{t-1}); paper: mask-replace
-    )
+    noise: Literal["mask-replace", "uniform", "mask"] = "mask"  # q(x_t | x_{t-1}); paper: mask-replace
     steps_T: int = 100  # T: diffusion steps
     gamma_end: float | None = (
         None  # gammabar_T, mask probability at t = T (default: 1 - --beta-end, or by --noise 0.9, 0, 1)
     )
-    beta_end: float | None = (
-        None  # K*betabar_T, replace probability at t = T (default: 1 - --gamma-end)
-    )
-    aux_weight: float = (
-        1.0  # lambda on the auxiliary loss L_x0 = -log p_theta(x_0 | x_t) (official 5e-4)
-    )
+    beta_end: float | None = None  # K*betabar_T, replace probability at t = T (default: 1 - --gamma-end)
+    aux_weight: float = 1.0  # lambda on the auxiliary loss L_x0 = -log p_theta(x_0 | x_t) (official 5e-4)
     weight_decay: float = 4.5e-2  # AdamW weight decay (official value)
     stride: int = 1  # dt: sampling jumps from t to t - dt (fast inference); 1 = all T steps
     truncation: float = 0.86  # r: sample x_0 only from its smallest top set of mass >= r (1 = off)
@@ -131,17 +122,21 @@ class Config(common.TrainConfig):
                 f"--gamma-end {self.gamma_end} and --beta-end {self.beta_end} must be >= 0 and sum to 1: "
                 "nothing of x_0 may be left at t = T, or p(x_T) is no distribution and L_T no KL"
             )
-        if min(self.width, self.heads, self.layers, self.steps_T, self.stride) < 1 or (
-            self.width % self.heads
-        ):
-            raise ValueError(
-                f"--width {self.width} must be a positive multiple of --heads {self.heads}; --layers, --steps-T, --stride >= 1"
-            )
-        ar.check_prior_flags(self)
-        if self.purity and self.noise == "uniform":
-            raise ValueError("--purity reveals [MASK] codes; --noise uniform has none")
-        if not 0 < self.truncation <= 1 or self.eval_timesteps < 1:
-            raise ValueError("--truncation must be in (0, 1] and --eval-timesteps >= 1")
+        stage2.check_prior_flags(self)
+        width = f"--width {self.width} must be a positive multiple of --heads {self.heads}"
+        common.require(
+            (self.heads >= 1 and self.width % self.heads == 0, width),
+            (
+                min(self.layers, self.steps_T, self.eval_timesteps) >= 1,
+                "--layers, --steps-T, --eval-timesteps >= 1",
+            ),
+            (self.stride >= 1, f"--stride must be >= 1, got {self.stride}"),
+            (0 < self.truncation <= 1, f"--truncation must be in (0, 1], got {self.truncation}"),
+            (
+                not self.purity or self.noise != "uniform",
+                "--purity reveals [MASK] codes; --noise uniform has none",
+            ),
+        )
 
 
 # --- the forward process: schedules and transition matrices ---
@@ -216,11 +211,7 @@ def transition_matrix(sched: Schedule, t: int, s: int | None = None) -> torch.Te
 def _log(p: torch.Tensor, exact: bool = False) -> torch.Tensor:
     """log p clamped at LOG_EPS; exact=True clamps only at LOG_ZERO, so that a probability of
     exactly 0 stays 0 (e^-10000) where the posterior divides by it."""
-    return (
-        p.clamp_min(0).log().clamp_min(LOG_ZERO)
-        if exact
-        else p.clamp_min(1e-300).log().clamp_min(LOG_EPS)
-    )
+    return p.clamp_min(0).log().clamp_min(LOG_ZERO) if exact else p.clamp_min(1e-300).log().clamp_min(LOG_EPS)
 
 
 def log_q_xt_given_x0(log_x0: torch.Tensor, sched: Schedule, t, exact: bool = False):
@@ -249,9 +240,7 @@ def log_q_xt_given_xs(x_t: torch.Tensor, sched: Schedule, s, t, dtype=torch.floa
         alpha, beta, gamma = alpha[..., None], beta[..., None], gamma[..., None]
     K = sched.K
     is_code = F.one_hot(x_t, K + 1).bool()
-    from_code = torch.where(
-        is_code, alpha + beta, beta
-    )  # x_t a code m: reached from j = m or redrawn
+    from_code = torch.where(is_code, alpha + beta, beta)  # x_t a code m: reached from j = m or redrawn
     from_code[..., K] = 0.0  # [MASK] never becomes a code
     ones = torch.ones(*x_t.shape, 1, dtype=dtype, device=x_t.device)
     from_mask = torch.cat([gamma.expand(*x_t.shape, K), ones], -1)  # x_t = [MASK]
@@ -369,9 +358,7 @@ class DiffusionTransformer(nn.Module):
         self.time = nn.Embedding(cfg.steps_T + 1, W)
         self.label = nn.Embedding(num_classes + 1, W)  # one per class + "no class" (guidance)
         self.null = num_classes
-        self.blocks = nn.ModuleList(
-            AdaLNBlock(W, cfg.heads, cfg.dropout) for _ in range(cfg.layers)
-        )
+        self.blocks = nn.ModuleList(AdaLNBlock(W, cfg.heads, cfg.dropout) for _ in range(cfg.layers))
         self.ln = nn.LayerNorm(W, elementwise_affine=False)
         self.ada = nn.Linear(W, 2 * W)
         self.head = nn.Linear(W, D * K)  # x0-parameterization: K logits per code, no [MASK]
@@ -472,31 +459,47 @@ def reveal_purest(x_t, x0, logits, sched: Schedule, t: int, s: int) -> torch.Ten
 def build(cfg: Config, s) -> tuple[DiffusionTransformer, Schedule]:
     q = s.tok.quantizer
     model = DiffusionTransformer(len(q.codebook), s.H, q.depth, cfg, s.num_classes)
-    return model.to(s.device), noise_schedule(
-        cfg.steps_T, len(q.codebook), cfg.gamma_end, cfg.beta_end
-    )
+    return model.to(s.device), noise_schedule(cfg.steps_T, len(q.codebook), cfg.gamma_end, cfg.beta_end)
 
 
 def train(cfg: Config) -> nn.Module:
     """Fit the diffusion prior on the frozen tokenizer's codes; write ckpt.pt, metrics.jsonl,
     samples.png (one row per class) and inpaint.png."""
-    s = ar.setup(cfg)
+    s = stage2.setup(cfg)  # run folder, frozen tokenizer (trained once if none), data, classes
     model, sched = build(cfg, s)
-
-    def loss_fn(model, x, c):
-        x0, _ = ar.encode(s.tok, x)
-        t = torch.randint(1, sched.T + 1, (len(x0),), device=x0.device)  # uniform in 1..T
-        x_t = q_sample(x0, sched, t)
-        l_vlb, l_x0 = losses(model(x_t, t, c), x0, x_t, sched, t)
-        # L_vlb's unbiased estimate is T * L_{t-1}; the constant T is left out (Adam ignores it)
-        loss = l_vlb.mean() + cfg.aux_weight * l_x0.mean()
-        return loss, {
-            "loss": loss.detach(),
-            "L_t-1": l_vlb.mean().detach(),
-            "L_x0": l_x0.mean().detach(),
-        }
-
-    ar.fit(cfg, s, model, loss_fn, betas=(0.9, 0.96))
+    opt = stage2.adamw(model, cfg, betas=(0.9, 0.96))  # the official betas
+    start = s.run.restore(model=model, opt=opt)  # 0 unless --resume
+    data = common.batches(s.train_set, cfg, start * cfg.grad_accum, s.rank, s.world)
+    ddp = common.compiled(common.wrap(model, s.device), cfg)  # DDP under torchrun; --compile
+    for step in s.run.steps(start):  # a progress bar; Ctrl-C / SIGTERM end it after a checkpoint
+        stage2.set_lr(opt, cfg, step)  # warm-up, then cosine
+        opt.zero_grad(set_to_none=True)
+        for micro in range(cfg.grad_accum):  # gradient accumulation: --grad-accum micro-batches
+            x, y = next(data)
+            c = s.labels(y, cfg.label_dropout)  # "no class" at times: what guidance contrasts
+            x0, _ = ar.encode(s.tok, x.to(s.device))  # the codes, (B, N, D)
+            t = torch.randint(1, sched.T + 1, (len(x0),), device=s.device)  # uniform in 1..T
+            x_t = q_sample(x0, sched, t)  # corrupt every code at once (VQD closed form)
+            with common.accumulating(ddp, micro, cfg.grad_accum):  # DDP syncs on the last one
+                with common.autocast(s.device):  # bf16 on CUDA, float32 elsewhere
+                    logits = ddp(x_t, t, c)  # p_theta(x_0 | x_t)
+                l_vlb, l_x0 = losses(logits, x0, x_t, sched, t)
+                # L_vlb's unbiased estimate is T * L_{t-1}; the constant T is left out (Adam ignores it)
+                loss = l_vlb.mean() + cfg.aux_weight * l_x0.mean()  # VQD aux loss, lambda
+                (loss / cfg.grad_accum).backward()
+            s.run.check_finite(loss, step + 1)  # stop at a NaN loss, before it is saved
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        opt.step()
+        if (step + 1) % cfg.log_every == 0:
+            stage2.log_step(s.run, step + 1, loss=loss, **{"L_t-1": l_vlb.mean(), "L_x0": l_x0.mean()})
+        if s.run.save_due(step + 1):  # every --ckpt-every steps or --ckpt-minutes, on a signal
+            s.run.save(
+                step + 1,
+                model=model.state_dict(),
+                opt=opt.state_dict(),
+                tokenizer=str(s.tokenizer_path),
+            )
+    model.eval()
     if not common.is_main():  # under torchrun, rank 0 evaluates and samples
         return model
     val = evaluate(model, sched, s, cfg)
@@ -505,7 +508,7 @@ def train(cfg: Config) -> nn.Module:
         + " | ".join(f"{k} {v:.4f}" for k, v in val.items())
         + f" | bound {val['vlb'] / math.log(2):.3f} bits per code"
     )
-    c = ar.sample_classes(s, cfg.samples_per_class)  # one row per class
+    c = stage2.sample_classes(s, cfg.samples_per_class)  # one row per class
     codes = sample(
         model,
         sched,
@@ -516,10 +519,8 @@ def train(cfg: Config) -> nn.Module:
         guidance=cfg.guidance,
         purity=cfg.purity,
     )
-    quality = ar.judge_samples(s, cfg, ar.save_samples(s, codes, cfg.samples_per_class), c)
-    s.run.log(
-        {"step": cfg.steps, "final": True, **{f"val_{k}": v for k, v in val.items()}, **quality}
-    )
+    quality = stage2.judge_samples(s, cfg, stage2.save_samples(s, codes, cfg.samples_per_class), c)
+    s.run.log({"step": cfg.steps, "final": True, **{f"val_{k}": v for k, v in val.items()}, **quality})
     inpaint(model, sched, s, cfg)
     common.echo(
         f"wrote {s.run.dir / 'samples.png'} (one row per {'class' if s.conditional else 'batch'}) and inpaint.png"
@@ -581,7 +582,7 @@ def inpaint(model, sched: Schedule, s, cfg: Config, completions: int = 2) -> Non
             cfg.inpaint_renoise,
             purity=cfg.purity,
         )
-        rows.append(ar.decode(s.tok, filled, s.H))
+        rows.append(stage2.decode(s.tok, filled, s.H))
     common.save_grid(rows, s.run.dir / "inpaint.png")
 
 

@@ -164,9 +164,7 @@ class InceptionD(nn.Module):  # Mixed_7a: 17 -> 8
 
     def forward(self, x):
         b7 = self.branch7x7x3_4(self.branch7x7x3_3(self.branch7x7x3_2(self.branch7x7x3_1(x))))
-        return torch.cat(
-            [self.branch3x3_2(self.branch3x3_1(x)), b7, F.max_pool2d(x, 3, stride=2)], 1
-        )
+        return torch.cat([self.branch3x3_2(self.branch3x3_1(x)), b7, F.max_pool2d(x, 3, stride=2)], 1)
 
 
 class InceptionE(nn.Module):  # Mixed_7b (average pool), Mixed_7c (max pool): 8 x 8
@@ -219,9 +217,7 @@ class FIDInception(nn.Module):
             InceptionE(1280, max_pool=False),
             InceptionE(2048, max_pool=True),
         )
-        self.fc = nn.Linear(
-            2048, 1008
-        )  # in the weights file (1008 TF classes); FID does not use it
+        self.fc = nn.Linear(2048, 1008)  # in the weights file (1008 TF classes); FID does not use it
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = F.interpolate(x.float(), size=(299, 299), mode="bilinear", align_corners=False)
@@ -322,9 +318,7 @@ def main(argv=None) -> None:
     )
     p.add_argument("folder_a", help="a folder of images (png, jpg, ...), searched recursively")
     p.add_argument("folder_b", help="the other folder")
-    p.add_argument(
-        "--batch-size", type=int, default=50, help="images per forward pass (default: 50)"
-    )
+    p.add_argument("--batch-size", type=int, default=50, help="images per forward pass (default: 50)")
     p.add_argument("--device", default="auto", help="auto | cpu | cuda | mps (default: auto)")
     args = p.parse_args(argv)
     try:

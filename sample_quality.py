@@ -168,9 +168,7 @@ def summary(quality: dict) -> str:
     if "confidence" in quality:
         parts.append(f"confidence {quality['confidence']:.2f}")
     if "shapes_fd" in quality:
-        parts.append(
-            f"shapes-FD {quality['shapes_fd']:.2f} (real images: {quality['shapes_fd_floor']:.2f})"
-        )
+        parts.append(f"shapes-FD {quality['shapes_fd']:.2f} (real images: {quality['shapes_fd_floor']:.2f})")
     if "fid" in quality:
         parts.append(f"FID {quality['fid']:.2f}")
     return " | ".join(parts) or "no sample-quality measure for this dataset"

@@ -26,16 +26,12 @@ ar = common.lesson("04_rq_transformer")
 def main():
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--K", type=int, nargs="+", default=[1024, 2048], help="codebook sizes")
-    p.add_argument(
-        "--batch", type=int, nargs="+", default=[16, 64, 128], help="images per sampling call"
-    )
+    p.add_argument("--batch", type=int, nargs="+", default=[16, 64, 128], help="images per sampling call")
     p.add_argument("--T", type=int, default=64, help="positions per image (8x8)")
     p.add_argument("--D", type=int, default=4, help="codes per position")
     p.add_argument("--width", type=int, default=256, help="transformer width")
     p.add_argument("--spatial-layers", type=int, default=6, help="RQ spatial layers")
-    p.add_argument(
-        "--depth-layers", type=int, default=2, help="RQ depth layers (flat GPT: spatial + depth)"
-    )
+    p.add_argument("--depth-layers", type=int, default=2, help="RQ depth layers (flat GPT: spatial + depth)")
     p.add_argument("--repeats", type=int, default=3, help="timed repeats (median)")
     p.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
     args = p.parse_args()
@@ -63,15 +59,12 @@ def main():
             m.train()
             codes, c = torch.randint(K, (64, args.T, args.D)), torch.zeros(64, dtype=torch.long)
             train_ms.append(
-                1000
-                * median_seconds(lambda m=m: ar.nll(m(codes, c), codes).backward(), args.repeats)
+                1000 * median_seconds(lambda m=m: ar.nll(m(codes, c), codes).backward(), args.repeats)
             )
             m.eval()
         for B in args.batch:
             c = torch.zeros(B, dtype=torch.long)
-            t_rq, t_flat, ratio = paired_seconds(
-                lambda: rqt.sample(c), lambda: flat.sample(c), args.repeats
-            )
+            t_rq, t_flat, ratio = paired_seconds(lambda: rqt.sample(c), lambda: flat.sample(c), args.repeats)
             print(
                 f"{K:5d} | {B:5d} | {B / t_rq:8.1f} | {B / t_flat:10.1f} | {ratio:4.1f}x || {train_ms[0]:.0f} | {train_ms[1]:.0f}"
             )
@@ -108,9 +101,7 @@ def where_time_goes(rqt, flat, K: int, B: int, args) -> None:
              [("spatial stack", spatial), ("depth stack", depth), ("flat stack", flat_gpt), ("head + draw", head_and_draw)]}  # fmt: skip
     rq_total = parts["spatial stack"] + parts["depth stack"] + parts["head + draw"]
     flat_total = parts["flat stack"] + parts["head + draw"]
-    print(
-        f"      where the time goes at K={K}, batch {B} (components timed alone, seconds per batch):"
-    )
+    print(f"      where the time goes at K={K}, batch {B} (components timed alone, seconds per batch):")
     print(
         f"        RQ:   spatial {parts['spatial stack']:.3f} ({T} steps) + depth {parts['depth stack']:.3f} ({T * D} steps of {D}-long caches)"
         f" + head/draw {parts['head + draw']:.3f} ({T * D} x {K}-way) = {rq_total:.3f}"

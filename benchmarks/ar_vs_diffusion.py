@@ -24,6 +24,7 @@ from sample_sweep import load_prior
 
 import common
 import sample_quality
+from common import stage2
 
 ar = common.lesson("04_rq_transformer")
 vqd = common.lesson("05_vq_diffusion")
@@ -44,7 +45,7 @@ def judge(name, cfg, model, tok, H, val, sched, n, per_class, stride=None):
         codes = vqd.sample(model, sched, c, stride, cfg.truncation, guidance=cfg.guidance)
         calls = math.ceil(sched.T / stride)
     seconds = (time.perf_counter() - start) / len(c)
-    q = sample_quality.judge(ar.decode(tok, codes, H), c, val, cfg.dataset)
+    q = sample_quality.judge(stage2.decode(tok, codes, H), c, val, cfg.dataset)
     return q, seconds, calls
 
 

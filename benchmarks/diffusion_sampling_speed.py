@@ -35,9 +35,7 @@ def main():
     p.add_argument("--D", type=int, default=4, help="codes per position (tokenizer depth)")
     p.add_argument("--H", type=int, default=8, help="code grid side (H x H positions)")
     p.add_argument("--width", type=int, default=256, help="width of every transformer")
-    p.add_argument(
-        "--layers", type=int, default=8, help="layers: diffusion and flat; RQ: layers-2 + 2"
-    )
+    p.add_argument("--layers", type=int, default=8, help="layers: diffusion and flat; RQ: layers-2 + 2")
     p.add_argument("--steps-T", type=int, default=100, help="diffusion steps T")
     p.add_argument("--repeats", type=int, default=1, help="timed repeats per cell (median)")
     args = p.parse_args()
@@ -70,9 +68,7 @@ def main():
         ("flat GPT (VQ-AR)", lambda: flat.sample(c)),
     ]:
         timings[name] = median_seconds(fn, args.repeats)
-    print(
-        "\nsampler                      | network calls | s per batch | images/s | vs RQ-AR | vs flat AR"
-    )
+    print("\nsampler                      | network calls | s per batch | images/s | vs RQ-AR | vs flat AR")
     for dt in args.strides:
         seconds = median_seconds(
             lambda dt=dt: vqd.sample(diffusion, sched, c, stride=dt, truncation=0.86), args.repeats

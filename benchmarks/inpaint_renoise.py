@@ -19,6 +19,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from sample_sweep import load_prior
 
 import common
+from common import stage2
 
 ar = common.lesson("04_rq_transformer")
 vqd = common.lesson("05_vq_diffusion")
@@ -34,9 +35,7 @@ def main():
     torch.set_num_threads(2)
     name, cfg, model, tok, H, val, sched, _ = load_prior(Path(args.run))
     if name != "05_vq_diffusion":
-        raise SystemExit(
-            f"{args.run} is a run of {name}; inpainting needs a 05_vq_diffusion.py run"
-        )
+        raise SystemExit(f"{args.run} is a run of {name}; inpainting needs a 05_vq_diffusion.py run")
     x, y = common.first_images(val, args.images)
     codes, _ = ar.encode(tok, x)
     lo, hi = H // 4, H - H // 4
@@ -54,7 +53,7 @@ def main():
             for cb, yb in zip(codes.split(32), y.split(32))
         ])  # fmt: skip
         agree = (filled == codes)[hidden].float().mean().item()
-        images = ar.decode(tok, filled, H)
+        images = stage2.decode(tok, filled, H)
         crop = lambda im: im[:, :, lo * px : hi * px, lo * px : hi * px]
         psnr = common.psnr(crop(x), crop(images)).mean().item()
         name = "re-noised (RePaint)" if renoise else "clean at every step"

@@ -20,10 +20,10 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 import common
 import sample_quality
+from common import stage2
 
 ar = common.lesson("04_rq_transformer")
 vqd = common.lesson("05_vq_diffusion")
-gan = common.lesson("03_vqgan")
 
 
 def load_prior(run: Path):
@@ -34,7 +34,7 @@ def load_prior(run: Path):
         raise common.UserError(f"{run}/ckpt.pt was written by {name}, not by lesson 04 or 05")
     lesson = ar if name == "04_rq_transformer" else vqd
     cfg = lesson.Config(**{**ckpt["config"], "resume": False, "overwrite": False})
-    tok, tok_cfg = gan.load_tokenizer(ckpt["tokenizer"])
+    tok, tok_cfg = stage2.load_tokenizer(ckpt["tokenizer"])
     q, H = tok.quantizer, common.default_image_size(tok_cfg) // tok_cfg.downsample
     _, val, classes = common.load_data(cfg)
     n = len(classes) if classes else 1
@@ -50,9 +50,7 @@ def load_prior(run: Path):
 
 def main():
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument(
-        "runs", nargs="+", help="run folders of 04_rq_transformer.py / 05_vq_diffusion.py"
-    )
+    p.add_argument("runs", nargs="+", help="run folders of 04_rq_transformer.py / 05_vq_diffusion.py")
     p.add_argument("--guidance", type=float, nargs="+", default=[1.0, 2.0, 3.0], help="CFG scales")
     p.add_argument("--temperatures", type=float, nargs="+", default=[1.0], help="04: temperatures")
     p.add_argument("--truncations", type=float, nargs="+", default=[0.86], help="05: truncation r")
@@ -78,7 +76,7 @@ def main():
                 else:
                     codes = vqd.sample(model, sched, c, args.stride, v, guidance=g)
                 seconds = (time.perf_counter() - start) / len(c)
-                images = ar.decode(tok, codes, H)
+                images = stage2.decode(tok, codes, H)
                 q = sample_quality.judge(images, c if n > 1 else None, val, cfg.dataset)
                 print(f"| {g:g} | {v:g} | {100 * q.get('class_acc', float('nan')):.1f} % | "
                       f"{q['confidence']:.3f} | {q['shapes_fd']:.2f} ({q['shapes_fd_floor']:.2f}) | {seconds:.3f} |")  # fmt: skip

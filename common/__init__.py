@@ -11,7 +11,7 @@ Lesson 03 also imports two borrowed networks directly: `lpips.py` (its perceptua
 from .errors import UserError, Interrupted
 
 # cli.py: Config -> flags, the entry point, importing a lesson
-from .cli import lesson, main, TrainConfig, _field_help, parse
+from .cli import lesson, main, TrainConfig, require, _field_help, parse
 
 # device.py: device, seeds, precision, progress bars
 from .device import get_device, seed_everything, autocast, exact_float32, progress, echo

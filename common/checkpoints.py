@@ -50,9 +50,7 @@ def load_checkpoint(path) -> dict:
     try:
         ckpt = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:
-        raise UserError(
-            f"checkpoint {path} is corrupt or not a checkpoint ({type(e).__name__})"
-        ) from None
+        raise UserError(f"checkpoint {path} is corrupt or not a checkpoint ({type(e).__name__})") from None
     if not isinstance(ckpt, dict) or not {"step", "config", "model"} <= ckpt.keys():
         raise UserError(f"checkpoint {path} lacks step/config/model: not written by these lessons")
     return ckpt

@@ -58,9 +58,7 @@ class TrainConfig:
     """Flags every lesson shares. A lesson's Config subclasses this and adds its own fields."""
 
     dataset: str = "shapes"  # a name (see the list at the end), an image folder or a .parquet file
-    image_size: int | None = (
-        None  # pixels (default: shapes/mnist/cifar10 32, flowers 64, others 256)
-    )
+    image_size: int | None = None  # pixels (default: shapes/mnist/cifar10 32, flowers 64, others 256)
     hf_id: str | None = None  # any Hugging Face hub dataset id (overrides --dataset)
     image_column: str | None = None  # image column of --hf-id or a local dataset (default: image)
     label_column: str | None = None  # label column of --hf-id or a local dataset (default: none)
@@ -85,9 +83,7 @@ class TrainConfig:
         """Checks of the shared flags; a lesson's __post_init__ adds its own and calls this."""
         for name in ("steps", "batch_size", "grad_accum", "log_every", "ckpt_every", "eval_images"):
             if getattr(self, name) < 1:
-                raise ValueError(
-                    f"--{name.replace('_', '-')} must be at least 1, got {getattr(self, name)}"
-                )
+                raise ValueError(f"--{name.replace('_', '-')} must be at least 1, got {getattr(self, name)}")
         if not (0 < self.lr < math.inf) or self.num_workers < 0 or not self.ckpt_minutes >= 0:
             raise ValueError(
                 f"--lr must be a finite number > 0 (got {self.lr}), --num-workers and --ckpt-minutes >= 0"
@@ -95,21 +91,23 @@ class TrainConfig:
         if not self.out.strip():
             raise ValueError("--out must name a run folder, got an empty string")
         if self.device not in ("auto", "cpu", "cuda", "mps"):
-            raise ValueError(
-                f"unknown --device '{self.device}'; choose one of: auto, cpu, cuda, mps"
-            )
-        is_path = (
-            "/" in self.dataset or self.dataset.endswith(".parquet") or Path(self.dataset).exists()
-        )
+            raise ValueError(f"unknown --device '{self.device}'; choose one of: auto, cpu, cuda, mps")
+        is_path = "/" in self.dataset or self.dataset.endswith(".parquet") or Path(self.dataset).exists()
         if self.hf_id is None and self.dataset not in (*BUILTIN, *DATASETS) and not is_path:
-            raise ValueError(
-                f"unknown dataset '{self.dataset}'; choose one of: {dataset_choices()}"
-            )
+            raise ValueError(f"unknown dataset '{self.dataset}'; choose one of: {dataset_choices()}")
         size = default_image_size(self)
         if size % 8 or not 8 <= size <= (256 if self.dataset in BUILTIN else 4096):
             raise ValueError(
                 f"--image-size must be a multiple of 8 from 8 to {256 if self.dataset in BUILTIN else 4096}, got {size}"
             )
+
+
+def require(*checks: tuple[bool, str]) -> None:
+    """A Config's flag checks as a table of (condition, message): the first false one is a
+    ValueError with its message (parse() prints it as a one-line error)."""
+    for ok, message in checks:
+        if not ok:
+            raise ValueError(message)
 
 
 def _field_help(cls) -> dict[str, str]:

@@ -35,9 +35,7 @@ DATASETS = {
     "mnist": HubDataset("ylecun/mnist", "image", "label", "train", "test", 32),
     "cifar10": HubDataset("uoft-cs/cifar10", "img", "label", "train", "test", 32),
     "ffhq": HubDataset("merkol/ffhq-256", "image", None, "train", None, 256),
-    "celebahq": HubDataset(
-        "korexyz/celeba-hq-256x256", "image", "label", "train", "validation", 256
-    ),
+    "celebahq": HubDataset("korexyz/celeba-hq-256x256", "image", "label", "train", "validation", 256),
     # Gated: accept the terms on the hub, then `hf auth login` or set HF_TOKEN. Ungated 256 px mirror
     # with the same labels: --hf-id benjamin-paine/imagenet-1k-256x256 --label-column label
     "imagenet": HubDataset(
@@ -50,8 +48,7 @@ DATASETS = {
 
 def dataset_choices() -> str:
     return (
-        ", ".join([*BUILTIN, *DATASETS])
-        + ", --hf-id <hub id>, or a path to an image folder or .parquet file"
+        ", ".join([*BUILTIN, *DATASETS]) + ", --hf-id <hub id>, or a path to an image folder or .parquet file"
     )
 
 
@@ -63,9 +60,7 @@ def native_image_size(path: str, image_column: str = "image") -> int | None:
     """The short side of a local folder's or parquet file's images when the first 64 share one
     size and it is a multiple of 8 from 8 to 4096; else None."""
     p = Path(path)
-    parquet = (
-        [p] if p.suffix == ".parquet" else sorted(p.rglob("*.parquet"))[:1] if p.is_dir() else []
-    )
+    parquet = [p] if p.suffix == ".parquet" else sorted(p.rglob("*.parquet"))[:1] if p.is_dir() else []
     try:
         if parquet:
             import pyarrow.parquet as pq

@@ -33,9 +33,7 @@ def get_device(name: str = "auto") -> torch.device:
     if name not in available:
         raise UserError(f"unknown device '{name}'; choose one of: auto, cpu, cuda, mps")
     if not available[name]:
-        raise UserError(
-            f"--device {name} is not available on this machine; use --device auto or cpu"
-        )
+        raise UserError(f"--device {name} is not available on this machine; use --device auto or cpu")
     if name == "cuda":
         local = int(os.environ.get("LOCAL_RANK", 0))  # torchrun: one GPU per process
         torch.cuda.set_device(local)

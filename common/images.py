@@ -46,9 +46,7 @@ def image_to_tensor(img: Image.Image, size: int) -> torch.Tensor:
 
 def to_uint8(x: torch.Tensor) -> np.ndarray:
     """(..., 3, H, W) in [-1, 1] -> (..., H, W, 3) uint8."""
-    return (
-        ((x.detach().float().clamp(-1, 1) + 1) * 127.5).round().byte().movedim(-3, -1).cpu().numpy()
-    )
+    return ((x.detach().float().clamp(-1, 1) + 1) * 127.5).round().byte().movedim(-3, -1).cpu().numpy()
 
 
 def save_grid(rows: list[torch.Tensor], path, min_size: int = 64) -> None:

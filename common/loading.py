@@ -67,24 +67,16 @@ def _open_hf(cfg, split: str | None):
         if path.is_file() or (path.is_dir() and not cfg.hf_id and cfg.dataset not in DATASETS):
             if path.is_dir() and not any(p.is_file() for p in path.rglob("*")):
                 raise UserError(f"--dataset {path}: the folder holds no files")
-            kind = (
-                "parquet"
-                if path.suffix == ".parquet" or any(path.rglob("*.parquet"))
-                else "imagefolder"
-            )
+            kind = "parquet" if path.suffix == ".parquet" or any(path.rglob("*.parquet")) else "imagefolder"
             key = "data_files" if path.is_file() else "data_dir"
-            ds = datasets.load_dataset(
-                kind, **{key: str(path)}, split="train", streaming=spec.streaming
-            )
+            ds = datasets.load_dataset(kind, **{key: str(path)}, split="train", streaming=spec.streaming)
         else:
             ds = datasets.load_dataset(
                 spec.hub_id, split=split, streaming=spec.streaming, token=os.environ.get("HF_TOKEN")
             )
     except UserError:
         raise
-    except (
-        Exception
-    ) as e:  # network, auth, missing split, unreadable files: one line, not a traceback
+    except Exception as e:  # network, auth, missing split, unreadable files: one line, not a traceback
         msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         hint = (
             ""
@@ -151,11 +143,7 @@ def load_data(cfg, rank: int = 0, world: int = 1):
         keep = [spec.image_column] + ([spec.label_column] if spec.label_column else [])
         lazy = lambda d: d.select_columns(keep).map(fn, batched=True, remove_columns=keep)
         train = lazy(train)
-        val = (
-            lazy(val)
-            if isinstance(val, torch.utils.data.IterableDataset)
-            else val.with_transform(fn)
-        )
+        val = lazy(val) if isinstance(val, torch.utils.data.IterableDataset) else val.with_transform(fn)
     else:
         train, val = train.with_transform(fn), val.with_transform(fn)
     return train, val, classes
@@ -206,9 +194,7 @@ def batches(dataset, cfg, start_step: int = 0, rank: int = 0, world: int = 1):
         perm = torch.randperm(
             len(dataset), generator=torch.Generator().manual_seed(cfg.seed * 100_003 + epoch)
         )
-        perm = perm[rank::world][: per_epoch * B].view(
-            per_epoch, B
-        )  # (steps, B): this rank's batches
+        perm = perm[rank::world][: per_epoch * B].view(per_epoch, B)  # (steps, B): this rank's batches
         loader = torch.utils.data.DataLoader(  # own generator: creating a loader must not consume the global RNG
             dataset,
             batch_sampler=perm[skip:].tolist(),

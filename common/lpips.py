@@ -14,9 +14,7 @@ from .checkpoints import fetch_weights
 VGG16_URL = "https://download.pytorch.org/models/vgg16-397923af.pth"  # torchvision's weights
 
 
-LPIPS_URL = (
-    "https://github.com/richzhang/PerceptualSimilarity/raw/master/lpips/weights/v0.1/vgg.pth"
-)
+LPIPS_URL = "https://github.com/richzhang/PerceptualSimilarity/raw/master/lpips/weights/v0.1/vgg.pth"
 
 
 OFF = "turn the perceptual loss off with --perceptual-weight 0"  # the offline alternative
@@ -72,9 +70,7 @@ class LPIPS(nn.Module):
         self.register_buffer(
             "shift", torch.tensor([-0.030, -0.088, -0.188]).view(1, 3, 1, 1), persistent=False
         )
-        self.register_buffer(
-            "scale", torch.tensor([0.458, 0.448, 0.450]).view(1, 3, 1, 1), persistent=False
-        )
+        self.register_buffer("scale", torch.tensor([0.458, 0.448, 0.450]).view(1, 3, 1, 1), persistent=False)
         if pretrained:
             vgg = fetch_weights(VGG16_URL, "vgg16-397923af.pth", "LPIPS", OFF)
             self.features.load_state_dict(

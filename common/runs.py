@@ -88,9 +88,7 @@ class Run:
         """Stop at the first NaN or infinite loss, before it reaches a checkpoint (a device sync)."""
         if not torch.isfinite(loss.detach()).all():
             kept = (
-                f"{self.ckpt_path} keeps step {self.saved_step}"
-                if self.saved_step
-                else "nothing was saved"
+                f"{self.ckpt_path} keeps step {self.saved_step}" if self.saved_step else "nothing was saved"
             )
             raise UserError(
                 f"the loss became {loss.item()} at step {step}; training stopped and {kept}; lower {flags}"
@@ -106,9 +104,7 @@ class Run:
             torch.distributed.all_reduce(stop, op=torch.distributed.ReduceOp.MAX)
             self.signalled = self.signalled or (signal.SIGTERM if stop.item() else None)
         late = 0 < self.cfg.ckpt_minutes * 60 <= time.monotonic() - self.saved_at
-        return (
-            step % self.cfg.ckpt_every == 0 or step == self.cfg.steps or late or bool(stop.item())
-        )
+        return step % self.cfg.ckpt_every == 0 or step == self.cfg.steps or late or bool(stop.item())
 
     def save(self, step: int, **state) -> None:
         """Write ckpt.pt atomically: {"step", "lesson", "config", "rng", **state} (state dicts).
@@ -149,9 +145,7 @@ class Run:
             if k not in self.RESUMABLE and saved.get(k) != now[k]
         ]
         if diff:
-            raise UserError(
-                f"--resume: {self.ckpt_path} was made with different flags: {'; '.join(diff)}"
-            )
+            raise UserError(f"--resume: {self.ckpt_path} was made with different flags: {'; '.join(diff)}")
         if ckpt["step"] > self.cfg.steps:
             raise UserError(
                 f"--resume: {self.ckpt_path} is at step {ckpt['step']}, past --steps {self.cfg.steps}; pass --steps above {ckpt['step']} to train on"
@@ -177,11 +171,7 @@ class Run:
                 obj.load_state_dict(ckpt[key])
         self.saved_step = ckpt["step"]
         if (self.dir / "metrics.jsonl").exists() and is_main():
-            kept = [
-                r
-                for r in read_log(self.dir)
-                if r.get("step", 0) <= ckpt["step"] and not r.get("final")
-            ]
+            kept = [r for r in read_log(self.dir) if r.get("step", 0) <= ckpt["step"] and not r.get("final")]
             (self.dir / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in kept))
         return ckpt["step"]
 
@@ -189,11 +179,7 @@ class Run:
 def read_log(run_dir) -> list[dict]:
     """The records of a run folder's metrics.jsonl ([] when it has none)."""
     log = Path(run_dir) / "metrics.jsonl"
-    return (
-        [json.loads(line) for line in log.read_text().splitlines() if line.strip()]
-        if log.exists()
-        else []
-    )
+    return [json.loads(line) for line in log.read_text().splitlines() if line.strip()] if log.exists() else []
 
 
 def lesson_name(cfg) -> str:

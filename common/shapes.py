@@ -33,10 +33,7 @@ def _shape_outline(cls: str, cx: float, cy: float, r: float, angle: float):
     """Polygon vertices of one shape class, centred at (cx, cy) with radius r, rotated by angle."""
 
     def polar(radii, phases):
-        return [
-            (cx + q * math.cos(a + angle), cy + q * math.sin(a + angle))
-            for q, a in zip(radii, phases)
-        ]
+        return [(cx + q * math.cos(a + angle), cy + q * math.sin(a + angle)) for q, a in zip(radii, phases)]
 
     full = np.linspace(0, 2 * math.pi, 48, endpoint=False)
     if cls == "circle":
@@ -58,10 +55,7 @@ def _shape_outline(cls: str, cx: float, cy: float, r: float, angle: float):
         hole = [(cx + 0.45 * r * math.cos(angle), cy + 0.45 * r * math.sin(angle))]
         return [
             polar([r] * len(full), full),
-            [
-                (hole[0][0] + 0.8 * r * math.cos(a), hole[0][1] + 0.8 * r * math.sin(a))
-                for a in full
-            ],
+            [(hole[0][0] + 0.8 * r * math.cos(a), hole[0][1] + 0.8 * r * math.sin(a)) for a in full],
         ]
     if cls == "half-disc":
         half = np.linspace(0, math.pi, 25)
@@ -108,9 +102,7 @@ def render_shape(
     draw.polygon(polys[0], fill=255)
     for hole in polys[1:]:
         draw.polygon(hole, fill=0)
-    alpha = (
-        np.asarray(mask.resize((size, size), Image.BOX), np.float32)[..., None] / 255
-    )  # (size, size, 1)
+    alpha = np.asarray(mask.resize((size, size), Image.BOX), np.float32)[..., None] / 255  # (size, size, 1)
     return (bg * (1 - alpha) + fg * alpha).round().astype(np.uint8), label
 
 
@@ -131,9 +123,7 @@ class Shapes(torch.utils.data.Dataset):
 
     def __init__(self, split: str, size: int = 32, seed: int = 0, plain: bool = False):
         if size % 8 or not 8 <= size <= 256:
-            raise UserError(
-                f"shapes: --image-size must be a multiple of 8 from 8 to 256, got {size}"
-            )
+            raise UserError(f"shapes: --image-size must be a multiple of 8 from 8 to 256, got {size}")
         self.n = SHAPES_TRAIN if split == "train" else SHAPES_VAL
         self.base = seed * 10_000_019 + (0 if split == "train" else SHAPES_TRAIN)
         self.size, self.plain = size, plain

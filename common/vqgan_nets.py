@@ -46,9 +46,7 @@ class Attention(nn.Module):
 
     def forward(self, x):
         B, C, H, W = x.shape
-        q, k, v = (
-            self.qkv(self.norm(x)).flatten(2).transpose(1, 2).chunk(3, dim=-1)
-        )  # 3 x (B, HW, C)
+        q, k, v = self.qkv(self.norm(x)).flatten(2).transpose(1, 2).chunk(3, dim=-1)  # 3 x (B, HW, C)
         out = F.scaled_dot_product_attention(q, k, v)  # softmax(q k^T / sqrt(C)) v
         return x + self.proj(out.transpose(1, 2).reshape(B, C, H, W))
 

@@ -24,9 +24,7 @@ def rand(*shape, seed=0, dtype=torch.float64):
 # --- nearest_code (RQ Eq. 1) ---
 
 
-@given(
-    N=st.integers(1, 40), K=st.integers(1, 64), d=st.integers(1, 8), seed=st.integers(0, 2**31 - 1)
-)
+@given(N=st.integers(1, 40), K=st.integers(1, 64), d=st.integers(1, 8), seed=st.integers(0, 2**31 - 1))
 def test_nearest_code_is_a_true_nearest_neighbour(vq, N, K, d, seed):
     z, codebook = rand(N, d, seed=seed), rand(K, d, seed=seed + 1)
     idx = vq.nearest_code(z, codebook)
@@ -185,9 +183,7 @@ def test_quantizer_outputs_codebook_rows_at_the_chosen_codes(vq):
     torch.testing.assert_close(z_q, q.codebook[codes].permute(0, 3, 1, 2))
 
 
-def test_the_nearest_code_search_runs_in_true_float32_also_where_tf32_is_on(
-    vq, monkeypatch, tf32_on
-):
+def test_the_nearest_code_search_runs_in_true_float32_also_where_tf32_is_on(vq, monkeypatch, tf32_on):
     seen, nearest = [], vq.nearest_code
     monkeypatch.setattr(
         vq,
@@ -311,11 +307,7 @@ def test_corrupt_checkpoint_on_resume_exits_2_and_keeps_the_file(tmp_path):
     ckpt = tmp_path / "runs" / "01_vq" / "ckpt.pt"
     ckpt.write_bytes(b"half a checkpoint")
     r = cli("--resume", "--steps", "1", cwd=tmp_path)
-    assert (
-        r.returncode == 2
-        and "runs/01_vq/ckpt.pt is corrupt" in r.stderr
-        and "Traceback" not in r.stderr
-    )
+    assert r.returncode == 2 and "runs/01_vq/ckpt.pt is corrupt" in r.stderr and "Traceback" not in r.stderr
     assert ckpt.read_bytes() == b"half a checkpoint"
 
 
@@ -363,9 +355,7 @@ def test_a_nan_loss_stops_at_its_step_and_keeps_the_last_good_checkpoint(tmp_pat
 
 
 @pytest.mark.parametrize("sig, code", [("SIGTERM", 143), ("SIGINT", 130)])
-def test_a_signal_saves_the_current_step_and_the_run_resumes_without_duplicate_logs(
-    sig, code, tmp_path
-):
+def test_a_signal_saves_the_current_step_and_the_run_resumes_without_duplicate_logs(sig, code, tmp_path):
     import signal as signals
 
     flags = ["--batch-size", "8", "--log-every", "5", "--eval-images", "8"]
@@ -413,9 +403,7 @@ def test_a_moved_run_folder_resumes(vq, tmp_path):
 
 def test_resume_to_fewer_steps_than_the_checkpoint_is_refused(vq, tmp_path):
     vq.train(small(vq, tmp_path, steps=4))
-    with pytest.raises(
-        common.UserError, match="is at step 4, past --steps 2; pass --steps above 4"
-    ):
+    with pytest.raises(common.UserError, match="is at step 4, past --steps 2; pass --steps above 4"):
         vq.train(small(vq, tmp_path, steps=2, resume=True))
 
 

@@ -22,9 +22,7 @@ def rand(*shape, seed=0, dtype=torch.float64):
 # --- residual_quantize (RQ Eq. 3-5) ---
 
 
-@given(
-    N=st.integers(1, 20), K=st.integers(1, 32), d=st.integers(1, 6), seed=st.integers(0, 2**31 - 1)
-)
+@given(N=st.integers(1, 20), K=st.integers(1, 32), d=st.integers(1, 6), seed=st.integers(0, 2**31 - 1))
 def test_depth_one_is_lesson_01_vq(rq, vq, N, K, d, seed):
     z, codebook = rand(N, d, seed=seed), rand(K, d, seed=seed + 1)
     codes, partial = rq.residual_quantize(z, codebook, depth=1)
@@ -112,9 +110,7 @@ def test_depth_one_module_equals_lesson_01_module_step_for_step(rq, vq):
     zb, cb, lb = b(z_e)
     assert torch.equal(ca, cb[..., 0]) and torch.equal(za, zb)
     torch.testing.assert_close(la["loss"], lb["loss"])
-    assert torch.equal(a.codebook, b.codebook) and torch.equal(
-        a.cluster_size, b.books[0].cluster_size
-    )
+    assert torch.equal(a.codebook, b.codebook) and torch.equal(a.cluster_size, b.books[0].cluster_size)
 
 
 def test_shared_mode_holds_one_codebook_and_separate_mode_d(rq):
@@ -172,9 +168,7 @@ def test_shared_ema_step_uses_the_residuals_of_every_depth(rq, vq):
 
 
 def test_short_run_writes_both_figures_and_the_depth_table(rq, tmp_path):
-    cfg = rq.Config(
-        steps=30, batch_size=16, log_every=10, eval_images=32, depth=3, out=str(tmp_path)
-    )
+    cfg = rq.Config(steps=30, batch_size=16, log_every=10, eval_images=32, depth=3, out=str(tmp_path))
     rq.train(cfg)
     assert (tmp_path / "coarse_to_fine.png").stat().st_size > 0
     assert (tmp_path / "code_usage_by_depth.png").stat().st_size > 0

@@ -9,6 +9,7 @@ import pytest
 import torch
 
 import common
+from common import stage2
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -29,9 +30,7 @@ VGG16_FEATURE_KEYS = [
     ("features.28.weight", (512, 512, 3, 3)), ("features.28.bias", (512,)),
 ]  # fmt: skip
 # LPIPS v0.1 vgg.pth: one 1x1 conv per tapped layer.
-LPIPS_HEAD_KEYS = [
-    (f"lin{i}.model.1.weight", (1, c, 1, 1)) for i, c in enumerate((64, 128, 256, 512, 512))
-]
+LPIPS_HEAD_KEYS = [(f"lin{i}.model.1.weight", (1, c, 1, 1)) for i, c in enumerate((64, 128, 256, 512, 512))]
 
 
 @pytest.fixture(scope="module")
@@ -195,18 +194,12 @@ def test_no_discriminator_loss_reaches_the_generator(gan, tmp_path):
 
 def test_load_tokenizer_round_trips_a_02_and_a_03_checkpoint(gan, tmp_path):
     rq = common.lesson("02_rq")
-    m2 = rq.train(
-        rq.Config(steps=3, batch_size=8, eval_images=16, out=str(tmp_path / "rq"), depth=2)
-    )
+    m2 = rq.train(rq.Config(steps=3, batch_size=8, eval_images=16, out=str(tmp_path / "rq"), depth=2))
     m3 = gan.train(small(gan, tmp_path / "gan", steps=3))
     x = torch.randn(2, 3, 32, 32)
     for trained, folder in ((m2, "rq"), (m3, "gan")):
-        tok, cfg = gan.load_tokenizer(tmp_path / folder / "ckpt.pt")
-        assert (
-            cfg.depth == 2
-            and not tok.training
-            and not any(p.requires_grad for p in tok.parameters())
-        )
+        tok, cfg = stage2.load_tokenizer(tmp_path / folder / "ckpt.pt")
+        assert cfg.depth == 2 and not tok.training and not any(p.requires_grad for p in tok.parameters())
         trained.eval()
         with torch.no_grad():
             torch.testing.assert_close(tok(x)[0], trained(x)[0])
@@ -215,18 +208,14 @@ def test_load_tokenizer_round_trips_a_02_and_a_03_checkpoint(gan, tmp_path):
 
 def test_load_tokenizer_rejects_a_lesson_01_checkpoint(gan, vq, tmp_path):
     vq.train(vq.Config(steps=2, batch_size=8, eval_images=16, out=str(tmp_path)))
-    with pytest.raises(
-        common.UserError, match=r"written by 01_vq, not by 02_rq\.py or 03_vqgan\.py"
-    ):
-        gan.load_tokenizer(tmp_path / "ckpt.pt")
+    with pytest.raises(common.UserError, match=r"written by 01_vq, not by 02_rq\.py or 03_vqgan\.py"):
+        stage2.load_tokenizer(tmp_path / "ckpt.pt")
 
 
 def test_cpu_run_without_perceptual_loss_trains_the_gan_without_nan(gan, tmp_path):
     gan.train(small(gan, tmp_path, steps=12, disc_start=4, disc_warmup=2, log_every=4))
     log = [json.loads(line) for line in open(tmp_path / "metrics.jsonl")]
-    assert (
-        log[-1]["final"] and log[-1]["val_psnr"] > 5 and (tmp_path / "coarse_to_fine.png").exists()
-    )
+    assert log[-1]["final"] and log[-1]["val_psnr"] > 5 and (tmp_path / "coarse_to_fine.png").exists()
     assert all(v == v for r in log for v in r.values() if isinstance(v, float))  # no NaN
 
 
@@ -243,9 +232,7 @@ def test_command_line_without_lpips_weights_exits_2_with_the_flag(tmp_path):
 
 
 def test_resume_restores_both_players_exactly(gan, tmp_path):
-    straight = gan.train(
-        small(gan, tmp_path / "a", steps=4, ckpt_every=2, disc_start=1, disc_warmup=1)
-    )
+    straight = gan.train(small(gan, tmp_path / "a", steps=4, ckpt_every=2, disc_start=1, disc_warmup=1))
     gan.train(small(gan, tmp_path / "b", steps=2, ckpt_every=2, disc_start=1, disc_warmup=1))
     resumed = gan.train(
         small(gan, tmp_path / "b", steps=4, ckpt_every=2, disc_start=1, disc_warmup=1, resume=True)

@@ -7,6 +7,7 @@ import pytest
 import torch
 
 import common
+from common import stage2
 
 
 @pytest.fixture(scope="module")
@@ -32,9 +33,7 @@ def test_later_codes_do_not_change_earlier_logits(ar, flatten, t, d):
     changed = codes.clone().view(2, -1)
     changed[:, t * 3 + d :] = torch.randint(7, changed[:, t * 3 + d :].shape)  # at and after (t, d)
     a, b = m(codes, c).view(2, 18, 7), m(changed.view(2, 6, 3), c).view(2, 18, 7)
-    torch.testing.assert_close(
-        a[:, : t * 3 + d + 1], b[:, : t * 3 + d + 1]
-    )  # up to and including (t, d)
+    torch.testing.assert_close(a[:, : t * 3 + d + 1], b[:, : t * 3 + d + 1])  # up to and including (t, d)
 
 
 @pytest.mark.parametrize("flatten", [False, True])
@@ -59,7 +58,7 @@ def test_guided_sampling_draws_from_the_guided_logits_of_full_forward_passes(ar,
 
 
 def test_label_dropout_replaces_the_class_by_no_class_at_its_rate(ar):
-    s = ar.Stage2(*[None] * 8, conditional=True, num_classes=8, H=8, size=32)
+    s = stage2.Stage2(*[None] * 8, conditional=True, num_classes=8, H=8, size=32)
     s.device = torch.device("cpu")
     torch.manual_seed(0)
     c = s.labels(torch.zeros(20000, dtype=torch.long), drop=0.1)
@@ -104,9 +103,7 @@ def test_soft_labels_tend_to_the_one_hot_code_as_tau_goes_to_zero(ar):
     codes, probs = ar.soft_codes(z, codebook, depth=2, tau=1e-4)
     hard, _ = rq.residual_quantize(z, codebook, 2)
     assert torch.equal(codes, hard)  # the argmin codes of lesson 02
-    torch.testing.assert_close(
-        probs, torch.nn.functional.one_hot(hard, 6).float(), atol=1e-3, rtol=0
-    )
+    torch.testing.assert_close(probs, torch.nn.functional.one_hot(hard, 6).float(), atol=1e-3, rtol=0)
 
 
 def test_soft_labels_follow_squared_distances(ar):
@@ -170,7 +167,7 @@ def test_a_draw_at_u_zero_never_picks_a_filtered_code(ar, monkeypatch):
 
 def test_codes_are_the_same_under_bf16_autocast_and_in_float32(ar, tokenizer):
     """Training encodes under the lesson's autocast, validation without: the codes must match."""
-    tok, _ = common.lesson("03_vqgan").load_tokenizer(tokenizer)
+    tok, _ = stage2.load_tokenizer(tokenizer)
     x = common.first_images(common.Shapes("val"), 32)[0]
     plain, _ = ar.encode(tok, x)
     with torch.autocast("cpu", dtype=torch.bfloat16):
@@ -178,10 +175,8 @@ def test_codes_are_the_same_under_bf16_autocast_and_in_float32(ar, tokenizer):
     assert torch.equal(plain, mixed)
 
 
-def test_code_distances_run_in_true_float32_also_where_tf32_is_on(
-    ar, tokenizer, monkeypatch, tf32_on
-):
-    tok, _ = common.lesson("03_vqgan").load_tokenizer(tokenizer)
+def test_code_distances_run_in_true_float32_also_where_tf32_is_on(ar, tokenizer, monkeypatch, tf32_on):
+    tok, _ = stage2.load_tokenizer(tokenizer)
     seen, soft = [], ar.soft_codes
     monkeypatch.setattr(
         ar, "soft_codes", lambda *a: seen.append(torch.get_float32_matmul_precision()) or soft(*a)
@@ -242,10 +237,8 @@ def test_without_a_flag_a_matching_tokenizer_is_reused(ar, tokenizer, tmp_path, 
     monkeypatch.chdir(tmp_path)
     (tmp_path / "runs" / "02_rq").mkdir(parents=True)
     (tmp_path / "runs" / "02_rq" / "ckpt.pt").write_bytes(tokenizer.read_bytes())
-    assert ar.tokenizer_path(ar.Config(out="elsewhere", dataset="shapes")) == Path(
-        "runs/02_rq/ckpt.pt"
-    )
-    assert ar.tokenizer_path(ar.Config(tokenizer="given.pt")) == Path("given.pt")
+    assert stage2.tokenizer_path(ar.Config(out="elsewhere", dataset="shapes")) == Path("runs/02_rq/ckpt.pt")
+    assert stage2.tokenizer_path(ar.Config(tokenizer="given.pt")) == Path("given.pt")
 
 
 def test_a_reused_tokenizer_is_announced_with_its_steps_and_psnr(
@@ -256,21 +249,16 @@ def test_a_reused_tokenizer_is_announced_with_its_steps_and_psnr(
     for name in ("ckpt.pt", "metrics.jsonl"):
         (tmp_path / "runs" / "02_rq" / name).write_bytes((tokenizer.parent / name).read_bytes())
     psnr = common.read_log(tokenizer.parent)[-1]["val_psnr"]
-    ar.tokenizer_path(ar.Config(out="elsewhere", dataset="shapes"))
+    stage2.tokenizer_path(ar.Config(out="elsewhere", dataset="shapes"))
     said = capsys.readouterr()
-    assert (
-        f"reusing runs/02_rq/ckpt.pt (4 steps, validation PSNR {psnr:.2f} dB)"
-        in said.out + said.err
-    )
+    assert f"reusing runs/02_rq/ckpt.pt (4 steps, validation PSNR {psnr:.2f} dB)" in said.out + said.err
     assert "python 02_rq.py --dataset shapes --overwrite" in said.out + said.err
 
 
 def test_a_lesson_01_checkpoint_is_not_a_tokenizer(ar, vq, tmp_path):
     vq.train(vq.Config(steps=1, batch_size=8, eval_images=8, out=str(tmp_path / "vq")))
     with pytest.raises(common.UserError, match="holds no RQ tokenizer"):
-        ar.train(
-            ar.Config(tokenizer=str(tmp_path / "vq" / "ckpt.pt"), steps=1, out=str(tmp_path / "ar"))
-        )
+        ar.train(ar.Config(tokenizer=str(tmp_path / "vq" / "ckpt.pt"), steps=1, out=str(tmp_path / "ar")))
 
 
 def test_command_line_with_a_missing_tokenizer_exits_2(tmp_path):
@@ -330,7 +318,7 @@ def test_a_tokenizer_trained_from_the_command_line_loads(tmp_path):
                        cwd=tmp_path, capture_output=True, text=True, timeout=120)  # fmt: skip
     assert r.returncode == 0, r.stderr
     assert common.load_checkpoint(tmp_path / "tok" / "ckpt.pt")["lesson"] == "02_rq"
-    tok, cfg = common.lesson("03_vqgan").load_tokenizer(tmp_path / "tok" / "ckpt.pt")
+    tok, cfg = stage2.load_tokenizer(tmp_path / "tok" / "ckpt.pt")
     assert cfg.depth == 2 and tok.quantizer.depth == 2
 
 
@@ -339,13 +327,9 @@ def test_two_accumulated_micro_batches_equal_one_batch_of_twice_the_size(ar, tok
     two = ar.train(small(ar, tokenizer, tmp_path / "two", steps=1, batch_size=8, grad_accum=2))
     for (name, a), b in zip(one.state_dict().items(), two.state_dict().values()):
         torch.testing.assert_close(a, b, atol=1e-6, rtol=1e-5, msg=name)
-    half = ar.train(
-        small(ar, tokenizer, tmp_path / "half", steps=1, batch_size=8)
-    )  # micro-batch 1 only
+    half = ar.train(small(ar, tokenizer, tmp_path / "half", steps=1, batch_size=8))  # micro-batch 1 only
     # Adam's first step is -lr * sign(g): the two differ where the gradients' signs differ
-    differ = [
-        not torch.allclose(a, b, atol=1e-7) for a, b in zip(half.parameters(), two.parameters())
-    ]
+    differ = [not torch.allclose(a, b, atol=1e-7) for a, b in zip(half.parameters(), two.parameters())]
     assert any(differ)
 
 

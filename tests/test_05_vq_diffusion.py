@@ -8,6 +8,7 @@ import torch
 import torch.nn.functional as F
 
 import common
+from common import stage2
 
 
 @pytest.fixture(scope="module")
@@ -102,9 +103,7 @@ def test_posterior_equals_bayes_rule_with_explicit_matrices(vqd, noise, t, s):
             if q_t < 1e-12:
                 continue  # x_t cannot follow from this x_0
             want = bayes_posterior(vqd, sched, x0, x_t, t, s)
-            got = vqd.log_q_posterior(
-                one_hot_log(torch.tensor([x0]), K), torch.tensor([x_t]), sched, t, s
-            )
+            got = vqd.log_q_posterior(one_hot_log(torch.tensor([x0]), K), torch.tensor([x_t]), sched, t, s)
             torch.testing.assert_close(got.exp()[0], want, atol=1e-12, rtol=1e-9)
 
 
@@ -173,9 +172,7 @@ def test_L_t_minus_1_is_zero_for_an_exact_x0_prediction_and_positive_otherwise(v
     l_vlb, l_x0 = vqd.losses(exact, x0, x_t, sched, t)
     assert l_vlb.abs().max() < 1e-5 and l_x0.abs().max() < 1e-5
     l_vlb, l_x0 = vqd.losses(torch.zeros_like(exact), x0, x_t, sched, t)
-    assert l_vlb.mean() > 1e-3 and l_x0.mean() == pytest.approx(
-        torch.log(torch.tensor(K * 1.0)).item()
-    )
+    assert l_vlb.mean() > 1e-3 and l_x0.mean() == pytest.approx(torch.log(torch.tensor(K * 1.0)).item())
 
 
 def test_q_sample_draws_the_closed_form(vqd):
@@ -217,13 +214,7 @@ def test_truncation_keeps_the_smallest_set_of_mass_r(vqd):
     ar = common.lesson("04_rq_transformer")
     p = torch.tensor([[0.5, 0.3, 0.1, 0.06, 0.04]])
     kept = lambda r: torch.isfinite(ar.filter_logits(p.log(), top_p=r)).sum().item()
-    assert (
-        kept(0.5) == 1
-        and kept(0.79) == 2
-        and kept(0.86) == 3
-        and kept(0.9) == 3
-        and kept(0.91) == 4
-    )
+    assert kept(0.5) == 1 and kept(0.79) == 2 and kept(0.86) == 3 and kept(0.9) == 3 and kept(0.91) == 4
 
 
 @pytest.mark.parametrize("stride", [1, 4, 6])
@@ -257,9 +248,7 @@ def test_renoised_inpainting_shows_the_network_noised_known_codes_and_ends_clean
     known, keep = torch.randint(K, (64, 9, 2)), torch.ones(64, 9, 2, dtype=torch.bool)
     sched = schedule(vqd, "mask")
     torch.manual_seed(4)
-    x = vqd.sample(
-        m, sched, torch.zeros(64, dtype=torch.long), known=known, keep=keep, renoise=True
-    )
+    x = vqd.sample(m, sched, torch.zeros(64, dtype=torch.long), known=known, keep=keep, renoise=True)
     assert (x == known).all()
     for x_t, t in seen[1:]:  # the first call sees x_T, drawn before any step
         masked = (x_t == K).double().mean().item()
@@ -368,9 +357,7 @@ def test_bad_flags_are_errors(vqd, flags, message):
         vqd.Config(**flags)
 
 
-def test_the_default_tokenizer_is_a_depth_1_vq_with_128_codes(
-    vqd, tokenizer, tmp_path, monkeypatch
-):
+def test_the_default_tokenizer_is_a_depth_1_vq_with_128_codes(vqd, tokenizer, tmp_path, monkeypatch):
     """A depth-2 tokenizer in runs/02_rq is not reused: lesson 05 trains the paper's kind of VQ."""
     ar = common.lesson("04_rq_transformer")
     monkeypatch.chdir(tmp_path)
@@ -378,7 +365,7 @@ def test_the_default_tokenizer_is_a_depth_1_vq_with_128_codes(
     (tmp_path / "runs" / "02_rq" / "ckpt.pt").write_bytes(tokenizer.read_bytes())  # depth 2
     trained = []
     monkeypatch.setattr(ar.rq, "train", trained.append)
-    ar.tokenizer_path(vqd.Config(dataset="shapes", out="r05"))
+    stage2.tokenizer_path(vqd.Config(dataset="shapes", out="r05"))
     assert (trained[0].depth, trained[0].codebook_size, trained[0].out) == (1, 128, "r05/tokenizer")
 
 

@@ -134,18 +134,14 @@ def write_parquet(path: Path, n=20) -> Path:
     features = datasets.Features(
         {"picture": datasets.Image(), "kind": datasets.ClassLabel(names=["a", "b", "c"])}
     )
-    ds = datasets.Dataset.from_dict(
-        {"picture": images, "kind": [i % 3 for i in range(n)]}, features=features
-    )
+    ds = datasets.Dataset.from_dict({"picture": images, "kind": [i % 3 for i in range(n)]}, features=features)
     ds.to_parquet(str(path))
     return path
 
 
 def test_image_folder_loads_through_the_hub_code_path(tmp_path):
     folder = write_image_folder(tmp_path / "imgs")
-    train, val, classes = common.load_data(
-        data_cfg(dataset=str(folder), image_size=16, label_column="label")
-    )
+    train, val, classes = common.load_data(data_cfg(dataset=str(folder), image_size=16, label_column="label"))
     assert classes == ("cats", "dogs") and len(train) + len(val) == 24 and len(val) == 2
     x, y = next(common.batches(train, data_cfg(batch_size=4)))
     assert x.shape == (4, 3, 16, 16) and x.min() >= -1 and x.max() <= 1
@@ -207,9 +203,7 @@ def test_a_stream_too_short_for_one_batch_is_an_error(tmp_path):
 
 def test_missing_column_error_lists_the_columns(tmp_path):
     path = write_parquet(tmp_path / "data.parquet")
-    with pytest.raises(
-        common.UserError, match="no image column 'image'; its columns are: picture, kind"
-    ):
+    with pytest.raises(common.UserError, match="no image column 'image'; its columns are: picture, kind"):
         common.load_data(data_cfg(dataset=str(path), image_size=8))
 
 
@@ -236,8 +230,7 @@ def test_hub_dataset_offline_fails_with_one_line():
 def test_dataset_table_names_the_known_column_traps():
     assert common.DATASETS["cifar10"].image_column == "img"
     assert (
-        common.DATASETS["imagenet"].hub_id == "ILSVRC/imagenet-1k"
-        and common.DATASETS["imagenet"].streaming
+        common.DATASETS["imagenet"].hub_id == "ILSVRC/imagenet-1k" and common.DATASETS["imagenet"].streaming
     )
     assert {
         "mnist",
@@ -328,9 +321,7 @@ def test_codebook_stats_usage_and_perplexity():
 
 
 def test_image_grid_is_written_enlarged(tmp_path):
-    common.save_grid(
-        [torch.zeros(3, 3, 8, 8), torch.ones(2, 3, 8, 8)], tmp_path / "g.png", min_size=32
-    )
+    common.save_grid([torch.zeros(3, 3, 8, 8), torch.ones(2, 3, 8, 8)], tmp_path / "g.png", min_size=32)
     im = Image.open(tmp_path / "g.png")
     assert im.size == ((3 * 10 + 2) * 4, (2 * 10 + 2) * 4)
 

@@ -28,9 +28,7 @@ def torchrun(lesson: str, out: Path, **flags) -> tuple[dict, dict]:
 SMALL = dict(steps=3, batch_size=8, eval_images=8, log_every=1)
 
 
-@pytest.mark.parametrize(
-    "lesson, extra", [("01_vq", dict(codebook_size=64)), ("02_rq", dict(depth=2))]
-)
+@pytest.mark.parametrize("lesson, extra", [("01_vq", dict(codebook_size=64)), ("02_rq", dict(depth=2))])
 def test_both_ranks_hold_the_same_weights_and_codebook_with_restarts_on(lesson, extra, tmp_path):
     a, b = torchrun(lesson, tmp_path, **SMALL, **extra)  # default dead_threshold: restarts happen
     assert a.keys() == b.keys()
@@ -38,9 +36,7 @@ def test_both_ranks_hold_the_same_weights_and_codebook_with_restarts_on(lesson, 
         assert torch.equal(a[k], b[k]), k
     log = [json.loads(line) for line in open(tmp_path / "metrics.jsonl")]
     assert sum(r.get("restarted", 0) for r in log) > 0  # the restart path was exercised
-    assert (tmp_path / "ckpt.pt").exists() and common.load_checkpoint(tmp_path / "ckpt.pt")[
-        "step"
-    ] == 3
+    assert (tmp_path / "ckpt.pt").exists() and common.load_checkpoint(tmp_path / "ckpt.pt")["step"] == 3
 
 
 @pytest.mark.parametrize("lesson", ["01_vq", "02_rq"])
@@ -48,9 +44,7 @@ def test_ema_statistics_equal_one_process_over_the_concatenated_batch(lesson, tm
     flags = dict(SMALL, steps=2, dead_threshold=0.0)  # no restarts: they pick random vectors
     a, b = torchrun(lesson, tmp_path / "ddp", **flags)
     mod = common.lesson(lesson)
-    one = mod.train(
-        mod.Config(**dict(flags, batch_size=16), out=str(tmp_path / "one"))
-    ).state_dict()
+    one = mod.train(mod.Config(**dict(flags, batch_size=16), out=str(tmp_path / "one"))).state_dict()
     for key in a:
         if "cluster_size" in key or "embed_sum" in key or "codebook" in key:
             torch.testing.assert_close(a[key], one[key], atol=1e-5, rtol=1e-4, msg=key)
@@ -65,9 +59,7 @@ def test_ema_statistics_equal_one_process_over_the_concatenated_batch(lesson, tm
 
 def test_vqgan_both_players_stay_in_sync(tmp_path):
     """03: G and D are both DistributedDataParallel; lambda uses autograd.grad inside G's step."""
-    a, b = torchrun(
-        "03_vqgan", tmp_path, **SMALL, disc_start=0, disc_warmup=1, perceptual_weight=0.0
-    )
+    a, b = torchrun("03_vqgan", tmp_path, **SMALL, disc_start=0, disc_warmup=1, perceptual_weight=0.0)
     for k in a:
         assert torch.equal(a[k], b[k]), k
     log = [json.loads(line) for line in open(tmp_path / "metrics.jsonl")]

@@ -16,9 +16,9 @@ import common
 import fid
 
 ROOT = Path(__file__).resolve().parent.parent
-SHAPES = json.loads(
-    (Path(__file__).parent / "data" / "fid_inception_state_dict_shapes.json").read_text()
-)["keys"]
+SHAPES = json.loads((Path(__file__).parent / "data" / "fid_inception_state_dict_shapes.json").read_text())[
+    "keys"
+]
 
 
 def test_the_network_has_exactly_the_keys_and_shapes_of_pytorch_fids_weights_file():
@@ -35,9 +35,7 @@ def test_a_state_dict_of_those_keys_and_shapes_loads_strictly_and_gives_pool3_fe
             return torch.tensor(0)  # num_batches_tracked
         if key.endswith("conv.weight") or key == "fc.weight":
             return torch.randn(shape) / torch.tensor(shape[1:]).prod().sqrt()
-        return (
-            torch.ones(shape) if key.endswith(("bn.weight", "running_var")) else torch.zeros(shape)
-        )
+        return torch.ones(shape) if key.endswith(("bn.weight", "running_var")) else torch.zeros(shape)
 
     state = {k: tensor(k, s) for k, s in SHAPES.items()}
     net = fid.FIDInception()
@@ -78,9 +76,7 @@ def test_frechet_distance_of_a_scaled_full_covariance():
 def test_fid_of_samples_approaches_the_distance_of_their_gaussians():
     torch.manual_seed(3)
     a = torch.randn(200_000, 2, dtype=torch.float64)
-    b = torch.randn(200_000, 2, dtype=torch.float64) * torch.tensor([2.0, 1.0]) + torch.tensor(
-        [1.0, 0.0]
-    )
+    b = torch.randn(200_000, 2, dtype=torch.float64) * torch.tensor([2.0, 1.0]) + torch.tensor([1.0, 0.0])
     assert fid.fid(a, b) == pytest.approx(1 + 1, abs=0.03)  # ||(1, 0)||^2 + (2 - 1)^2
 
 
@@ -107,12 +103,8 @@ def test_rfid_is_zero_for_a_perfect_reconstruction_and_grows_with_noise():
     loader = [(x, torch.zeros(len(x))) for x in images.split(16)]
     net = tiny_net()
     assert fid.rfid(Identity(), loader, net=net) == pytest.approx(0.0, abs=1e-9)
-    slightly = fid.rfid(
-        Identity(), loader, reconstruct=lambda x: x + 0.1 * torch.randn_like(x), net=net
-    )
-    very = fid.rfid(
-        Identity(), loader, reconstruct=lambda x: x + 1.0 * torch.randn_like(x), net=net
-    )
+    slightly = fid.rfid(Identity(), loader, reconstruct=lambda x: x + 0.1 * torch.randn_like(x), net=net)
+    very = fid.rfid(Identity(), loader, reconstruct=lambda x: x + 1.0 * torch.randn_like(x), net=net)
     assert 0 < slightly < very
 
 
@@ -123,9 +115,7 @@ def test_offline_without_the_weights_file_is_a_clear_error(tmp_path, monkeypatch
         "load_state_dict_from_url",
         lambda *a, **k: (_ for _ in ()).throw(OSError("offline")),
     )
-    with pytest.raises(
-        common.UserError, match=r"FID needs pt_inception-2015-12-05-6726825d.pth.*MSE / PSNR"
-    ):
+    with pytest.raises(common.UserError, match=r"FID needs pt_inception-2015-12-05-6726825d.pth.*MSE / PSNR"):
         fid.inception()
 
 

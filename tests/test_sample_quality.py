@@ -47,9 +47,7 @@ def test_frechet_distance_of_two_halves_of_real_images_is_small_and_grows_with_c
     f = lambda images: sq._features_and_probs(net, images)[0]
     a, b = f(x[:500]), f(x[500:])
     g = torch.Generator().manual_seed(1)
-    noisy = [
-        f((x[500:] + s * torch.randn(x[500:].shape, generator=g)).clamp(-1, 1)) for s in (0.2, 0.5)
-    ]
+    noisy = [f((x[500:] + s * torch.randn(x[500:].shape, generator=g)).clamp(-1, 1)) for s in (0.2, 0.5)]
     same, slightly, very = sq.frechet(a, b), sq.frechet(a, noisy[0]), sq.frechet(a, noisy[1])
     assert same < 0.2 * slightly and slightly < very
 

@@ -1,0 +1,220 @@
+"""Stage 2 of lessons 04 and 05: the frozen tokenizer (loaded from a lesson 02/03 checkpoint, or
+trained once with lesson 02), the data and class conditioning, the optimizer and lr schedule both
+priors use, and their samples.png and its judgement.
+
+A student may skip this folder: nothing in it is a concept the lessons teach. Helpers import no
+lesson when they are imported; a tokenizer checkpoint is rebuilt by the lesson named inside it.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+import torch.nn as nn
+from einops import rearrange
+
+import sample_quality
+
+from .checkpoints import load_checkpoint, load_state
+from .cli import lesson, require
+from .datasets import default_image_size
+from .device import echo, get_device, seed_everything
+from .dist import barrier, distributed
+from .errors import UserError
+from .images import save_grid
+from .loading import load_data
+from .runs import Run, read_log
+
+
+def check_prior_flags(cfg) -> None:
+    """The flag checks lessons 04 and 05 share (tokenizer shape, guidance, dropout, samples)."""
+    shape = "--tokenizer-depth and --tokenizer-codebook-size must be at least 1"
+    require(
+        (min(cfg.tokenizer_depth, cfg.tokenizer_codebook_size or 1) >= 1, shape),
+        (0 <= cfg.label_dropout < 1, f"--label-dropout must be in [0, 1) (got {cfg.label_dropout})"),
+        (cfg.guidance >= 0, f"--guidance >= 0 (got {cfg.guidance})"),
+        (0 <= cfg.dropout < 1, f"--dropout must be in [0, 1) (got {cfg.dropout})"),
+        (cfg.samples_per_class >= 1, f"--samples-per-class >= 1 (got {cfg.samples_per_class})"),
+    )
+
+
+def load_tokenizer(path, device="cpu"):
+    """(model, cfg) rebuilt from a checkpoint of 02_rq.py or 03_vqgan.py alone; frozen, eval mode.
+
+    model.encoder, model.quantizer (with .codebook (K, d) and .quantize) and model.decoder are
+    the pieces stage 2 needs; cfg is the Config the checkpoint was trained with.
+    """
+    ckpt = load_checkpoint(path)
+    name = ckpt.get("lesson")
+    if name not in ("02_rq", "03_vqgan"):
+        raise UserError(
+            f"checkpoint {path} was written by {name or 'an unknown script'}, not by 02_rq.py or 03_vqgan.py: it holds no RQ tokenizer"
+        )
+    maker = lesson(name)  # the lesson that wrote it rebuilds it
+    cfg = maker.Config(**{k: tuple(v) if isinstance(v, list) else v for k, v in ckpt["config"].items()})
+    model = maker.build(cfg)
+    load_state(model, ckpt["model"], path)
+    return model.to(device).eval().requires_grad_(False), cfg
+
+
+def tokenizer_path(cfg) -> Path:
+    """--tokenizer, else the first of runs/02_rq/ckpt.pt (lesson 02's default run),
+    runs/04_rq_transformer/tokenizer/ckpt.pt (the one this lesson trains) and
+    <out>/tokenizer/ckpt.pt that was trained on this dataset with --tokenizer-depth and
+    --tokenizer-codebook-size, else a lesson-02 RQ-VAE of that shape trained (once) into
+    <out>/tokenizer."""
+    if cfg.tokenizer:
+        return Path(cfg.tokenizer)
+    shape = {"depth": cfg.tokenizer_depth, "codebook_size": cfg.tokenizer_codebook_size}
+    shape = {k: v for k, v in shape.items() if v is not None}  # None: lesson 02's preset
+    same = lambda ckpt_cfg: (
+        (ckpt_cfg["dataset"], ckpt_cfg["hf_id"], ckpt_cfg["image_size"])
+        == (cfg.dataset, cfg.hf_id, cfg.image_size)
+        and all(ckpt_cfg.get(k) == v for k, v in shape.items())
+    )
+    candidates = ("runs/02_rq", "runs/04_rq_transformer/tokenizer", f"{cfg.out}/tokenizer")
+    for path in (Path(folder) / "ckpt.pt" for folder in candidates):
+        if path.exists() and same((ckpt := load_checkpoint(path))["config"]):
+            final = [r for r in read_log(path.parent) if r.get("final")]
+            psnr = f"validation PSNR {final[-1]['val_psnr']:.2f} dB" if final else "no validation yet"
+            echo(
+                f"tokenizer: reusing {path} ({ckpt['step']} steps, {psnr}); pass --tokenizer, or "
+                f"train a fresh one with `python 02_rq.py --dataset {cfg.dataset} --overwrite`"
+            )
+            return path
+    out = Path(cfg.out) / "tokenizer"
+    echo(f"tokenizer: none given; training a lesson-02 RQ-VAE into {out}")
+    flags = dict(
+        dataset=cfg.dataset,
+        hf_id=cfg.hf_id,
+        image_size=cfg.image_size,
+        image_column=cfg.image_column,
+    )
+    rq = lesson("02_rq")  # imported here, when a tokenizer must be trained
+    rq.train(
+        rq.Config(
+            **flags,
+            label_column=cfg.label_column,
+            device=cfg.device,
+            seed=cfg.seed,
+            out=str(out),
+            overwrite=True,
+            **shape,
+        )
+    )
+    barrier()  # under torchrun: rank 0 has written the checkpoint before anyone reads it
+    return out / "ckpt.pt"
+
+
+@torch.no_grad()
+def decode(tok, codes: torch.Tensor, H: int) -> torch.Tensor:
+    """codes (B, T, D) -> images (B, 3, S, S) through the tokenizer: z^ = sum_d e(S_td)."""
+    z_q = rearrange(tok.quantizer.codebook[codes].sum(2), "b (h w) d -> b d h w", h=H)
+    return tok.decoder(z_q)
+
+
+@dataclass
+class Stage2:
+    """What a stage-2 lesson (04, 05) needs before it builds its prior: the frozen tokenizer, the
+    data and the shape of the code grid."""
+
+    device: torch.device
+    rank: int  # this process under torchrun (0 otherwise)
+    world: int  # number of processes
+    run: Run
+    tokenizer_path: Path
+    tok: nn.Module  # frozen: .encoder, .quantizer (.codebook (K, d), .depth), .decoder
+    train_set: object
+    val_set: object
+    conditional: bool
+    num_classes: int  # 1 when unconditional
+    H: int  # the code grid is H x H: T = H * H positions of D codes
+    size: int  # image side in pixels
+
+    def labels(self, y: torch.Tensor, drop: float = 0.0) -> torch.Tensor:
+        """The class each image is conditioned on, on the device: y, or 0 when unconditional; with
+        drop > 0 (training for guidance) each one is "no class" (num_classes) with that chance."""
+        if not self.conditional:
+            return torch.zeros_like(y, device=self.device)
+        c = y.to(self.device)
+        if drop == 0:
+            return c
+        return torch.where(torch.rand(len(c), device=self.device) < drop, self.num_classes, c)
+
+
+def setup(cfg) -> Stage2:
+    """Run folder, tokenizer (checked against --image-size), data, and class conditioning."""
+    rank, world = distributed()  # (0, 1) unless launched by torchrun
+    device = get_device(cfg.device)
+    run = Run(cfg)
+    path = tokenizer_path(cfg)
+    tok, tok_cfg = load_tokenizer(path, device)
+    if not tok.quantizer.shared:
+        raise UserError(
+            f"tokenizer {path} has separate codebooks; stage 2 needs one shared codebook (--codebooks shared)"
+        )
+    seed_everything(cfg.seed)
+    size = default_image_size(tok_cfg)
+    if default_image_size(cfg) != size:
+        raise UserError(
+            f"tokenizer {path} was trained on {size} px images, not --image-size {default_image_size(cfg)}"
+        )
+    train_set, val_set, classes = load_data(cfg, rank, world)
+    conditional = classes is not None if cfg.conditional is None else cfg.conditional
+    num_classes = len(classes) if conditional and classes else 1
+    H = size // tok_cfg.downsample
+    return Stage2(device, rank, world, run, path, tok, train_set, val_set, conditional, num_classes, H, size)
+
+
+def sample_classes(s: Stage2, per_row: int) -> torch.Tensor:
+    """Labels for samples.png: one row per class (at most 8), or 4 rows of class 0. -> (rows * per_row,)"""
+    if not s.conditional:
+        return torch.zeros(4 * per_row, dtype=torch.long, device=s.device)
+    return torch.arange(min(s.num_classes, 8), device=s.device).repeat_interleave(per_row)
+
+
+def save_samples(s: Stage2, codes: torch.Tensor, per_row: int) -> torch.Tensor:
+    """Decode sampled codes (B, T, D), write samples.png with per_row images in each row, and
+    return the images (B, 3, S, S)."""
+    images = decode(s.tok, codes, s.H)
+    save_grid(list(images.view(-1, per_row, *images.shape[1:])), s.run.dir / "samples.png")
+    return images
+
+
+def judge_samples(s: Stage2, cfg, images: torch.Tensor, c: torch.Tensor) -> dict:
+    """Sample quality of images drawn for classes c (sample_quality.py): printed, and returned
+    with "sample_" before each name for metrics.jsonl."""
+    dataset = cfg.dataset if cfg.hf_id is None else cfg.hf_id
+    quality = sample_quality.judge(images, c if s.conditional else None, s.val_set, dataset)
+    echo(f"samples.png ({len(images)} images): {sample_quality.summary(quality)}")
+    return {f"sample_{k}": v for k, v in quality.items()}
+
+
+def adamw(model: nn.Module, cfg, betas: tuple[float, float]) -> torch.optim.AdamW:
+    """AdamW with --weight-decay on the matrices, none on biases, norms and position tables."""
+    named = list(model.named_parameters())
+    decay = [p for n, p in named if p.dim() >= 2 and "pos" not in n]
+    rest = [p for n, p in named if p.dim() < 2 or "pos" in n]
+    groups = [
+        {"params": decay, "weight_decay": cfg.weight_decay},
+        {"params": rest, "weight_decay": 0},
+    ]
+    return torch.optim.AdamW(groups, lr=cfg.lr, betas=betas)
+
+
+def set_lr(opt: torch.optim.Optimizer, cfg, step: int) -> None:
+    """lr = --lr x a linear warm-up over the first 100 steps x a cosine decay over --steps."""
+    warm = min(1.0, (step + 1) / 100)
+    for group in opt.param_groups:
+        group["lr"] = cfg.lr * warm * 0.5 * (1 + math.cos(math.pi * step / cfg.steps))
+
+
+def log_step(run: Run, step: int, **values: torch.Tensor) -> None:
+    """Print 'step N | name value | ...' and append it to metrics.jsonl (reads the tensors: a
+    device sync, so call it every --log-every steps only)."""
+    values = {k: v.item() for k, v in values.items()}
+    echo(f"step {step} | " + " | ".join(f"{k} {v:.4f}" for k, v in values.items()))
+    run.log({"step": step, **values})
