@@ -274,9 +274,9 @@ def evaluate(model: nn.Module, val_set, cfg: Config, device) -> dict:
     }
 
 
-def finish(model: nn.Module, val_set, cfg: Config, run, device, report=None) -> dict:
-    """After training: validation metrics, recon.png (originals over reconstructions), the
-    lesson's own report, and the final record of metrics.jsonl."""
+def finish(model: nn.Module, val_set, cfg: Config, run, device, extra: dict | None = None) -> dict:
+    """After training: validation metrics, recon.png (originals over reconstructions), and the
+    final record of metrics.jsonl (with a later lesson's `extra` metrics)."""
     metrics = evaluate(model, val_set, cfg, device)
     x = common.first_images(val_set, 8)[0].to(device)
     with torch.no_grad():
@@ -284,60 +284,55 @@ def finish(model: nn.Module, val_set, cfg: Config, run, device, report=None) -> 
         common.save_grid([x, model(x)[0]], run.dir / "recon.png")
         model.train()
     common.echo(" | ".join(f"{k} {v:.4g}" for k, v in metrics.items()))
-    if report is not None:
-        metrics.update(report(model, val_set, run.dir, device))
-    run.log({"step": cfg.steps, "final": True, **metrics})
+    run.log({"step": cfg.steps, "final": True, **metrics, **(extra or {})})
     return metrics
 
 
-def train(cfg: Config, build=VQVAE, report=None) -> nn.Module:
-    """Train build(cfg) to reconstruct images; write ckpt.pt, metrics.jsonl and recon.png to cfg.out.
+def log_codes(run, step: int, rec, commit, counts: torch.Tensor, restarted: int) -> None:
+    """Print and log the losses and the codebook's health since the last log line."""
+    stats, rec, commit = common.codebook_stats(counts), rec.item(), commit.item()
+    used = f"{len(counts) - stats['unused']}/{len(counts)}"
+    common.echo(
+        f"step {step} | rec {rec:.4f} | commit {commit:.4f} | codes used {used} | "
+        f"perplexity {stats['perplexity']:.0f} | restarted {restarted}"
+    )
+    run.log({"step": step, "rec": rec, "commit": commit, **stats, "restarted": restarted})
 
-    Later lessons reuse this loop: `build(cfg)` makes their model, and `report(model, val_set,
-    run_dir, device) -> dict` adds their own figures and final metrics.
-    """
+
+def train(cfg: Config) -> nn.Module:
+    """Train a VQ-VAE to reconstruct images; write ckpt.pt, metrics.jsonl and recon.png to cfg.out."""
     rank, world = common.distributed()  # (0, 1) unless launched by torchrun
     device = common.get_device(cfg.device)
     common.seed_everything(cfg.seed)
     run = common.Run(cfg)
     train_set, val_set, _ = common.load_data(cfg, rank, world)
-    model = build(cfg).to(device)
+    model = VQVAE(cfg).to(device)
     opt = torch.optim.Adam(model.parameters(), lr=cfg.lr)
     start = run.restore(model=model, opt=opt)  # 0 unless --resume
     data = common.batches(train_set, cfg, start * cfg.grad_accum, rank, world)
-    model = common.compiled(common.wrap(model, device), cfg)  # DDP under torchrun; --compile
-    counts, restarted = torch.zeros(cfg.codebook_size), 0
-    quantizer = common.unwrap(model).quantizer
+    ddp = common.compiled(common.wrap(model, device), cfg)  # DDP under torchrun; --compile
+    counts, restarted = torch.zeros(cfg.codebook_size), 0  # code usage since the last log line
     for step in run.steps(start):  # a progress bar; Ctrl-C / SIGTERM end it after a checkpoint
         opt.zero_grad(set_to_none=True)
         for micro in range(cfg.grad_accum):  # the EMA codebook takes one step per micro-batch
             x = next(data)[0].to(device, non_blocking=True)
-            with common.accumulating(model, micro, cfg.grad_accum):
-                with common.autocast(device):
-                    x_hat, codes, q = model(x)
+            with common.accumulating(ddp, micro, cfg.grad_accum):  # DDP syncs on the last one
+                with common.autocast(device):  # bf16 on CUDA, float32 elsewhere
+                    x_hat, codes, q = ddp(x)
                 rec = F.mse_loss(x_hat.float(), x)  # RQ Eq. 6: ||x - x^||^2
-                loss = rec + q["loss"]
+                loss = rec + q["loss"]  # + the VQ loss (beta x commitment; codebook by EMA)
                 (loss / cfg.grad_accum).backward()
             run.check_finite(loss, step + 1)  # stop at a NaN loss, before it is saved
             counts += torch.bincount(codes.flatten().cpu(), minlength=cfg.codebook_size)
-            restarted += quantizer.n_dead
+            restarted += model.quantizer.n_dead
         opt.step()
-        if (step + 1) % cfg.log_every == 0:  # codebook health since the last log line
-            stats = common.codebook_stats(counts)
-            rec_, commit = rec.item(), q["commit"].item()
-            common.echo(
-                f"step {step + 1} | rec {rec_:.4f} | commit {commit:.4f} | codes used "
-                f"{cfg.codebook_size - stats['unused']}/{cfg.codebook_size} | perplexity "
-                f"{stats['perplexity']:.0f} | restarted {restarted}"
-            )
-            run.log({"step": step + 1, "rec": rec_, "commit": commit, **stats, "restarted": restarted})
-            counts.zero_()
-            restarted = 0
+        if (step + 1) % cfg.log_every == 0:
+            log_codes(run, step + 1, rec, q["commit"], counts, restarted)
+            counts, restarted = counts.zero_(), 0
         if run.save_due(step + 1):  # every --ckpt-every steps or --ckpt-minutes, at the end, on a signal
-            run.save(step + 1, model=common.unwrap(model).state_dict(), opt=opt.state_dict())
-    model = common.unwrap(model)
+            run.save(step + 1, model=model.state_dict(), opt=opt.state_dict())
     if common.is_main():
-        finish(model, val_set, cfg, run, device, report)
+        finish(model, val_set, cfg, run, device)
     return model
 
 

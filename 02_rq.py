@@ -35,7 +35,7 @@ from matplotlib.figure import Figure  # figures drawn straight to files: no GUI 
 
 import common
 
-vq = common.lesson("01_vq")  # nearest_code, straight_through, VectorQuantizer, VQVAE, train
+vq = common.lesson("01_vq")  # nearest_code, straight_through, VectorQuantizer, VQVAE, log_codes, finish
 
 # --- config ---
 
@@ -315,13 +315,45 @@ def plot_code_usage(counts: torch.Tensor, norms: torch.Tensor, path) -> None:
 
 
 def train(cfg: Config) -> nn.Module:
-    """Lesson 01's loop with the residual quantizer, then the depth report and figures."""
+    """Lesson 01's training with the residual quantizer: L = L_recon + beta L_commit over all
+    depths (RQ Eq. 6-7), codebook by EMA; the log adds the codes used at each depth, and the end
+    the depth report and figures."""
     common.echo(f"preset '{common.preset_name(cfg)}': the defaults of the flags left unset")
-    return vq.train(
-        cfg,
-        build,
-        report=lambda model, val, run_dir, device: report(model, val, run_dir, device, cfg),
-    )
+    rank, world = common.distributed()  # (0, 1) unless launched by torchrun
+    device = common.get_device(cfg.device)
+    common.seed_everything(cfg.seed)
+    run = common.Run(cfg)
+    train_set, val_set, _ = common.load_data(cfg, rank, world)
+    model = build(cfg).to(device)
+    opt = torch.optim.Adam(model.parameters(), lr=cfg.lr)
+    start = run.restore(model=model, opt=opt)  # 0 unless --resume
+    data = common.batches(train_set, cfg, start * cfg.grad_accum, rank, world)
+    ddp = common.compiled(common.wrap(model, device), cfg)  # DDP under torchrun; --compile
+    by_depth, restarted = torch.zeros(cfg.depth, cfg.codebook_size), 0  # since the last log line
+    for step in run.steps(start):  # a progress bar; Ctrl-C / SIGTERM end it after a checkpoint
+        opt.zero_grad(set_to_none=True)
+        for micro in range(cfg.grad_accum):
+            x = next(data)[0].to(device, non_blocking=True)
+            with common.accumulating(ddp, micro, cfg.grad_accum):  # DDP syncs on the last one
+                with common.autocast(device):  # bf16 on CUDA, float32 elsewhere
+                    x_hat, codes, q = ddp(x)  # codes: (B, h, w, D)
+                rec = F.mse_loss(x_hat.float(), x)  # RQ Eq. 6
+                loss = rec + q["loss"]  # + beta L_commit, every depth's partial sum (RQ Eq. 7)
+                (loss / cfg.grad_accum).backward()
+            run.check_finite(loss, step + 1)  # stop at a NaN loss, before it is saved
+            for d in range(cfg.depth):  # code usage by depth: deeper depths use smaller codes
+                by_depth[d] += torch.bincount(codes[..., d].flatten().cpu(), minlength=cfg.codebook_size)
+            restarted += model.quantizer.n_dead
+        opt.step()
+        if (step + 1) % cfg.log_every == 0:
+            vq.log_codes(run, step + 1, rec, q["commit"], by_depth.sum(0), restarted)
+            common.echo(f"  codes used at depth 1..{cfg.depth}: {(by_depth > 0).sum(1).tolist()}")
+            by_depth, restarted = by_depth.zero_(), 0
+        if run.save_due(step + 1):  # every --ckpt-every steps or --ckpt-minutes, at the end, on a signal
+            run.save(step + 1, model=model.state_dict(), opt=opt.state_dict())
+    if common.is_main():  # Table 6 analog, coarse_to_fine.png, code_usage_by_depth.png, recon.png
+        vq.finish(model, val_set, cfg, run, device, report(model, val_set, run.dir, device, cfg))
+    return model
 
 
 if __name__ == "__main__":

@@ -36,7 +36,7 @@ import common
 from common.lpips import LPIPS
 from common.vqgan_nets import Decoder, Encoder, Norm
 
-vq = common.lesson("01_vq")  # VQVAE, evaluate: lesson 01
+vq = common.lesson("01_vq")  # VQVAE, finish (validation, recon.png): lesson 01
 rq = common.lesson("02_rq")  # ResidualQuantizer, report (coarse-to-fine figure): lesson 02
 
 # --- config ---
@@ -187,24 +187,36 @@ class PatchDiscriminator(nn.Module):
 # --- training ---
 
 
+def reconstruction_loss(x_hat, x, lpips, cfg: Config):
+    """L_rec = pixel error (--rec-loss l1 or l2) + --perceptual-weight x LPIPS -> (L_rec, pixel, LPIPS)."""
+    pixel = (x_hat - x).abs().mean() if cfg.rec_loss == "l1" else (x_hat - x).pow(2).mean()
+    perceptual = lpips(x_hat, x).mean() if lpips is not None else torch.zeros((), device=x.device)
+    return pixel + cfg.perceptual_weight * perceptual, pixel, perceptual
+
+
+def discriminator_step(d_ddp, opt_d, x, x_hat, d_loss_fn, run, step: int) -> dict:
+    """One step of D on real images and DETACHED reconstructions: none of its loss reaches G."""
+    with common.autocast(x.device):
+        logits_real, logits_fake = d_ddp(x).float(), d_ddp(x_hat.detach()).float()
+        d_loss = d_loss_fn(logits_real, logits_fake)
+    run.check_finite(d_loss, step, "--lr")
+    opt_d.zero_grad(set_to_none=True)  # also drops the grads G's step left on D
+    d_loss.backward()
+    opt_d.step()
+    return {"d_loss": d_loss, "logits_real": logits_real.mean(), "logits_fake": logits_fake.mean()}
+
+
 def train(cfg: Config) -> nn.Module:
     """Two players: the tokenizer (G) minimises L_rec + L_VQ + w lambda L_GAN, the patch
-    discriminator (D) minimises its GAN loss on real images and DETACHED reconstructions.
-
-    Schedule: before disc_start neither D trains nor its loss reaches G (a plain autoencoder);
-    from disc_start D trains; from disc_start + disc_warmup its loss also reaches G, so that G
-    is never pushed by an untrained D (taming issue #44).
-    """
+    discriminator (D) minimises its GAN loss on real images and DETACHED reconstructions."""
     rank, world = common.distributed()  # (0, 1) unless launched by torchrun
     device = common.get_device(cfg.device)
     common.seed_everything(cfg.seed)
     run = common.Run(cfg)
     common.echo(f"preset '{common.preset_name(cfg)}': the defaults of the flags left unset")
     train_set, val_set, _ = common.load_data(cfg, rank, world)
-    model, disc = (
-        build(cfg).to(device),
-        PatchDiscriminator(cfg.disc_layers, cfg.disc_ch, cfg.disc_norm).to(device),
-    )
+    model = build(cfg).to(device)
+    disc = PatchDiscriminator(cfg.disc_layers, cfg.disc_ch, cfg.disc_norm).to(device)
     lpips = LPIPS(pretrained=True).to(device) if cfg.perceptual_weight > 0 else None
     opt = torch.optim.Adam(model.parameters(), lr=cfg.lr, betas=(0.5, 0.9))
     opt_d = torch.optim.Adam(disc.parameters(), lr=cfg.lr, betas=(0.5, 0.9))
@@ -214,63 +226,38 @@ def train(cfg: Config) -> nn.Module:
     # under torchrun both players are DistributedDataParallel; G's adversarial term goes through
     # the plain D (its gradients on D are dropped before D's own step anyway)
     g_ddp, d_ddp = common.compiled(common.wrap(model, device), cfg), common.wrap(disc, device)
-    log = {}
+    d_log = {}
     for step in run.steps(start):  # a progress bar; Ctrl-C / SIGTERM end it after a checkpoint
         x = next(data)[0].to(device, non_blocking=True)
+        # before --disc-start a plain autoencoder; then D trains; --disc-warmup steps later its
+        # loss also reaches G, so that G is never pushed by an untrained D (taming issue #44)
         d_on, g_on = step >= cfg.disc_start, step >= cfg.disc_start + cfg.disc_warmup
-        with common.autocast(device):
+        with common.autocast(device):  # bf16 on CUDA, float32 elsewhere
             x_hat, codes, q = g_ddp(x)
-            x_hat = x_hat.float()
-            pixel = (x_hat - x).abs().mean() if cfg.rec_loss == "l1" else (x_hat - x).pow(2).mean()
-            perceptual = lpips(x_hat, x).mean() if lpips is not None else torch.zeros((), device=device)
-            rec = pixel + cfg.perceptual_weight * perceptual  # L_rec
+            rec, pixel, perceptual = reconstruction_loss(x_hat.float(), x, lpips, cfg)  # L_rec
             loss = rec + q["loss"]  # + L_VQ (commitment; codebook by EMA)
             lam = torch.zeros((), device=device)
-            if g_on:
-                g_loss = generator_loss(disc(x_hat).float())  # L_GAN
+            if g_on:  # G also fools D, weighted by the adaptive lambda
+                g_loss = generator_loss(disc(x_hat.float()).float())  # L_GAN
                 lam = adaptive_weight(rec, g_loss, model.decoder.last_layer, max_lambda=cfg.max_lambda)
                 loss = loss + cfg.disc_weight * lam * g_loss
         run.check_finite(loss, step + 1, "--lr or --disc-weight")  # before a NaN reaches a save
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
-        if d_on:  # D sees x_hat.detach(): none of its loss reaches the generator
-            with common.autocast(device):
-                logits_real, logits_fake = d_ddp(x).float(), d_ddp(x_hat.detach()).float()
-                d_loss = d_loss_fn(logits_real, logits_fake)
-            run.check_finite(d_loss, step + 1, "--lr")
-            opt_d.zero_grad(set_to_none=True)  # also drops the grads G's step left on D
-            d_loss.backward()
-            opt_d.step()
-            log.update(
-                d_loss=d_loss.item(),
-                logits_real=logits_real.mean().item(),
-                logits_fake=logits_fake.mean().item(),
-            )
+        if d_on:
+            d_log = discriminator_step(d_ddp, opt_d, x, x_hat, d_loss_fn, run, step + 1)
         if (step + 1) % cfg.log_every == 0:
-            log.update(
-                step=step + 1,
-                pixel=pixel.item(),
-                perceptual=perceptual.item(),
-                commit=q["commit"].item(),
-                lam=lam.item(),
-            )
-            common.echo(
-                " | ".join(f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}" for k, v in log.items())
-            )
-            run.log(dict(log))
-            log = {}
+            g_log = {"pixel": pixel, "perceptual": perceptual, "commit": q["commit"], "lam": lam}
+            log = {"step": step + 1, **{k: v.item() for k, v in {**d_log, **g_log}.items()}}
+            common.echo(f"step {step + 1} | " + " | ".join(f"{k} {v:.4g}" for k, v in list(log.items())[1:]))
+            run.log(log)
         if run.save_due(step + 1):  # every --ckpt-every steps or --ckpt-minutes, at the end, on a signal
-            run.save(
-                step + 1,
-                model=model.state_dict(),
-                disc=disc.state_dict(),
-                opt=opt.state_dict(),
-                opt_d=opt_d.state_dict(),
-            )
-    report = (lambda m, val, run_dir, dev: rq.report(m, val, run_dir, dev, cfg)) if cfg.depth > 1 else None
-    if common.is_main():  # metrics, recon.png, coarse-to-fine figure
-        vq.finish(model, val_set, cfg, run, device, report)
+            states = dict(model=model, disc=disc, opt=opt, opt_d=opt_d)
+            run.save(step + 1, **{k: v.state_dict() for k, v in states.items()})
+    if common.is_main():  # metrics, recon.png, and for RQ (depth > 1) the coarse-to-fine figure
+        depth = rq.report(model, val_set, run.dir, device, cfg) if cfg.depth > 1 else {}
+        vq.finish(model, val_set, cfg, run, device, depth)
     return model
 
 

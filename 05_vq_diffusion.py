@@ -500,32 +500,25 @@ def train(cfg: Config) -> nn.Module:
                 tokenizer=str(s.tokenizer_path),
             )
     model.eval()
-    if not common.is_main():  # under torchrun, rank 0 evaluates and samples
-        return model
+    if common.is_main():  # under torchrun, rank 0 evaluates and samples
+        finish(model, sched, s, cfg)
+    return model
+
+
+def finish(model, sched: Schedule, s, cfg: Config) -> None:
+    """The validation bound, samples.png (one row per class) judged for sample quality, the final
+    record of metrics.jsonl, and inpaint.png."""
     val = evaluate(model, sched, s, cfg)
-    common.echo(
-        "validation (nats per code): "
-        + " | ".join(f"{k} {v:.4f}" for k, v in val.items())
-        + f" | bound {val['vlb'] / math.log(2):.3f} bits per code"
-    )
+    values = " | ".join(f"{k} {v:.4f}" for k, v in val.items())
+    common.echo(f"validation (nats per code): {values} | bound {val['vlb'] / math.log(2):.3f} bits per code")
     c = stage2.sample_classes(s, cfg.samples_per_class)  # one row per class
     codes = sample(
-        model,
-        sched,
-        c,
-        cfg.stride,
-        cfg.truncation,
-        progress=True,
-        guidance=cfg.guidance,
-        purity=cfg.purity,
+        model, sched, c, cfg.stride, cfg.truncation, progress=True, guidance=cfg.guidance, purity=cfg.purity
     )
     quality = stage2.judge_samples(s, cfg, stage2.save_samples(s, codes, cfg.samples_per_class), c)
     s.run.log({"step": cfg.steps, "final": True, **{f"val_{k}": v for k, v in val.items()}, **quality})
     inpaint(model, sched, s, cfg)
-    common.echo(
-        f"wrote {s.run.dir / 'samples.png'} (one row per {'class' if s.conditional else 'batch'}) and inpaint.png"
-    )
-    return model
+    common.echo(f"wrote {s.run.dir / 'samples.png'} and inpaint.png")
 
 
 @torch.no_grad()
