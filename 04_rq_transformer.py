@@ -24,7 +24,7 @@ Notation (T is the sequence length here, as in the RQ paper):
     p_td       logits          (B, T, D, K)   next-code logits, RQ Eq. 13
     Q_tau      soft_codes      (N, D, K)      soft labels from squared distances, RQ Eq. 15
 
-Run: python 04_rq_transformer.py --steps=1500
+Run: python 04_rq_transformer.py               (CPU, built-in shapes-plain, about 10 minutes)
 Next: 05_vq_diffusion.py
 """
 
