@@ -93,6 +93,24 @@ def _open_hf(cfg, split: str | None):
     return ds, spec
 
 
+def _validation_split(cfg, train, spec: HubDataset):
+    """(train, val): the dataset's own validation split, else held-out images (a hash-chosen 1000
+    of a stream; a seeded, class-stratified 1000, or a tenth of a small dataset, of the others)."""
+    if spec.eval_split is not None:
+        return train, _open_hf(cfg, spec.eval_split)[0]
+    if spec.streaming:
+        return _hold_out_stream(train, spec.image_column)
+    n = len(train)
+    held = min(HELD_OUT, n // 10)
+    if held < 1:
+        raise UserError(
+            f"dataset '{cfg.hf_id or cfg.dataset}' has only {n} images; it needs at least 10 to hold some out for validation"
+        )
+    labels = train[spec.label_column] if spec.label_column else None
+    train_idx, val_idx = held_out_indices(n, held, labels)
+    return train.select(train_idx), train.select(val_idx)
+
+
 def load_data(cfg, rank: int = 0, world: int = 1):
     """(train, val, classes) for cfg.dataset: torch-style datasets of {"image", "label"} dicts.
 
@@ -117,20 +135,7 @@ def load_data(cfg, rank: int = 0, world: int = 1):
             )
         )
     train, spec = _open_hf(cfg, None)
-    if spec.eval_split is not None:
-        val, _ = _open_hf(cfg, spec.eval_split)
-    elif spec.streaming:
-        train, val = _hold_out_stream(train, spec.image_column)
-    else:  # no validation split: hold out a random 1000 (a tenth of a small dataset)
-        n = len(train)
-        held = min(HELD_OUT, n // 10)
-        if held < 1:
-            raise UserError(
-                f"dataset '{cfg.hf_id or cfg.dataset}' has only {n} images; it needs at least 10 to hold some out for validation"
-            )
-        labels = train[spec.label_column] if spec.label_column else None
-        train_idx, val_idx = held_out_indices(n, held, labels)
-        val, train = train.select(val_idx), train.select(train_idx)
+    train, val = _validation_split(cfg, train, spec)
     classes = None
     if spec.label_column is not None:
         feature = (train.features or {}).get(spec.label_column)
