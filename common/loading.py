@@ -158,6 +158,27 @@ def _collate(items):
     return torch.stack([it["image"] for it in items]), torch.tensor([it["label"] for it in items])
 
 
+def _stream_batches(stream, cfg, start_step: int, pin: bool):
+    """batches() of a streaming dataset: no length, no index; the shuffle buffer is seeded."""
+    B, epoch = cfg.batch_size, 0
+    stream = stream.shuffle(seed=cfg.seed, buffer_size=10_000).skip(start_step * B)
+    while True:
+        stream.set_epoch(epoch)
+        workers = min(cfg.num_workers, getattr(stream, "num_shards", 1))
+        gen = torch.Generator().manual_seed(epoch)
+        loader = torch.utils.data.DataLoader(
+            stream, B, collate_fn=_collate, num_workers=workers, pin_memory=pin, drop_last=True, generator=gen
+        )
+        n = 0
+        for n, batch in enumerate(loader, 1):
+            yield batch
+        if n == 0:
+            raise UserError(
+                f"the stream holds fewer than {B} training images (after {HELD_OUT} held out for validation, and {start_step} batches skipped by --resume)"
+            )
+        epoch += 1
+
+
 def batches(dataset, cfg, start_step: int = 0, rank: int = 0, world: int = 1):
     """Yield (images (B, 3, S, S), labels (B,)) forever, in an order fixed by cfg.seed.
 
@@ -166,29 +187,8 @@ def batches(dataset, cfg, start_step: int = 0, rank: int = 0, world: int = 1):
     """
     B = cfg.batch_size
     pin = torch.cuda.is_available()
-    if isinstance(dataset, torch.utils.data.IterableDataset):  # streaming: no length, no index
-        epoch = 0
-        stream = dataset.shuffle(seed=cfg.seed, buffer_size=10_000).skip(start_step * B)
-        while True:
-            stream.set_epoch(epoch)
-            workers = min(cfg.num_workers, getattr(stream, "num_shards", 1))
-            n = 0
-            loader = torch.utils.data.DataLoader(
-                stream,
-                batch_size=B,
-                collate_fn=_collate,
-                num_workers=workers,
-                pin_memory=pin,
-                drop_last=True,
-                generator=torch.Generator().manual_seed(epoch),
-            )
-            for n, batch in enumerate(loader, 1):
-                yield batch
-            if n == 0:
-                raise UserError(
-                    f"the stream holds fewer than {B} training images (after {HELD_OUT} held out for validation, and {start_step} batches skipped by --resume)"
-                )
-            epoch += 1
+    if isinstance(dataset, torch.utils.data.IterableDataset):
+        yield from _stream_batches(dataset, cfg, start_step, pin)
     per_epoch = len(dataset) // (B * world)
     if per_epoch == 0:
         raise UserError(
