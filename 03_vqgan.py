@@ -218,13 +218,11 @@ def train(cfg: Config) -> nn.Module:
     model = build(cfg).to(device)
     disc = PatchDiscriminator(cfg.disc_layers, cfg.disc_ch, cfg.disc_norm).to(device)
     lpips = LPIPS(pretrained=True).to(device) if cfg.perceptual_weight > 0 else None
-    opt = torch.optim.Adam(model.parameters(), lr=cfg.lr, betas=(0.5, 0.9))
-    opt_d = torch.optim.Adam(disc.parameters(), lr=cfg.lr, betas=(0.5, 0.9))
+    opt, opt_d = (torch.optim.Adam(m.parameters(), lr=cfg.lr, betas=(0.5, 0.9)) for m in (model, disc))
     d_loss_fn = hinge_d_loss if cfg.gan_loss == "hinge" else vanilla_d_loss
     start = run.restore(model=model, disc=disc, opt=opt, opt_d=opt_d)  # 0 unless --resume
     data = common.batches(train_set, cfg, start, rank, world)
-    # under torchrun both players are DistributedDataParallel; G's adversarial term goes through
-    # the plain D (its gradients on D are dropped before D's own step anyway)
+    # under torchrun both players are DDP; G's adversarial term goes through the plain D
     g_ddp, d_ddp = common.compiled(common.wrap(model, device), cfg), common.wrap(disc, device)
     d_log = {}
     for step in run.steps(start):  # a progress bar; Ctrl-C / SIGTERM end it after a checkpoint

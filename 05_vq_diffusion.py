@@ -397,12 +397,10 @@ def sample(
     guidance s != 1: classifier-free guidance on log p_theta(x_0 | x_t) (improved VQ-Diffusion,
     arXiv:2205.16007): log p_u + s (log p_c - log p_u), renormalised; each call is then on 2B.
     Inpainting: known (B, N, D) codes are held wherever keep (B, N, D) is True: clean at every
-    step, or with renoise=True re-noised to x_s ~ q(x_s | x_0 = known) (RePaint), so that the
-    network sees the known region as corrupted as the rest, as it was in training.
-    purity=True: the purity sampler instead of the posterior draw (`reveal_purest`).
+    step, or with renoise=True re-noised to x_s ~ q(x_s | x_0 = known) (RePaint, the known region
+    as corrupted as in training). purity=True: the purity sampler (`reveal_purest`).
     """
-    N, K, T = model.H * model.H, sched.K, sched.T
-    B = len(c)
+    N, K, T, B = model.H * model.H, sched.K, sched.T, len(c)
 
     def hold(x, s):  # the known codes at step s
         if keep is None:
