@@ -286,7 +286,7 @@ def test_guided_sampling_equals_sampling_a_model_that_outputs_the_guided_distrib
 
 def test_a_mask_only_model_that_knows_x0_samples_it(vqd):
     """With mask-only noise and a network that always predicts one fixed x_0, the reverse chain
-    must end exactly at that x_0, at any stride."""
+    must end exactly at that x_0, at any stride, with the posterior draw or the purity sampler."""
     target = torch.randint(K, (1, 9, 2))
 
     class Oracle(torch.nn.Module):
@@ -295,8 +295,8 @@ def test_a_mask_only_model_that_knows_x0_samples_it(vqd):
         def forward(self, x_t, t, c):
             return (F.one_hot(target, K).float() * 50).expand(len(c), -1, -1, -1)
 
-    for stride in (1, 3):
-        x = vqd.sample(Oracle(), schedule(vqd, "mask"), torch.tensor([0, 0]), stride=stride)
+    for stride, purity in ((1, False), (3, False), (1, True), (4, True)):  # also the purity sampler
+        x = vqd.sample(Oracle(), schedule(vqd, "mask"), torch.tensor([0, 0]), stride, purity=purity)
         assert (x == target).all()
 
 
@@ -322,20 +322,6 @@ def test_the_purity_sampler_reveals_the_purest_codes_as_many_as_the_chain_unmask
         assert (x_s[b, kept, 0] == K).all()
     assert x_s[0, 0, 0] == 3
     assert (vqd.reveal_purest(x_t, x0, logits, sched, 3, 0) != K).all()  # s = 0: all revealed
-
-
-def test_the_purity_sampler_ends_at_the_oracle_x0(vqd):
-    target = torch.randint(K, (1, 9, 2))
-
-    class Oracle(torch.nn.Module):
-        H, D = 3, 2
-
-        def forward(self, x_t, t, c):
-            return (F.one_hot(target, K).float() * 50).expand(len(c), -1, -1, -1)
-
-    for stride in (1, 4):
-        x = vqd.sample(Oracle(), schedule(vqd, "mask"), torch.tensor([0, 0]), stride, purity=True)
-        assert (x == target).all()
 
 
 # --- config, training, checkpoints ---
