@@ -39,37 +39,6 @@ from einops import rearrange
 
 import common
 
-# --- config ---
-
-
-@dataclass
-class Config(common.TrainConfig):
-    out: str = "runs/01_vq"  # run folder: ckpt.pt, metrics.jsonl, recon.png
-    downsample: int = 4  # f: S x S images become (S/f) x (S/f) grids of codes
-    ch: int = 16  # channels of the encoder/decoder's first level (doubling per level, up to 4x)
-    codebook_size: int = 512  # K: number of code vectors
-    code_dim: int = 64  # d: dimension of a code vector
-    beta: float = 0.25  # commitment weight on ||z_e - sg[z_q]||^2
-    codebook: Literal["ema", "loss"] = "ema"  # learn codes as an EMA of their vectors, or by loss
-    decay: float = 0.99  # gamma: EMA decay of code counts and sums
-    dead_threshold: float = 1.0  # restart codes whose EMA count falls below this (0 = never)
-
-    def __post_init__(self):
-        super().__post_init__()
-        size = common.default_image_size(self)
-        f = self.downsample
-        common.require(
-            *[
-                (getattr(self, n) >= 1, f"--{n.replace('_', '-')} must be at least 1")
-                for n in ("codebook_size", "code_dim", "ch")
-            ],
-            (f >= 2 and not f & (f - 1), f"--downsample must be a power of two >= 2, got {f}"),
-            (f >= 1 and size % f == 0, f"--image-size {size} is not divisible by --downsample {f}"),
-            (0 < self.decay < 1, f"--decay must lie in (0, 1), got {self.decay}"),
-            (min(self.beta, self.dead_threshold) >= 0, "--beta and --dead-threshold must be >= 0"),
-        )
-
-
 # --- vector quantization ---
 
 
@@ -334,6 +303,37 @@ def train(cfg: Config) -> nn.Module:
     if common.is_main():
         finish(model, val_set, cfg, run, device)
     return model
+
+
+# --- config and command line ---
+
+
+@dataclass
+class Config(common.TrainConfig):
+    out: str = "runs/01_vq"  # run folder: ckpt.pt, metrics.jsonl, recon.png
+    downsample: int = 4  # f: S x S images become (S/f) x (S/f) grids of codes
+    ch: int = 16  # channels of the encoder/decoder's first level (doubling per level, up to 4x)
+    codebook_size: int = 512  # K: number of code vectors
+    code_dim: int = 64  # d: dimension of a code vector
+    beta: float = 0.25  # commitment weight on ||z_e - sg[z_q]||^2
+    codebook: Literal["ema", "loss"] = "ema"  # learn codes as an EMA of their vectors, or by loss
+    decay: float = 0.99  # gamma: EMA decay of code counts and sums
+    dead_threshold: float = 1.0  # restart codes whose EMA count falls below this (0 = never)
+
+    def __post_init__(self):
+        super().__post_init__()
+        size = common.default_image_size(self)
+        f = self.downsample
+        common.require(
+            *[
+                (getattr(self, n) >= 1, f"--{n.replace('_', '-')} must be at least 1")
+                for n in ("codebook_size", "code_dim", "ch")
+            ],
+            (f >= 2 and not f & (f - 1), f"--downsample must be a power of two >= 2, got {f}"),
+            (f >= 1 and size % f == 0, f"--image-size {size} is not divisible by --downsample {f}"),
+            (0 < self.decay < 1, f"--decay must lie in (0, 1), got {self.decay}"),
+            (min(self.beta, self.dead_threshold) >= 0, "--beta and --dead-threshold must be >= 0"),
+        )
 
 
 if __name__ == "__main__":

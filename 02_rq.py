@@ -37,49 +37,6 @@ import common
 
 vq = common.lesson("01_vq")  # nearest_code, straight_through, VectorQuantizer, VQVAE, log_codes, finish
 
-# --- config ---
-
-# What each dataset implies for the flags left unset. FFHQ and ImageNet follow the paper: 256 px
-# images become 8 x 8 x 4 codes (f = 32) with K = 2048 and 16384, code dimension 256.
-REAL = dict(ch=64, code_dim=256, steps=100_000, lr=4e-4)  # a GPU run on a real dataset
-PRESETS = {
-    "shapes": dict(downsample=4, codebook_size=16, ch=16, code_dim=64, steps=1500, lr=1e-3),  # CPU
-    "mnist": {**REAL, "downsample": 4, "codebook_size": 256, "steps": 20_000},
-    "cifar10": {**REAL, "downsample": 4, "codebook_size": 1024},
-    "flowers": {**REAL, "downsample": 8, "codebook_size": 1024},
-    "ffhq": {**REAL, "downsample": 32, "codebook_size": 2048},
-    "imagenet": {**REAL, "downsample": 32, "codebook_size": 16384, "steps": 500_000},
-}
-PRESETS["shapes-plain"] = PRESETS["small"] = PRESETS["shapes"]  # small: paths/--hf-id <= 64 px
-PRESETS["large"] = {**REAL, "downsample": 16, "codebook_size": 2048}  # celebahq, lsun, the rest
-
-
-@dataclass
-class Config(vq.Config):
-    out: str = "runs/02_rq"  # run folder: ckpt.pt, metrics.jsonl, recon.png, figures
-    depth: int = 4  # D: quantization steps per position (1 = lesson 01's VQ)
-    codebooks: Literal["shared", "separate"] = "shared"  # one codebook, or D of size K/D (App. C.3)
-    downsample: int | None = None  # f (default: shapes 4; ffhq, imagenet 32 as in the paper)
-    codebook_size: int | None = None  # K (default: shapes 16, ffhq 2048, imagenet 16384)
-    ch: int | None = None  # encoder/decoder width (default: shapes 16, real datasets 64)
-    code_dim: int | None = None  # d (default: shapes 64, real datasets 256 as in the paper)
-    steps: int | None = None  # optimizer steps (default: shapes 1500, ffhq 100k, imagenet 500k)
-    lr: float | None = None  # Adam learning rate (default: shapes 1e-3, real datasets 4e-4)
-
-    def __post_init__(self):
-        preset = PRESETS.get(common.preset_name(self), PRESETS["large"])
-        for name, value in preset.items():
-            if getattr(self, name) is None:
-                setattr(self, name, value)
-        super().__post_init__()
-        if self.depth < 1:
-            raise ValueError(f"--depth must be at least 1, got {self.depth}")
-        if self.codebooks == "separate" and self.codebook_size % self.depth:
-            raise ValueError(
-                f"--codebooks separate splits K into D books: --codebook-size {self.codebook_size} is not divisible by --depth {self.depth}"
-            )
-
-
 # --- residual quantization ---
 
 
@@ -354,6 +311,49 @@ def train(cfg: Config) -> nn.Module:
     if common.is_main():  # Table 6 analog, coarse_to_fine.png, code_usage_by_depth.png, recon.png
         vq.finish(model, val_set, cfg, run, device, report(model, val_set, run.dir, device, cfg))
     return model
+
+
+# --- config and command line ---
+
+# What each dataset implies for the flags left unset. FFHQ and ImageNet follow the paper: 256 px
+# images become 8 x 8 x 4 codes (f = 32) with K = 2048 and 16384, code dimension 256.
+REAL = dict(ch=64, code_dim=256, steps=100_000, lr=4e-4)  # a GPU run on a real dataset
+PRESETS = {
+    "shapes": dict(downsample=4, codebook_size=16, ch=16, code_dim=64, steps=1500, lr=1e-3),  # CPU
+    "mnist": {**REAL, "downsample": 4, "codebook_size": 256, "steps": 20_000},
+    "cifar10": {**REAL, "downsample": 4, "codebook_size": 1024},
+    "flowers": {**REAL, "downsample": 8, "codebook_size": 1024},
+    "ffhq": {**REAL, "downsample": 32, "codebook_size": 2048},
+    "imagenet": {**REAL, "downsample": 32, "codebook_size": 16384, "steps": 500_000},
+}
+PRESETS["shapes-plain"] = PRESETS["small"] = PRESETS["shapes"]  # small: paths/--hf-id <= 64 px
+PRESETS["large"] = {**REAL, "downsample": 16, "codebook_size": 2048}  # celebahq, lsun, the rest
+
+
+@dataclass
+class Config(vq.Config):
+    out: str = "runs/02_rq"  # run folder: ckpt.pt, metrics.jsonl, recon.png, figures
+    depth: int = 4  # D: quantization steps per position (1 = lesson 01's VQ)
+    codebooks: Literal["shared", "separate"] = "shared"  # one codebook, or D of size K/D (App. C.3)
+    downsample: int | None = None  # f (default: shapes 4; ffhq, imagenet 32 as in the paper)
+    codebook_size: int | None = None  # K (default: shapes 16, ffhq 2048, imagenet 16384)
+    ch: int | None = None  # encoder/decoder width (default: shapes 16, real datasets 64)
+    code_dim: int | None = None  # d (default: shapes 64, real datasets 256 as in the paper)
+    steps: int | None = None  # optimizer steps (default: shapes 1500, ffhq 100k, imagenet 500k)
+    lr: float | None = None  # Adam learning rate (default: shapes 1e-3, real datasets 4e-4)
+
+    def __post_init__(self):
+        preset = PRESETS.get(common.preset_name(self), PRESETS["large"])
+        for name, value in preset.items():
+            if getattr(self, name) is None:
+                setattr(self, name, value)
+        super().__post_init__()
+        if self.depth < 1:
+            raise ValueError(f"--depth must be at least 1, got {self.depth}")
+        if self.codebooks == "separate" and self.codebook_size % self.depth:
+            raise ValueError(
+                f"--codebooks separate splits K into D books: --codebook-size {self.codebook_size} is not divisible by --depth {self.depth}"
+            )
 
 
 if __name__ == "__main__":

@@ -39,67 +39,6 @@ from common.vqgan_nets import Decoder, Encoder, Norm
 vq = common.lesson("01_vq")  # VQVAE, finish (validation, recon.png): lesson 01
 rq = common.lesson("02_rq")  # ResidualQuantizer, report (coarse-to-fine figure): lesson 02
 
-# --- config ---
-
-# Architecture each dataset implies for the flags left unset (RQ-VAE's FFHQ/ImageNet configs:
-# ch 128, ch_mult 1,1,2,2,4,4 so 256 px -> 8 x 8, attention at 8; adversarial weight 0.75, lr 4e-5).
-PAPER = dict(ch=128, ch_mult=(1, 1, 2, 2, 4, 4), num_res_blocks=2, attn_resolutions=(8,))
-GPU = dict(disc_ch=64, batch_size=32, lr=4e-5)
-NET = {
-    "shapes": dict(ch=16, ch_mult=(1, 2, 4), num_res_blocks=1, attn_resolutions=(8,)),  # CPU
-    "ffhq": {**PAPER, **GPU},
-    "imagenet": {**PAPER, **GPU},
-}
-NET["shapes"].update(disc_ch=32, batch_size=32, lr=4e-4, steps=1500)
-NET["shapes-plain"] = NET["small"] = NET["shapes"]  # small: paths and --hf-id of <= 64 px
-NET_OTHER = {**PAPER, "ch_mult": (1, 1, 2, 2, 4), "attn_resolutions": (16,), **GPU}  # f = 16
-
-
-@dataclass
-class Config(rq.Config):
-    out: str = "runs/03_vqgan"  # run folder: ckpt.pt, metrics.jsonl, recon.png, figures
-    downsample: int | None = None  # f, implied by --ch-mult: 2^(levels - 1) (shapes 4, ffhq 32)
-    ch: int | None = None  # base width (default: shapes 16, real datasets 128 as in the paper)
-    lr: float | None = None  # Adam lr of both players (default: shapes 4e-4, real datasets 4e-5)
-    ch_mult: tuple[int, ...] | None = None  # width per level; f = 2^(levels - 1) (shapes: 1 2 4)
-    num_res_blocks: int | None = None  # ResBlocks per level (shapes 1, real datasets 2)
-    attn_resolutions: tuple[int, ...] | None = None  # feature-map sizes with attention (shapes 8)
-    rec_loss: Literal["l1", "l2"] = "l1"  # pixel reconstruction loss
-    perceptual_weight: float = 1.0  # LPIPS weight (0 = off: no VGG16 download needed)
-    disc_weight: float = 0.75  # weight of lambda * L_GAN in the generator loss (RQ-VAE: 0.75)
-    gan_loss: Literal["hinge", "vanilla"] = "hinge"  # discriminator loss
-    disc_layers: int = 2  # PatchGAN strided layers (RQ-VAE 2, taming 3)
-    disc_ch: int | None = None  # PatchGAN width of the first layer (shapes 32, real datasets 64)
-    batch_size: int | None = None  # images per step (shapes 32, real datasets 32 per GPU)
-    disc_norm: Literal["batch", "group"] = "batch"  # normalisation in the discriminator
-    disc_start: int = 500  # step at which the discriminator starts to train
-    disc_warmup: int = 200  # steps D trains alone before its loss reaches the generator
-    max_lambda: float = 1e4  # clamp of the adaptive weight
-
-    def __post_init__(self):
-        if self.grad_accum != 1:
-            raise ValueError(
-                "--grad-accum is not supported by the two-player loop of lesson 03; raise --batch-size or use more processes"
-            )
-        net = NET.get(common.preset_name(self), NET_OTHER)
-        for name, value in net.items():
-            if getattr(self, name) is None:
-                setattr(self, name, value)
-        implied = 2 ** (len(self.ch_mult) - 1)
-        if self.downsample is not None and self.downsample != implied:
-            raise ValueError(
-                f"--downsample {self.downsample} contradicts --ch-mult {' '.join(map(str, self.ch_mult))} (f = {implied})"
-            )
-        self.downsample = implied
-        super().__post_init__()
-        if self.disc_start < 0 or self.disc_warmup < 0 or self.perceptual_weight < 0 or self.disc_weight < 0:
-            raise ValueError(
-                "--disc-start, --disc-warmup, --perceptual-weight and --disc-weight must be >= 0"
-            )
-        if self.disc_layers < 1 or self.num_res_blocks < 1 or min(self.ch_mult) < 1:
-            raise ValueError("--disc-layers, --num-res-blocks and --ch-mult values must be >= 1")
-
-
 # --- losses ---
 
 
@@ -257,6 +196,67 @@ def train(cfg: Config) -> nn.Module:
         depth = rq.report(model, val_set, run.dir, device, cfg) if cfg.depth > 1 else {}
         vq.finish(model, val_set, cfg, run, device, depth)
     return model
+
+
+# --- config and command line ---
+
+# Architecture each dataset implies for the flags left unset (RQ-VAE's FFHQ/ImageNet configs:
+# ch 128, ch_mult 1,1,2,2,4,4 so 256 px -> 8 x 8, attention at 8; adversarial weight 0.75, lr 4e-5).
+PAPER = dict(ch=128, ch_mult=(1, 1, 2, 2, 4, 4), num_res_blocks=2, attn_resolutions=(8,))
+GPU = dict(disc_ch=64, batch_size=32, lr=4e-5)
+NET = {
+    "shapes": dict(ch=16, ch_mult=(1, 2, 4), num_res_blocks=1, attn_resolutions=(8,)),  # CPU
+    "ffhq": {**PAPER, **GPU},
+    "imagenet": {**PAPER, **GPU},
+}
+NET["shapes"].update(disc_ch=32, batch_size=32, lr=4e-4, steps=1500)
+NET["shapes-plain"] = NET["small"] = NET["shapes"]  # small: paths and --hf-id of <= 64 px
+NET_OTHER = {**PAPER, "ch_mult": (1, 1, 2, 2, 4), "attn_resolutions": (16,), **GPU}  # f = 16
+
+
+@dataclass
+class Config(rq.Config):
+    out: str = "runs/03_vqgan"  # run folder: ckpt.pt, metrics.jsonl, recon.png, figures
+    downsample: int | None = None  # f, implied by --ch-mult: 2^(levels - 1) (shapes 4, ffhq 32)
+    ch: int | None = None  # base width (default: shapes 16, real datasets 128 as in the paper)
+    lr: float | None = None  # Adam lr of both players (default: shapes 4e-4, real datasets 4e-5)
+    ch_mult: tuple[int, ...] | None = None  # width per level; f = 2^(levels - 1) (shapes: 1 2 4)
+    num_res_blocks: int | None = None  # ResBlocks per level (shapes 1, real datasets 2)
+    attn_resolutions: tuple[int, ...] | None = None  # feature-map sizes with attention (shapes 8)
+    rec_loss: Literal["l1", "l2"] = "l1"  # pixel reconstruction loss
+    perceptual_weight: float = 1.0  # LPIPS weight (0 = off: no VGG16 download needed)
+    disc_weight: float = 0.75  # weight of lambda * L_GAN in the generator loss (RQ-VAE: 0.75)
+    gan_loss: Literal["hinge", "vanilla"] = "hinge"  # discriminator loss
+    disc_layers: int = 2  # PatchGAN strided layers (RQ-VAE 2, taming 3)
+    disc_ch: int | None = None  # PatchGAN width of the first layer (shapes 32, real datasets 64)
+    batch_size: int | None = None  # images per step (shapes 32, real datasets 32 per GPU)
+    disc_norm: Literal["batch", "group"] = "batch"  # normalisation in the discriminator
+    disc_start: int = 500  # step at which the discriminator starts to train
+    disc_warmup: int = 200  # steps D trains alone before its loss reaches the generator
+    max_lambda: float = 1e4  # clamp of the adaptive weight
+
+    def __post_init__(self):
+        if self.grad_accum != 1:
+            raise ValueError(
+                "--grad-accum is not supported by the two-player loop of lesson 03; raise --batch-size or use more processes"
+            )
+        net = NET.get(common.preset_name(self), NET_OTHER)
+        for name, value in net.items():
+            if getattr(self, name) is None:
+                setattr(self, name, value)
+        implied = 2 ** (len(self.ch_mult) - 1)
+        if self.downsample is not None and self.downsample != implied:
+            raise ValueError(
+                f"--downsample {self.downsample} contradicts --ch-mult {' '.join(map(str, self.ch_mult))} (f = {implied})"
+            )
+        self.downsample = implied
+        super().__post_init__()
+        if self.disc_start < 0 or self.disc_warmup < 0 or self.perceptual_weight < 0 or self.disc_weight < 0:
+            raise ValueError(
+                "--disc-start, --disc-warmup, --perceptual-weight and --disc-weight must be >= 0"
+            )
+        if self.disc_layers < 1 or self.num_res_blocks < 1 or min(self.ch_mult) < 1:
+            raise ValueError("--disc-layers, --num-res-blocks and --ch-mult values must be >= 1")
 
 
 if __name__ == "__main__":

@@ -43,49 +43,6 @@ from common import stage2
 
 rq = common.lesson("02_rq")  # residual_quantize, which soft_codes runs with Q_tau
 
-# --- config ---
-
-
-@dataclass
-class Config(common.TrainConfig):
-    dataset: str = "shapes-plain"  # as lesson 01; by default shapes in flat palette colours
-    out: str = "runs/04_rq_transformer"  # run folder: ckpt.pt, metrics.jsonl, samples.png
-    tokenizer: str | None = None  # 02/03 checkpoint (default: runs/02_rq/ckpt.pt, else train one)
-    tokenizer_depth: int = 2  # D of the RQ-VAE trained (or reused) when no --tokenizer is given
-    tokenizer_codebook_size: int | None = None  # its K (default: lesson 02's preset, shapes 16)
-    width: int = 128  # W: transformer width
-    heads: int = 4  # attention heads
-    spatial_layers: int = 3  # layers of the spatial transformer
-    depth_layers: int = 1  # layers of the depth transformer
-    dropout: float = 0.0  # dropout in the residual branches (paper: 0.1, at scale)
-    flatten: bool = False  # baseline: one GPT over all T*D codes, spatial + depth layers deep
-    conditional: bool | None = None  # class-conditional (default: when the dataset has labels)
-    soft_labels: bool = False  # train on Q_tau(. | r_{t,d-1}) instead of one-hot codes
-    stochastic_codes: bool = False  # draw training codes from Q_tau instead of the argmin
-    tau: float = 0.5  # temperature of Q_tau, on SQUARED distances (official value 0.5)
-    weight_decay: float = 1e-4  # AdamW weight decay
-    temperature: float = 1.0  # sampling temperature
-    top_k: int = 0  # sample among the k most likely codes (0 = all)
-    top_p: float = 1.0  # then among the smallest set of mass >= p (1 = all)
-    label_dropout: float = 0.1  # training: the class is replaced by "no class" this often (CFG)
-    guidance: float = 2.0  # sampling: classifier-free guidance scale s (1 = plain conditional)
-    samples_per_class: int = 16  # images per row of samples.png (all judged for sample quality)
-    batch_size: int = 32  # images per step (per process under torchrun)
-    steps: int = 3000  # optimizer steps
-    lr: float = 2e-3  # peak AdamW lr: a 100-step warm-up ramp times a cosine decay (paper: 5e-4)
-
-    def __post_init__(self):
-        super().__post_init__()
-        stage2.check_prior_flags(self)
-        width = f"--width {self.width} must be a positive multiple of --heads {self.heads}"
-        common.require(
-            (self.heads >= 1 and self.width % self.heads == 0, width),
-            (min(self.spatial_layers, self.depth_layers) >= 1, "--spatial-layers, --depth-layers >= 1"),
-            (min(self.tau, self.temperature) > 0, "--tau and --temperature must be > 0"),
-            (0 < self.top_p <= 1 and self.top_k >= 0, "--top-p must be in (0, 1] and --top-k >= 0"),
-        )
-
-
 # --- codes: hard, soft (RQ Eq. 15) and stochastic ---
 
 
@@ -408,6 +365,49 @@ def evaluate(model, s: stage2.Stage2, cfg: Config) -> float:
         c = s.labels(y)
         total += nll(model(codes, c), codes).item() * len(x)
     return total / len(x_all)
+
+
+# --- config and command line ---
+
+
+@dataclass
+class Config(common.TrainConfig):
+    dataset: str = "shapes-plain"  # as lesson 01; by default shapes in flat palette colours
+    out: str = "runs/04_rq_transformer"  # run folder: ckpt.pt, metrics.jsonl, samples.png
+    tokenizer: str | None = None  # 02/03 checkpoint (default: runs/02_rq/ckpt.pt, else train one)
+    tokenizer_depth: int = 2  # D of the RQ-VAE trained (or reused) when no --tokenizer is given
+    tokenizer_codebook_size: int | None = None  # its K (default: lesson 02's preset, shapes 16)
+    width: int = 128  # W: transformer width
+    heads: int = 4  # attention heads
+    spatial_layers: int = 3  # layers of the spatial transformer
+    depth_layers: int = 1  # layers of the depth transformer
+    dropout: float = 0.0  # dropout in the residual branches (paper: 0.1, at scale)
+    flatten: bool = False  # baseline: one GPT over all T*D codes, spatial + depth layers deep
+    conditional: bool | None = None  # class-conditional (default: when the dataset has labels)
+    soft_labels: bool = False  # train on Q_tau(. | r_{t,d-1}) instead of one-hot codes
+    stochastic_codes: bool = False  # draw training codes from Q_tau instead of the argmin
+    tau: float = 0.5  # temperature of Q_tau, on SQUARED distances (official value 0.5)
+    weight_decay: float = 1e-4  # AdamW weight decay
+    temperature: float = 1.0  # sampling temperature
+    top_k: int = 0  # sample among the k most likely codes (0 = all)
+    top_p: float = 1.0  # then among the smallest set of mass >= p (1 = all)
+    label_dropout: float = 0.1  # training: the class is replaced by "no class" this often (CFG)
+    guidance: float = 2.0  # sampling: classifier-free guidance scale s (1 = plain conditional)
+    samples_per_class: int = 16  # images per row of samples.png (all judged for sample quality)
+    batch_size: int = 32  # images per step (per process under torchrun)
+    steps: int = 3000  # optimizer steps
+    lr: float = 2e-3  # peak AdamW lr: a 100-step warm-up ramp times a cosine decay (paper: 5e-4)
+
+    def __post_init__(self):
+        super().__post_init__()
+        stage2.check_prior_flags(self)
+        width = f"--width {self.width} must be a positive multiple of --heads {self.heads}"
+        common.require(
+            (self.heads >= 1 and self.width % self.heads == 0, width),
+            (min(self.spatial_layers, self.depth_layers) >= 1, "--spatial-layers, --depth-layers >= 1"),
+            (min(self.tau, self.temperature) > 0, "--tau and --temperature must be > 0"),
+            (0 < self.top_p <= 1 and self.top_k >= 0, "--top-p must be in (0, 1] and --top-k >= 0"),
+        )
 
 
 if __name__ == "__main__":

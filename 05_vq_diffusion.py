@@ -67,78 +67,6 @@ NOISE = {
     "mask": (1.0, 0.0),
 }  # gamma, K*beta ends
 
-# --- config ---
-
-
-@dataclass
-class Config(common.TrainConfig):
-    dataset: str = "shapes-plain"  # as lesson 01; by default shapes in flat palette colours
-    out: str = "runs/05_vq_diffusion"  # run folder: ckpt.pt, metrics.jsonl, samples.png, inpaint.png
-    tokenizer: str | None = None  # 02/03 checkpoint (default: as lesson 04, of the shape below)
-    tokenizer_depth: int = 1  # D of the tokenizer trained when none is given (1: VQD's VQ model)
-    tokenizer_codebook_size: int | None = None  # its K (default: 128 on the built-in shapes, else 02's)
-    width: int = 128  # transformer width
-    heads: int = 4  # attention heads
-    layers: int = 4  # transformer blocks (full attention, AdaLN)
-    dropout: float = 0.0  # dropout in the residual branches
-    conditional: bool | None = None  # class-conditional (default: when the dataset has labels)
-    noise: Literal["mask-replace", "uniform", "mask"] = "mask"  # q(x_t | x_{t-1}); paper: mask-replace
-    steps_T: int = 100  # T: diffusion steps
-    gamma_end: float | None = (
-        None  # gammabar_T, mask probability at t = T (default: 1 - --beta-end, or by --noise 0.9, 0, 1)
-    )
-    beta_end: float | None = None  # K*betabar_T, replace probability at t = T (default: 1 - --gamma-end)
-    aux_weight: float = 1.0  # lambda on the auxiliary loss L_x0 = -log p_theta(x_0 | x_t) (official 5e-4)
-    weight_decay: float = 4.5e-2  # AdamW weight decay (official value)
-    stride: int = 1  # dt: sampling jumps from t to t - dt (fast inference); 1 = all T steps
-    truncation: float = 0.86  # r: sample x_0 only from its smallest top set of mass >= r (1 = off)
-    label_dropout: float = 0.1  # training: the class is replaced by "no class" this often (CFG)
-    guidance: float = 3.0  # sampling: classifier-free guidance scale s (1 = plain conditional)
-    purity: bool = False  # sampling: reveal the purest [MASK] codes first (improved VQD)
-    inpaint_renoise: bool = False  # inpainting re-noises the known codes to q(x_t | x_0) (RePaint)
-    samples_per_class: int = 16  # images per row of samples.png (all judged for sample quality)
-    eval_timesteps: int = 10  # t values (evenly spread) that estimate the validation bound
-    batch_size: int = 32  # images per step (per process under torchrun)
-    steps: int = 2500  # optimizer steps
-    lr: float = 2e-3  # peak AdamW lr: a 100-step warm-up ramp times a cosine decay (paper: 4.5e-4)
-
-    def __post_init__(self):
-        super().__post_init__()
-        if self.tokenizer_codebook_size is None and self.dataset in common.BUILTIN:
-            self.tokenizer_codebook_size = 128  # depth 1 needs more codes than 02's K = 16
-        gamma, beta = NOISE[self.noise]
-        if self.noise != "mask-replace" and (
-            self.gamma_end not in (None, gamma) or self.beta_end not in (None, beta)
-        ):
-            raise ValueError(
-                f"--noise {self.noise} means --gamma-end {gamma} --beta-end {beta}; use --noise mask-replace to choose them"
-            )
-        if self.gamma_end is None:  # one of the two given: the other makes the sum 1
-            self.gamma_end = gamma if self.beta_end is None else 1 - self.beta_end
-        if self.beta_end is None:
-            self.beta_end = 1 - self.gamma_end
-        if min(self.gamma_end, self.beta_end) < 0 or abs(self.gamma_end + self.beta_end - 1) > 1e-9:
-            raise ValueError(
-                f"--gamma-end {self.gamma_end} and --beta-end {self.beta_end} must be >= 0 and sum to 1: "
-                "nothing of x_0 may be left at t = T, or p(x_T) is no distribution and L_T no KL"
-            )
-        stage2.check_prior_flags(self)
-        width = f"--width {self.width} must be a positive multiple of --heads {self.heads}"
-        common.require(
-            (self.heads >= 1 and self.width % self.heads == 0, width),
-            (
-                min(self.layers, self.steps_T, self.eval_timesteps) >= 1,
-                "--layers, --steps-T, --eval-timesteps >= 1",
-            ),
-            (self.stride >= 1, f"--stride must be >= 1, got {self.stride}"),
-            (0 < self.truncation <= 1, f"--truncation must be in (0, 1], got {self.truncation}"),
-            (
-                not self.purity or self.noise != "uniform",
-                "--purity reveals [MASK] codes; --noise uniform has none",
-            ),
-        )
-
-
 # --- the forward process: schedules and transition matrices ---
 
 
@@ -575,6 +503,78 @@ def inpaint(model, sched: Schedule, s, cfg: Config, completions: int = 2) -> Non
         )
         rows.append(stage2.decode(s.tok, filled, s.H))
     common.save_grid(rows, s.run.dir / "inpaint.png")
+
+
+# --- config and command line ---
+
+
+@dataclass
+class Config(common.TrainConfig):
+    dataset: str = "shapes-plain"  # as lesson 01; by default shapes in flat palette colours
+    out: str = "runs/05_vq_diffusion"  # run folder: ckpt.pt, metrics.jsonl, samples.png, inpaint.png
+    tokenizer: str | None = None  # 02/03 checkpoint (default: as lesson 04, of the shape below)
+    tokenizer_depth: int = 1  # D of the tokenizer trained when none is given (1: VQD's VQ model)
+    tokenizer_codebook_size: int | None = None  # its K (default: 128 on the built-in shapes, else 02's)
+    width: int = 128  # transformer width
+    heads: int = 4  # attention heads
+    layers: int = 4  # transformer blocks (full attention, AdaLN)
+    dropout: float = 0.0  # dropout in the residual branches
+    conditional: bool | None = None  # class-conditional (default: when the dataset has labels)
+    noise: Literal["mask-replace", "uniform", "mask"] = "mask"  # q(x_t | x_{t-1}); paper: mask-replace
+    steps_T: int = 100  # T: diffusion steps
+    gamma_end: float | None = (
+        None  # gammabar_T, mask probability at t = T (default: 1 - --beta-end, or by --noise 0.9, 0, 1)
+    )
+    beta_end: float | None = None  # K*betabar_T, replace probability at t = T (default: 1 - --gamma-end)
+    aux_weight: float = 1.0  # lambda on the auxiliary loss L_x0 = -log p_theta(x_0 | x_t) (official 5e-4)
+    weight_decay: float = 4.5e-2  # AdamW weight decay (official value)
+    stride: int = 1  # dt: sampling jumps from t to t - dt (fast inference); 1 = all T steps
+    truncation: float = 0.86  # r: sample x_0 only from its smallest top set of mass >= r (1 = off)
+    label_dropout: float = 0.1  # training: the class is replaced by "no class" this often (CFG)
+    guidance: float = 3.0  # sampling: classifier-free guidance scale s (1 = plain conditional)
+    purity: bool = False  # sampling: reveal the purest [MASK] codes first (improved VQD)
+    inpaint_renoise: bool = False  # inpainting re-noises the known codes to q(x_t | x_0) (RePaint)
+    samples_per_class: int = 16  # images per row of samples.png (all judged for sample quality)
+    eval_timesteps: int = 10  # t values (evenly spread) that estimate the validation bound
+    batch_size: int = 32  # images per step (per process under torchrun)
+    steps: int = 2500  # optimizer steps
+    lr: float = 2e-3  # peak AdamW lr: a 100-step warm-up ramp times a cosine decay (paper: 4.5e-4)
+
+    def __post_init__(self):
+        super().__post_init__()
+        if self.tokenizer_codebook_size is None and self.dataset in common.BUILTIN:
+            self.tokenizer_codebook_size = 128  # depth 1 needs more codes than 02's K = 16
+        gamma, beta = NOISE[self.noise]
+        if self.noise != "mask-replace" and (
+            self.gamma_end not in (None, gamma) or self.beta_end not in (None, beta)
+        ):
+            raise ValueError(
+                f"--noise {self.noise} means --gamma-end {gamma} --beta-end {beta}; use --noise mask-replace to choose them"
+            )
+        if self.gamma_end is None:  # one of the two given: the other makes the sum 1
+            self.gamma_end = gamma if self.beta_end is None else 1 - self.beta_end
+        if self.beta_end is None:
+            self.beta_end = 1 - self.gamma_end
+        if min(self.gamma_end, self.beta_end) < 0 or abs(self.gamma_end + self.beta_end - 1) > 1e-9:
+            raise ValueError(
+                f"--gamma-end {self.gamma_end} and --beta-end {self.beta_end} must be >= 0 and sum to 1: "
+                "nothing of x_0 may be left at t = T, or p(x_T) is no distribution and L_T no KL"
+            )
+        stage2.check_prior_flags(self)
+        width = f"--width {self.width} must be a positive multiple of --heads {self.heads}"
+        common.require(
+            (self.heads >= 1 and self.width % self.heads == 0, width),
+            (
+                min(self.layers, self.steps_T, self.eval_timesteps) >= 1,
+                "--layers, --steps-T, --eval-timesteps >= 1",
+            ),
+            (self.stride >= 1, f"--stride must be >= 1, got {self.stride}"),
+            (0 < self.truncation <= 1, f"--truncation must be in (0, 1], got {self.truncation}"),
+            (
+                not self.purity or self.noise != "uniform",
+                "--purity reveals [MASK] codes; --noise uniform has none",
+            ),
+        )
 
 
 if __name__ == "__main__":
