@@ -62,7 +62,7 @@ def load_tokenizer(path, device="cpu"):
 
 def tokenizer_path(cfg) -> Path:
     """--tokenizer, else the first of runs/02_rq/ckpt.pt (lesson 02's default run),
-    runs/04_rq_transformer/tokenizer/ckpt.pt (the one this lesson trains) and
+    runs/04_rq_transformer/tokenizer/ckpt.pt (the one lesson 04 trains) and
     <out>/tokenizer/ckpt.pt that was trained on this dataset with --tokenizer-depth and
     --tokenizer-codebook-size, else a lesson-02 RQ-VAE of that shape trained (once) into
     <out>/tokenizer."""
