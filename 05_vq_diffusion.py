@@ -359,7 +359,7 @@ def sample(
 
 
 def reveal_purest(x_t, x0, logits, sched: Schedule, t: int, s: int) -> torch.Tensor:
-    """One step of the purity sampler (improved VQ-Diffusion, arXiv:2205.16007, Sec. 4.2).
+    """One step of the purity sampler (improved VQ-Diffusion, arXiv:2205.16007).
 
     The posterior step unmasks each [MASK] code independently; with few steps left, two codes
     that only make sense together can then be drawn at once and disagree. Here the NUMBER of
