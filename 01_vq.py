@@ -270,11 +270,7 @@ def log_codes(run, step: int, rec, commit, counts: torch.Tensor, restarted: int)
 
 def train(cfg: Config) -> nn.Module:
     """Train a VQ-VAE to reconstruct images; write ckpt.pt, metrics.jsonl and recon.png to cfg.out."""
-    rank, world = common.distributed()  # (0, 1) unless launched by torchrun
-    device = common.get_device(cfg.device)
-    common.seed_everything(cfg.seed)
-    run = common.Run(cfg)
-    train_set, val_set, _ = common.load_data(cfg, rank, world)
+    device, rank, world, run, train_set, val_set = common.start(cfg)  # torchrun ranks, seed, run folder, data
     model = VQVAE(cfg).to(device)
     opt = torch.optim.Adam(model.parameters(), lr=cfg.lr)
     start = run.restore(model=model, opt=opt)  # 0 unless --resume

@@ -276,11 +276,7 @@ def train(cfg: Config) -> nn.Module:
     depths (RQ Eq. 6-7), codebook by EMA; the log adds the codes used at each depth, and the end
     the depth report and figures."""
     common.echo(f"preset '{common.preset_name(cfg)}': the defaults of the flags left unset")
-    rank, world = common.distributed()  # (0, 1) unless launched by torchrun
-    device = common.get_device(cfg.device)
-    common.seed_everything(cfg.seed)
-    run = common.Run(cfg)
-    train_set, val_set, _ = common.load_data(cfg, rank, world)
+    device, rank, world, run, train_set, val_set = common.start(cfg)  # torchrun ranks, seed, run folder, data
     model = build(cfg).to(device)
     opt = torch.optim.Adam(model.parameters(), lr=cfg.lr)
     start = run.restore(model=model, opt=opt)  # 0 unless --resume
@@ -298,8 +294,10 @@ def train(cfg: Config) -> nn.Module:
                 loss = rec + q["loss"]  # + beta L_commit, every depth's partial sum (RQ Eq. 7)
                 (loss / cfg.grad_accum).backward()
             run.check_finite(loss, step + 1)  # stop at a NaN loss, before it is saved
-            for d in range(cfg.depth):  # code usage by depth: deeper depths use smaller codes
-                by_depth[d] += torch.bincount(codes[..., d].flatten().cpu(), minlength=cfg.codebook_size)
+            # code usage by depth (deeper depths use smaller codes): one bincount over (depth, code)
+            K = cfg.codebook_size
+            depth_code = codes.flatten(0, -2) + torch.arange(cfg.depth, device=codes.device) * K
+            by_depth += torch.bincount(depth_code.flatten(), minlength=cfg.depth * K).view(cfg.depth, K).cpu()
             restarted += model.quantizer.n_dead
         opt.step()
         if (step + 1) % cfg.log_every == 0:

@@ -148,12 +148,8 @@ def discriminator_step(d_ddp, opt_d, x, x_hat, d_loss_fn, run, step: int) -> dic
 def train(cfg: Config) -> nn.Module:
     """Two players: the tokenizer (G) minimises L_rec + L_VQ + w lambda L_GAN, the patch
     discriminator (D) minimises its GAN loss on real images and DETACHED reconstructions."""
-    rank, world = common.distributed()  # (0, 1) unless launched by torchrun
-    device = common.get_device(cfg.device)
-    common.seed_everything(cfg.seed)
-    run = common.Run(cfg)
     common.echo(f"preset '{common.preset_name(cfg)}': the defaults of the flags left unset")
-    train_set, val_set, _ = common.load_data(cfg, rank, world)
+    device, rank, world, run, train_set, val_set = common.start(cfg)  # torchrun ranks, seed, run folder, data
     model = build(cfg).to(device)
     disc = PatchDiscriminator(cfg.disc_layers, cfg.disc_ch, cfg.disc_norm).to(device)
     lpips = LPIPS(pretrained=True).to(device) if cfg.perceptual_weight > 0 else None

@@ -52,7 +52,7 @@ from .images import image_to_tensor, to_uint8, save_grid
 from .nets import ResBlock, Encoder, Decoder, psnr, codebook_stats
 
 # runs.py: the run folder: metrics log, checkpoints, --resume, Ctrl-C
-from .runs import Run, read_log, lesson_name
+from .runs import Run, read_log, lesson_name, start
 
 # checkpoints.py: checkpoint files and downloaded weights
 from .checkpoints import (

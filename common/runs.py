@@ -16,9 +16,10 @@ import torch
 import torch.nn as nn
 
 from .checkpoints import load_checkpoint, load_state, rng_state, save_atomic, set_rng_state
-from .device import progress
-from .dist import dist_on, is_main
+from .device import get_device, progress, seed_everything
+from .dist import dist_on, distributed, is_main
 from .errors import Interrupted, UserError
+from .loading import load_data
 
 
 class Run:
@@ -186,3 +187,14 @@ def lesson_name(cfg) -> str:
     """The file stem of the lesson whose Config this is ("02_rq"), also when that lesson runs as
     the script (its module is then called __main__)."""
     return Path(sys.modules[type(cfg).__module__].__file__).stem
+
+
+def start(cfg):
+    """What every tokenizer lesson (01-03) does first: (rank, world) under torchrun, the device,
+    the seed, the run folder, and the data -> (device, rank, world, run, train_set, val_set)."""
+    rank, world = distributed()  # (0, 1) unless launched by torchrun
+    device = get_device(cfg.device)
+    seed_everything(cfg.seed)
+    run = Run(cfg)
+    train_set, val_set, _ = load_data(cfg, rank, world)
+    return device, rank, world, run, train_set, val_set
