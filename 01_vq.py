@@ -199,18 +199,11 @@ class VQVAE(nn.Module):
     def __init__(self, cfg: Config, quantizer: nn.Module | None = None):
         super().__init__()
         self.encoder = common.Encoder(cfg.code_dim, cfg.ch, cfg.downsample)
-        self.quantizer = (
-            quantizer
-            if quantizer is not None
-            else VectorQuantizer(
-                cfg.codebook_size,
-                cfg.code_dim,
-                cfg.beta,
-                cfg.codebook,
-                cfg.decay,
-                cfg.dead_threshold,
+        if quantizer is None:  # lesson 01's own: one codebook of K vectors
+            quantizer = VectorQuantizer(
+                cfg.codebook_size, cfg.code_dim, cfg.beta, cfg.codebook, cfg.decay, cfg.dead_threshold
             )
-        )
+        self.quantizer = quantizer
         self.decoder = common.Decoder(cfg.code_dim, cfg.ch, cfg.downsample)
 
     def forward(self, x: torch.Tensor):

@@ -91,15 +91,7 @@ class ResidualQuantizer(nn.Module):
     """
 
     def __init__(
-        self,
-        K,
-        d,
-        depth,
-        codebooks="shared",
-        beta=0.25,
-        codebook="ema",
-        decay=0.99,
-        dead_threshold=1.0,
+        self, K, d, depth, codebooks="shared", beta=0.25, codebook="ema", decay=0.99, dead_threshold=1.0
     ):
         super().__init__()
         self.K, self.d, self.depth, self.beta = K, d, depth, beta
@@ -183,6 +175,14 @@ def decode_partial(model: nn.Module, x: torch.Tensor):
 # --- evaluation and figures ---
 
 
+def count_by_depth(codes: torch.Tensor, K: int) -> torch.Tensor:
+    """codes (..., D) -> (D, K) how often each code is chosen at each depth: ONE bincount over
+    (depth, code) pairs, not D of them (this runs at every training step)."""
+    D = codes.shape[-1]
+    depth_code = codes.reshape(-1, D) + torch.arange(D, device=codes.device) * K
+    return torch.bincount(depth_code.flatten(), minlength=D * K).view(D, K).cpu().float()
+
+
 @torch.no_grad()
 def report(model: nn.Module, val_set, run_dir, device, cfg: Config) -> dict:
     """Table 6 analog (MSE, PSNR, commitment per partial depth), code usage and norms by depth,
@@ -190,61 +190,34 @@ def report(model: nn.Module, val_set, run_dir, device, cfg: Config) -> dict:
     model.eval()
     D, K = cfg.depth, cfg.codebook_size
     x_all, _ = common.first_images(val_set, cfg.eval_images)
-    mse, psnr, commit = torch.zeros(D), torch.zeros(D), torch.zeros(D)
-    counts = torch.zeros(D, K)  # how often each code is chosen at each depth
+    table, counts = torch.zeros(3, D), torch.zeros(D, K)  # MSE, PSNR, commitment by depth; code counts
     for x in x_all.split(cfg.batch_size):
-        codes, partial, x_hat, z_e = decode_partial(model, x.to(device))
-        n = len(x) / len(x_all)
-        mse += (
-            n * (x_hat.float().clamp(-1, 1) - x[:, None].to(device)).pow(2).flatten(2).mean(2).mean(0).cpu()
-        )
-        psnr += n * torch.stack([common.psnr(x.to(device), x_hat[:, i]) for i in range(D)], 1).mean(0).cpu()
-        commit += n * (z_e[:, None].float() - partial).pow(2).mean((0, 2, 3, 4)).cpu()
-        for i in range(D):
-            counts[i] += torch.bincount(codes[..., i].flatten().cpu(), minlength=K)
+        x = x.to(device)
+        codes, partial, x_hat, z_e = decode_partial(model, x)
+        mse = (x_hat.float().clamp(-1, 1) - x[:, None]).pow(2).flatten(2).mean(2)  # (B, D)
+        psnr = torch.stack([common.psnr(x, x_hat[:, i]) for i in range(D)], 1)  # (B, D)
+        commit = (z_e[:, None].float() - partial).pow(2).mean((2, 3, 4))  # (B, D): ||z - Z^(d)||^2
+        table += torch.stack([mse, psnr, commit]).sum(1).cpu() / len(x_all)
+        counts += count_by_depth(codes, K)
     norms = model.quantizer.codebook.norm(dim=1).cpu()  # (K,) ||e(k)||
     size = K if model.quantizer.shared else K // D  # the codes a depth may choose from
     offsets = model.quantizer.offsets()
     stats = [common.codebook_stats(c[o : o + size]) for c, o in zip(counts, offsets)]
-    table = {
-        "partial_depth": [
-            {
-                "depth": i + 1,
-                "mse": mse[i].item(),
-                "psnr": psnr[i].item(),
-                "commit": commit[i].item(),
-                "usage": stats[i]["usage"],
-                "perplexity": stats[i]["perplexity"],
-                "mean_code_norm": ((counts[i] * norms).sum() / counts[i].sum()).item(),
-            }
-            for i in range(D)
-        ]
-    }
+    mean_norm = (counts * norms).sum(1) / counts.sum(1)  # (D,) the mean ||e(k_d)|| of the codes used
     common.echo("depth d |   MSE    | PSNR dB | commit  | usage | perplexity | mean ||e(k_d)||")
-    for row in table["partial_depth"]:
-        common.echo(
-            f"{row['depth']:7d} | {row['mse']:.5f} | {row['psnr']:7.2f} | {row['commit']:.5f} | {row['usage']:5.2f} | {row['perplexity']:10.1f} | {row['mean_code_norm']:.3f}"
-        )
+    rows, formats = [], ("7d", ".5f", "7.2f", ".5f", "5.2f", "10.1f", ".3f")
+    for i, (mse, psnr, commit) in enumerate(table.T.tolist()):
+        usage, perplexity = stats[i]["usage"], stats[i]["perplexity"]
+        rows.append(dict(depth=i + 1, mse=mse, psnr=psnr, commit=commit, usage=usage, perplexity=perplexity))
+        rows[-1]["mean_code_norm"] = mean_norm[i].item()
+        common.echo(" | ".join(f"{v:{f}}" for v, f in zip(rows[-1].values(), formats)))
     x = x_all[:8].to(device)
-    plot_coarse_to_fine(x, decode_partial(model, x)[2], run_dir / "coarse_to_fine.png")
+    columns = torch.cat([x[:, None], decode_partial(model, x)[2]], 1)  # Fig. 5: the original, then Z^(1..D)
+    titles = ["original"] + [f"Z^({d})" for d in range(1, D + 1)]
+    common.save_titled_grid(columns, titles, run_dir / "coarse_to_fine.png")
     plot_code_usage(counts, norms, run_dir / "code_usage_by_depth.png")
     model.train()
-    return table
-
-
-def plot_coarse_to_fine(x: torch.Tensor, x_hat: torch.Tensor, path) -> None:
-    """Fig. 5: one row per image: the original, then the decodes of Z^(1), ..., Z^(D)."""
-    B, D = x_hat.shape[:2]
-    fig = Figure(figsize=(1.2 * (D + 1), 1.2 * B))
-    axes = fig.subplots(B, D + 1, squeeze=False)
-    for i in range(B):
-        for j, img in enumerate([x[i], *x_hat[i]]):
-            axes[i, j].imshow(common.to_uint8(img), interpolation="nearest")
-            axes[i, j].set_axis_off()
-            if i == 0:
-                axes[i, j].set_title("original" if j == 0 else f"Z^({j})", fontsize=8)
-    fig.tight_layout(pad=0.2)
-    fig.savefig(path, dpi=100)
+    return {"partial_depth": rows}
 
 
 def plot_code_usage(counts: torch.Tensor, norms: torch.Tensor, path) -> None:
@@ -253,16 +226,11 @@ def plot_code_usage(counts: torch.Tensor, norms: torch.Tensor, path) -> None:
     ax = fig.subplots()
     bins = torch.linspace(0, norms.max().item() * 1.02, 40)
     for i, c in enumerate(counts):
-        ax.hist(
-            norms.numpy(),
-            bins=bins.numpy(),
-            weights=(c / c.sum()).numpy(),
-            alpha=0.5,
-            label=f"depth {i + 1}",
-        )
-    ax.set_xlabel("code norm ||e(k)||")
-    ax.set_ylabel("fraction of code uses")
-    ax.set_title("Code usage by depth (RQ-VAE Fig. 6)")
+        weights = (c / c.sum()).numpy()  # the fraction of depth i's code uses at each norm
+        ax.hist(norms.numpy(), bins=bins.numpy(), weights=weights, alpha=0.5, label=f"depth {i + 1}")
+    ax.set(
+        xlabel="code norm ||e(k)||", ylabel="fraction of code uses", title="Code usage by depth (RQ Fig. 6)"
+    )
     ax.legend()
     fig.tight_layout()
     fig.savefig(path, dpi=100)
@@ -294,10 +262,7 @@ def train(cfg: Config) -> nn.Module:
                 loss = rec + q["loss"]  # + beta L_commit, every depth's partial sum (RQ Eq. 7)
                 (loss / cfg.grad_accum).backward()
             run.check_finite(loss, step + 1)  # stop at a NaN loss, before it is saved
-            # code usage by depth (deeper depths use smaller codes): one bincount over (depth, code)
-            K = cfg.codebook_size
-            depth_code = codes.flatten(0, -2) + torch.arange(cfg.depth, device=codes.device) * K
-            by_depth += torch.bincount(depth_code.flatten(), minlength=cfg.depth * K).view(cfg.depth, K).cpu()
+            by_depth += count_by_depth(codes, cfg.codebook_size)  # deeper depths use smaller codes
             restarted += model.quantizer.n_dead
         opt.step()
         if (step + 1) % cfg.log_every == 0:
@@ -341,17 +306,14 @@ class Config(vq.Config):
     lr: float | None = None  # Adam learning rate (default: shapes 1e-3, real datasets 4e-4)
 
     def __post_init__(self):
-        preset = PRESETS.get(common.preset_name(self), PRESETS["large"])
-        for name, value in preset.items():
-            if getattr(self, name) is None:
-                setattr(self, name, value)
+        common.apply_preset(self, PRESETS, PRESETS["large"])  # the flags left unset
         super().__post_init__()
-        if self.depth < 1:
-            raise ValueError(f"--depth must be at least 1, got {self.depth}")
-        if self.codebooks == "separate" and self.codebook_size % self.depth:
-            raise ValueError(
-                f"--codebooks separate splits K into D books: --codebook-size {self.codebook_size} is not divisible by --depth {self.depth}"
-            )
+        K, D = self.codebook_size, self.depth
+        splits = self.codebooks == "shared" or K % max(D, 1) == 0  # separate: D books of K/D codes
+        common.require(
+            (D >= 1, f"--depth must be at least 1, got {D}"),
+            (splits, f"--codebooks separate: --codebook-size {K} is not divisible by --depth {D}"),
+        )
 
 
 if __name__ == "__main__":

@@ -236,10 +236,7 @@ class Config(rq.Config):
             raise ValueError(
                 "--grad-accum is not supported by the two-player loop of lesson 03; raise --batch-size or use more processes"
             )
-        net = NET.get(common.preset_name(self), NET_OTHER)
-        for name, value in net.items():
-            if getattr(self, name) is None:
-                setattr(self, name, value)
+        common.apply_preset(self, NET, NET_OTHER)  # the flags left unset
         implied = 2 ** (len(self.ch_mult) - 1)
         if self.downsample is not None and self.downsample != implied:
             raise ValueError(

@@ -335,12 +335,8 @@ def train(cfg: Config) -> nn.Module:
         if (step + 1) % cfg.log_every == 0:
             stage2.log_step(s.run, step + 1, loss=loss, bits_per_code=loss / math.log(2))
         if s.run.save_due(step + 1):  # every --ckpt-every steps or --ckpt-minutes, on a signal
-            s.run.save(
-                step + 1,
-                model=model.state_dict(),
-                opt=opt.state_dict(),
-                tokenizer=str(s.tokenizer_path),
-            )
+            states = dict(model=model.state_dict(), opt=opt.state_dict())
+            s.run.save(step + 1, **states, tokenizer=str(s.tokenizer_path))  # the prior names its tokenizer
     model.eval()
     if not common.is_main():  # under torchrun, rank 0 evaluates and samples
         return model
@@ -401,9 +397,7 @@ class Config(common.TrainConfig):
     def __post_init__(self):
         super().__post_init__()
         stage2.check_prior_flags(self)
-        width = f"--width {self.width} must be a positive multiple of --heads {self.heads}"
         common.require(
-            (self.heads >= 1 and self.width % self.heads == 0, width),
             (min(self.spatial_layers, self.depth_layers) >= 1, "--spatial-layers, --depth-layers >= 1"),
             (min(self.tau, self.temperature) > 0, "--tau and --temperature must be > 0"),
             (0 < self.top_p <= 1 and self.top_k >= 0, "--top-p must be in (0, 1] and --top-k >= 0"),

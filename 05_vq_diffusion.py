@@ -13,11 +13,9 @@ the forward chain turns that prediction into p_theta(x_{t-1} | x_t). Sampling st
 prior p(x_T) and runs the chain backwards; because every position is predicted at every step, it
 can also jump dt steps at a time (fast inference) and fill in a masked region (inpainting).
 
-CPU defaults (README, lesson 05, says what each one changed): a depth-1 VQ tokenizer with K = 128
-(the paper's kind), mask-only noise (--noise mask; the paper's mask-and-replace is a flag away),
-lambda = 1 on L_x0 (official 5e-4: at this scale the x_0 cross-entropy is what teaches the network),
-classifier-free guidance 3 and 10 % "no class" in training. --purity swaps the independent
-posterior draw for improved VQ-Diffusion's purity sampler (the surest codes first).
+CPU defaults (README, lesson 05, says what each changed): a depth-1 VQ tokenizer, K = 128 (the
+paper's kind); mask-only noise (the paper's mask-and-replace is --noise mask-replace); lambda = 1 on
+L_x0 (official 5e-4: at this scale the x_0 cross-entropy is what teaches); guidance 3.
 
 States: the K codes are 0..K-1 and [MASK] is state K, so every distribution below is over K+1
 states, stored as log-probabilities clamped at LOG_EPS (the official code does the same at -70).
@@ -61,11 +59,7 @@ ar = common.lesson("04_rq_transformer")  # Block, encode (raster-order codes), g
 
 LOG_EPS = -70.0  # log-probabilities are clamped to [-70, 0]: exp(-70) ~ 4e-31 stands for zero
 LOG_ZERO = -1e4  # log 0 where a zero must stay exactly zero; finite, so no -inf - -inf = NaN
-NOISE = {
-    "mask-replace": (0.9, 0.1),
-    "uniform": (0.0, 1.0),
-    "mask": (1.0, 0.0),
-}  # gamma, K*beta ends
+NOISE = {"mask-replace": (0.9, 0.1), "uniform": (0.0, 1.0), "mask": (1.0, 0.0)}  # gammabar_T, K*betabar_T
 
 # --- the forward process: schedules and transition matrices ---
 
@@ -279,10 +273,7 @@ class DiffusionTransformer(nn.Module):
         self.K, self.H, self.D, W = K, H, D, cfg.width
         self.embed = nn.Embedding(D * (K + 1), W)  # one table per depth: row d*(K+1) + state
         self.register_buffer("offsets", torch.arange(D) * (K + 1), persistent=False)
-        self.pos_row, self.pos_col = (
-            nn.Parameter(torch.zeros(H, W)),
-            nn.Parameter(torch.zeros(H, W)),
-        )
+        self.pos_row, self.pos_col = nn.Parameter(torch.zeros(H, W)), nn.Parameter(torch.zeros(H, W))
         self.time = nn.Embedding(cfg.steps_T + 1, W)
         self.label = nn.Embedding(num_classes + 1, W)  # one per class + "no class" (guidance)
         self.null = num_classes
@@ -306,42 +297,32 @@ class DiffusionTransformer(nn.Module):
 
 @torch.no_grad()
 def sample(
-    model,
-    sched: Schedule,
-    c: torch.Tensor,
-    stride: int = 1,
-    truncation: float = 1.0,
-    known: torch.Tensor | None = None,
-    keep: torch.Tensor | None = None,
-    renoise: bool = False,
-    progress: bool = False,
-    guidance: float = 1.0,
-    purity: bool = False,
-) -> torch.Tensor:
-    """Run the reverse chain from x_T ~ p(x_T) at t = T, T - dt, ..., and return x_0 (B, N, D).
+    model, sched: Schedule, c, stride=1, truncation=1.0, known=None, renoise=False, guidance=1.0, purity=False
+):
+    """Run the reverse chain from x_T ~ p(x_T) at t = T, T - dt, ..., and return x_0 (B, N, D); c: (B,).
 
     Each step: p_theta(x_0 | x_t) (truncated to its top mass r), then p_theta(x_s | x_t) with
     s = max(t - dt, 0) by the x0-parameterized posterior, then a draw. ceil(T / dt) network calls.
     guidance s != 1: classifier-free guidance on log p_theta(x_0 | x_t) (improved VQ-Diffusion,
     arXiv:2205.16007): log p_u + s (log p_c - log p_u), renormalised; each call is then on 2B.
-    Inpainting: known (B, N, D) codes are held wherever keep (B, N, D) is True: clean at every
-    step, or with renoise=True re-noised to x_s ~ q(x_s | x_0 = known) (RePaint, the known region
-    as corrupted as in training). purity=True: the purity sampler (`reveal_purest`).
+    Inpainting: known (B, N, D) holds the given codes and -1 where a code is to be generated; the
+    given ones are held clean at every step, or with renoise=True re-noised to x_s ~ q(x_s | x_0 =
+    known) (RePaint: the known region as corrupted as in training). purity: `reveal_purest`.
     """
     N, K, T, B = model.H * model.H, sched.K, sched.T, len(c)
 
     def hold(x, s):  # the known codes at step s
-        if keep is None:
+        if known is None:
             return x
-        known_s = q_sample(known, sched, torch.full((B,), s)) if renoise and s > 0 else known
-        return torch.where(keep, known_s, x)
+        given = known.clamp_min(0)
+        given = q_sample(given, sched, torch.full((B,), s)) if renoise and s > 0 else given
+        return torch.where(known >= 0, given, x)
 
     x = ar.sample_logits(log_prior(sched).to(c.device).expand(B * N * model.D, K + 1))
     x = hold(x.view(B, N, model.D), T)
     pair = 1 + (guidance != 1.0)  # a second half without the class, for guidance
     c_in = torch.cat([c, torch.full_like(c, model.null)]) if pair == 2 else c
-    times = range(T, 0, -stride)
-    for t in common.progress(times, desc="sampling", leave=False) if progress else times:
+    for t in common.progress(range(T, 0, -stride), desc="sampling", leave=False):
         s = max(t - stride, 0)
         t_in = torch.full((pair * B,), t, device=c.device)
         log_x0 = model(x.repeat(pair, 1, 1), t_in, c_in).float().log_softmax(-1)
@@ -419,12 +400,8 @@ def train(cfg: Config) -> nn.Module:
         if (step + 1) % cfg.log_every == 0:
             stage2.log_step(s.run, step + 1, loss=loss, **{"L_t-1": l_vlb.mean(), "L_x0": l_x0.mean()})
         if s.run.save_due(step + 1):  # every --ckpt-every steps or --ckpt-minutes, on a signal
-            s.run.save(
-                step + 1,
-                model=model.state_dict(),
-                opt=opt.state_dict(),
-                tokenizer=str(s.tokenizer_path),
-            )
+            states = dict(model=model.state_dict(), opt=opt.state_dict())
+            s.run.save(step + 1, **states, tokenizer=str(s.tokenizer_path))  # the prior names its tokenizer
     model.eval()
     if common.is_main():  # under torchrun, rank 0 evaluates and samples
         finish(model, sched, s, cfg)
@@ -438,9 +415,7 @@ def finish(model, sched: Schedule, s, cfg: Config) -> None:
     values = " | ".join(f"{k} {v:.4f}" for k, v in val.items())
     common.echo(f"validation (nats per code): {values} | bound {val['vlb'] / math.log(2):.3f} bits per code")
     c = stage2.sample_classes(s, cfg.samples_per_class)  # one row per class
-    codes = sample(
-        model, sched, c, cfg.stride, cfg.truncation, progress=True, guidance=cfg.guidance, purity=cfg.purity
-    )
+    codes = sample(model, sched, c, cfg.stride, cfg.truncation, guidance=cfg.guidance, purity=cfg.purity)
     quality = stage2.judge_samples(s, cfg, stage2.save_samples(s, codes, cfg.samples_per_class), c)
     s.run.log({"step": cfg.steps, "final": True, **{f"val_{k}": v for k, v in val.items()}, **quality})
     inpaint(model, sched, s, cfg)
@@ -478,28 +453,15 @@ def inpaint(model, sched: Schedule, s, cfg: Config, completions: int = 2) -> Non
     """inpaint.png: 8 validation images, the same with the centre half of the code grid hidden,
     then `completions` samples that keep every code outside that square."""
     x, y = common.first_images(s.val_set, 8)
-    x = x.to(s.device)
-    c = s.labels(y)
+    x, c = x.to(s.device), s.labels(y)
     codes, _ = ar.encode(s.tok, x)
-    grid = torch.zeros(s.H, s.H, dtype=torch.bool, device=s.device)
-    lo, hi = s.H // 4, s.H - s.H // 4
-    grid[lo:hi, lo:hi] = True  # the hidden square, in code positions
-    keep = ~grid.flatten()[None, :, None].expand_as(codes)
-    px = s.size // s.H
-    hidden = x.clone()
-    hidden[:, :, lo * px : hi * px, lo * px : hi * px] = 0.0  # shown as grey
+    square = stage2.centre_square(s.H, s.device)  # (H, H) True on the hidden half of the code grid
+    known = codes.masked_fill(square.flatten()[None, :, None], -1)  # -1: a code to generate
+    hidden = x * (1 - F.interpolate(square[None, None].float(), size=x.shape[-2:]))  # shown as grey
     rows = [x, hidden]
     for _ in range(completions):
         filled = sample(
-            model,
-            sched,
-            c,
-            cfg.stride,
-            cfg.truncation,
-            codes,
-            keep,
-            cfg.inpaint_renoise,
-            purity=cfg.purity,
+            model, sched, c, cfg.stride, cfg.truncation, known, cfg.inpaint_renoise, purity=cfg.purity
         )
         rows.append(stage2.decode(s.tok, filled, s.H))
     common.save_grid(rows, s.run.dir / "inpaint.png")
@@ -523,7 +485,7 @@ class Config(common.TrainConfig):
     noise: Literal["mask-replace", "uniform", "mask"] = "mask"  # q(x_t | x_{t-1}); paper: mask-replace
     steps_T: int = 100  # T: diffusion steps
     gamma_end: float | None = (
-        None  # gammabar_T, mask probability at t = T (default: 1 - --beta-end, or by --noise 0.9, 0, 1)
+        None  # gammabar_T, mask probability at t = T (default: 1 - --beta-end, or --noise's)
     )
     beta_end: float | None = None  # K*betabar_T, replace probability at t = T (default: 1 - --gamma-end)
     aux_weight: float = 1.0  # lambda on the auxiliary loss L_x0 = -log p_theta(x_0 | x_t) (official 5e-4)
@@ -545,34 +507,23 @@ class Config(common.TrainConfig):
         if self.tokenizer_codebook_size is None and self.dataset in common.BUILTIN:
             self.tokenizer_codebook_size = 128  # depth 1 needs more codes than 02's K = 16
         gamma, beta = NOISE[self.noise]
-        if self.noise != "mask-replace" and (
-            self.gamma_end not in (None, gamma) or self.beta_end not in (None, beta)
-        ):
-            raise ValueError(
-                f"--noise {self.noise} means --gamma-end {gamma} --beta-end {beta}; use --noise mask-replace to choose them"
-            )
+        own = self.gamma_end in (None, gamma) and self.beta_end in (None, beta)  # the ends --noise implies
+        fixed = f"--noise {self.noise} fixes --gamma-end {gamma} --beta-end {beta} (--noise mask-replace frees them)"
+        common.require((self.noise == "mask-replace" or own, fixed))
         if self.gamma_end is None:  # one of the two given: the other makes the sum 1
             self.gamma_end = gamma if self.beta_end is None else 1 - self.beta_end
-        if self.beta_end is None:
-            self.beta_end = 1 - self.gamma_end
-        if min(self.gamma_end, self.beta_end) < 0 or abs(self.gamma_end + self.beta_end - 1) > 1e-9:
-            raise ValueError(
-                f"--gamma-end {self.gamma_end} and --beta-end {self.beta_end} must be >= 0 and sum to 1: "
-                "nothing of x_0 may be left at t = T, or p(x_T) is no distribution and L_T no KL"
-            )
+        self.beta_end = 1 - self.gamma_end if self.beta_end is None else self.beta_end
+        g, b = self.gamma_end, self.beta_end
+        ends = f"--gamma-end {g} and --beta-end {b} must be >= 0 and sum to 1 (x_0 all gone at t = T)"
         stage2.check_prior_flags(self)
-        width = f"--width {self.width} must be a positive multiple of --heads {self.heads}"
+        positive = min(self.layers, self.steps_T, self.eval_timesteps, self.stride) >= 1
         common.require(
-            (self.heads >= 1 and self.width % self.heads == 0, width),
-            (
-                min(self.layers, self.steps_T, self.eval_timesteps) >= 1,
-                "--layers, --steps-T, --eval-timesteps >= 1",
-            ),
-            (self.stride >= 1, f"--stride must be >= 1, got {self.stride}"),
+            (min(g, b) >= 0 and abs(g + b - 1) < 1e-9, ends),
+            (positive, "--layers, --steps-T, --eval-timesteps and --stride must be >= 1"),
             (0 < self.truncation <= 1, f"--truncation must be in (0, 1], got {self.truncation}"),
             (
                 not self.purity or self.noise != "uniform",
-                "--purity reveals [MASK] codes; --noise uniform has none",
+                "--purity needs [MASK] codes; --noise uniform has none",
             ),
         )
 

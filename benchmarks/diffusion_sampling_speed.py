@@ -27,7 +27,7 @@ ar = common.lesson("04_rq_transformer")
 vqd = common.lesson("05_vq_diffusion")
 
 
-def main():
+def parse_args() -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--strides", type=int, nargs="+", default=[1, 2, 5, 10, 20], help="dt values")
     p.add_argument("--batch", type=int, default=16, help="images per sampling call")
@@ -38,7 +38,11 @@ def main():
     p.add_argument("--layers", type=int, default=8, help="layers: diffusion and flat; RQ: layers-2 + 2")
     p.add_argument("--steps-T", type=int, default=100, help="diffusion steps T")
     p.add_argument("--repeats", type=int, default=1, help="timed repeats per cell (median)")
-    args = p.parse_args()
+    return p.parse_args()
+
+
+def main():
+    args = parse_args()
     torch.manual_seed(0)
     B, K, D, H = args.batch, args.K, args.D, args.H
     c = torch.zeros(B, dtype=torch.long)

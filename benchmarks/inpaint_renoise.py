@@ -39,9 +39,7 @@ def main():
     x, y = common.first_images(val, args.images)
     codes, _ = ar.encode(tok, x)
     lo, hi = H // 4, H - H // 4
-    grid = torch.zeros(H, H, dtype=torch.bool)
-    grid[lo:hi, lo:hi] = True
-    hidden = grid.flatten()[None, :, None].expand_as(codes)
+    hidden = stage2.centre_square(H).flatten()[None, :, None].expand_as(codes)
     px = x.shape[-1] // H
     print(f"{args.images} images, {int(hidden[0].sum())} hidden codes each, stride {args.stride}")
     print("| known codes | hidden codes equal to the original | PSNR of hidden pixels (dB) |")
@@ -49,7 +47,7 @@ def main():
     for renoise in (False, True):
         torch.manual_seed(args.seed)
         filled = torch.cat([
-            vqd.sample(model, sched, yb, args.stride, cfg.truncation, cb, ~hidden[: len(cb)], renoise)
+            vqd.sample(model, sched, yb, args.stride, cfg.truncation, cb.masked_fill(hidden[: len(cb)], -1), renoise)
             for cb, yb in zip(codes.split(32), y.split(32))
         ])  # fmt: skip
         agree = (filled == codes)[hidden].float().mean().item()

@@ -100,6 +100,13 @@ def preset_name(cfg) -> str:
     return "small" if default_image_size(cfg) <= 64 else "large"
 
 
+def apply_preset(cfg, presets: dict, fallback: dict) -> None:
+    """Give each flag left unset (None) its value in the preset of cfg's dataset (preset_name)."""
+    for name, value in presets.get(preset_name(cfg), fallback).items():
+        if getattr(cfg, name) is None:
+            setattr(cfg, name, value)
+
+
 HELD_OUT = 1000  # validation images held out of datasets that have no validation split
 
 

@@ -49,6 +49,21 @@ def to_uint8(x: torch.Tensor) -> np.ndarray:
     return ((x.detach().float().clamp(-1, 1) + 1) * 127.5).round().byte().movedim(-3, -1).cpu().numpy()
 
 
+def save_titled_grid(images: torch.Tensor, titles: list[str], path) -> None:
+    """images (B, C, 3, H, W) in [-1, 1] -> a figure of B rows and C columns, a title over each column."""
+    from matplotlib.figure import Figure  # drawn straight to a file: no GUI backend needed
+
+    B, C = images.shape[:2]
+    fig = Figure(figsize=(1.2 * C, 1.2 * B))
+    for i, (ax, img) in enumerate(zip(fig.subplots(B, C, squeeze=False).flat, images.flatten(0, 1))):
+        ax.imshow(to_uint8(img), interpolation="nearest")
+        ax.set_axis_off()
+        if i < C:  # the first row carries the titles
+            ax.set_title(titles[i], fontsize=8)
+    fig.tight_layout(pad=0.2)
+    fig.savefig(path, dpi=100)
+
+
 def save_grid(rows: list[torch.Tensor], path, min_size: int = 64) -> None:
     """Save images as a grid, one row per tensor (n, 3, H, W) in [-1, 1]; small images are
     enlarged (nearest neighbour) to at least min_size pixels so that they can be seen."""

@@ -39,13 +39,9 @@ def _hf_transform(image_col: str, label_col: str | None, size: int):
     return fn
 
 
-def _open_hf(cfg, split: str | None):
-    """(dataset, spec) for cfg's hub dataset or local path. Errors become one-line UserErrors."""
-    os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
-    import datasets
-
-    datasets.logging.set_verbosity_error()
-    name, path = cfg.hf_id or cfg.dataset, Path(cfg.dataset)
+def _spec(cfg) -> HubDataset:
+    """What to load for --dataset / --hf-id, with the column and streaming flags applied."""
+    path = Path(cfg.dataset)
     if cfg.hf_id:
         spec = HubDataset(cfg.hf_id, "image", None, "train", None, 256)
     elif cfg.dataset in DATASETS:
@@ -56,12 +52,21 @@ def _open_hf(cfg, split: str | None):
         spec = HubDataset(str(path), "image", None, "train", None, 256)
     else:
         raise UserError(f"unknown dataset '{cfg.dataset}'; choose one of: {dataset_choices()}")
-    spec = dataclasses.replace(
+    return dataclasses.replace(
         spec,
         image_column=cfg.image_column or spec.image_column,
         label_column=cfg.label_column if cfg.label_column is not None else spec.label_column,
         streaming=spec.streaming if cfg.streaming is None else cfg.streaming,
     )
+
+
+def _open_hf(cfg, split: str | None):
+    """(dataset, spec) for cfg's hub dataset or local path. Errors become one-line UserErrors."""
+    os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+    import datasets
+
+    datasets.logging.set_verbosity_error()
+    name, path, spec = cfg.hf_id or cfg.dataset, Path(cfg.dataset), _spec(cfg)
     split = split or spec.train_split
     try:
         if path.is_file() or (path.is_dir() and not cfg.hf_id and cfg.dataset not in DATASETS):
@@ -78,11 +83,8 @@ def _open_hf(cfg, split: str | None):
         raise
     except Exception as e:  # network, auth, missing split, unreadable files: one line, not a traceback
         msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        hint = (
-            ""
-            if path.exists()
-            else "; check the hub id and the network, and for gated datasets (imagenet) run `hf auth login` or set HF_TOKEN"
-        )
+        hint = "; check the hub id and the network, and for gated datasets (imagenet) run `hf auth login` or set HF_TOKEN"
+        hint = "" if path.exists() else hint
         raise UserError(f"cannot load dataset '{name}' (split {split}): {msg}{hint}") from None
     columns = ds.column_names or list((ds.features or {}).keys())
     for role, col in (("image", spec.image_column), ("label", spec.label_column)):

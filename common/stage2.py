@@ -30,9 +30,11 @@ from .runs import Run, read_log
 
 
 def check_prior_flags(cfg) -> None:
-    """The flag checks lessons 04 and 05 share (tokenizer shape, guidance, dropout, samples)."""
+    """The flag checks lessons 04 and 05 share (tokenizer shape, width, guidance, dropout, samples)."""
     shape = "--tokenizer-depth and --tokenizer-codebook-size must be at least 1"
+    width = f"--width {cfg.width} must be a positive multiple of --heads {cfg.heads}"
     require(
+        (cfg.heads >= 1 and cfg.width % max(cfg.heads, 1) == 0, width),
         (min(cfg.tokenizer_depth, cfg.tokenizer_codebook_size or 1) >= 1, shape),
         (0 <= cfg.label_dropout < 1, f"--label-dropout must be in [0, 1) (got {cfg.label_dropout})"),
         (cfg.guidance >= 0, f"--guidance >= 0 (got {cfg.guidance})"),
@@ -191,6 +193,14 @@ def judge_samples(s: Stage2, cfg, images: torch.Tensor, c: torch.Tensor) -> dict
     quality = sample_quality.judge(images, c if s.conditional else None, s.val_set, dataset)
     echo(f"samples.png ({len(images)} images): {sample_quality.summary(quality)}")
     return {f"sample_{k}": v for k, v in quality.items()}
+
+
+def centre_square(H: int, device=None) -> torch.Tensor:
+    """(H, H) bool, True on the centre half of an H x H code grid: what the inpainting figures hide."""
+    lo, hi = H // 4, H - H // 4
+    square = torch.zeros(H, H, dtype=torch.bool, device=device)
+    square[lo:hi, lo:hi] = True
+    return square
 
 
 def adamw(model: nn.Module, cfg, betas: tuple[float, float]) -> torch.optim.AdamW:

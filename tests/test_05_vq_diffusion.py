@@ -233,7 +233,7 @@ def test_inpainting_keeps_the_known_codes(vqd):
     torch.manual_seed(3)
     known = torch.randint(K, (2, 9, 2))
     keep = torch.rand(2, 9, 2) < 0.5
-    x = vqd.sample(m, schedule(vqd), torch.tensor([1, 1]), stride=2, known=known, keep=keep)
+    x = vqd.sample(m, schedule(vqd), torch.tensor([1, 1]), stride=2, known=known.masked_fill(~keep, -1))
     assert (x[keep] == known[keep]).all()
     assert ((x >= 0) & (x < K)).all()
 
@@ -245,10 +245,10 @@ def test_renoised_inpainting_shows_the_network_noised_known_codes_and_ends_clean
     m = small_model(vqd)
     forward = m.forward
     m.forward = lambda x_t, t, c: seen.append((x_t.clone(), int(t[0]))) or forward(x_t, t, c)
-    known, keep = torch.randint(K, (64, 9, 2)), torch.ones(64, 9, 2, dtype=torch.bool)
+    known = torch.randint(K, (64, 9, 2))  # every code given
     sched = schedule(vqd, "mask")
     torch.manual_seed(4)
-    x = vqd.sample(m, sched, torch.zeros(64, dtype=torch.long), known=known, keep=keep, renoise=True)
+    x = vqd.sample(m, sched, torch.zeros(64, dtype=torch.long), known=known, renoise=True)
     assert (x == known).all()
     for x_t, t in seen[1:]:  # the first call sees x_T, drawn before any step
         masked = (x_t == K).double().mean().item()
@@ -330,7 +330,7 @@ def test_the_purity_sampler_reveals_the_purest_codes_as_many_as_the_chain_unmask
 @pytest.mark.parametrize(
     "flags, message",
     [
-        (dict(noise="mask", beta_end=0.1), "--noise mask means"),
+        (dict(noise="mask", beta_end=0.1), "--noise mask fixes"),
         (dict(noise="mask-replace", gamma_end=0.95, beta_end=0.1), "sum to 1"),
         (dict(noise="mask-replace", gamma_end=0.5, beta_end=0.1), "sum to 1"),
         (dict(truncation=0.0), "--truncation"),
@@ -396,5 +396,5 @@ def test_command_line_help_and_a_contradicting_noise_flag(tmp_path):
     r = run("--help")
     assert r.returncode == 0 and "--steps-T" in r.stdout and "--truncation" in r.stdout
     r = run("--noise", "mask", "--beta-end", "0.1")
-    assert r.returncode == 2 and "--noise mask means --gamma-end 1.0 --beta-end 0.0" in r.stderr
+    assert r.returncode == 2 and "--noise mask fixes --gamma-end 1.0 --beta-end 0.0" in r.stderr
     assert "Traceback" not in r.stderr and not (tmp_path / "runs").exists()
