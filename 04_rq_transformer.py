@@ -14,10 +14,15 @@ Q_tau(. | r) and on codes drawn from Q_tau instead of the argmin (RQ Eq. 15), wh
 targets where two codes are almost equally close. Sampling caches keys and values in both stacks,
 so an image costs T spatial steps of one position and T*D tiny depth steps.
 
+Text (--condition text, the paper's CC-3M model): the caption's L text tokens are a PREFIX of the
+spatial sequence, [text_1..text_L, u_1, ..., u_T]; attention stays causal, so every position reads
+the whole caption and no code leaks backwards; the sampler fills its cache with the prompt first.
+
 Notation (T is the sequence length here, as in the RQ paper):
     symbol     code name       shape
     S          codes           (B, T, D)      long in [0, K): the tokenizer's codes in raster order
     c          labels          (B,)           class of each image (0 when unconditional)
+               (text)          (B, L)         or the caption's token ids (common/text.py)
     u_t        u               (B, T, W)      spatial input, RQ Eq. 10 (W = --width)
     h_t        h               (B, T, W)      spatial transformer output, RQ Eq. 11
     v_td       v               (B, T, D, W)   depth input, RQ Eq. 12
@@ -105,6 +110,14 @@ def guide(logits: torch.Tensor, scale: float) -> torch.Tensor:
     return l_u + scale * (l_c - l_u)
 
 
+def unconditional(model, c: torch.Tensor) -> torch.Tensor:
+    """What guidance contrasts c with: the "no class" label (B,), or for captions (B, L) the
+    empty caption's tokens; the prior learns both from --label-dropout of its training steps."""
+    if c.dim() == 2:
+        return model.text.tokenize([""]).to(c.device).expand_as(c)
+    return torch.full_like(c, model.null)
+
+
 # --- transformers with a key/value cache ---
 
 
@@ -183,11 +196,15 @@ class RQTransformer(nn.Module):
     maps, one for each stack. One classifier head is shared by every depth.
     """
 
-    def __init__(self, codebook: torch.Tensor, T: int, D: int, cfg: Config, num_classes: int):
+    def __init__(self, codebook: torch.Tensor, T: int, D: int, cfg: Config, num_classes: int, text=None):
         super().__init__()
         K, d_code = codebook.shape
         self.T, self.D, self.K = T, D, K
         self.register_buffer("codebook", codebook.clone())  # frozen e(k): (K, d_code)
+        self.text = text  # --condition text: the text encoder, token ids (B, L) -> (B, L, text.width)
+        if text is not None:  # its features become L prefix positions of the spatial transformer
+            self.text_in = nn.Linear(text.width, cfg.width)
+            self.pos_text = nn.Parameter(torch.zeros(text.length, cfg.width))
         self.embed_spatial, self.embed_depth = (
             nn.Linear(d_code, cfg.width),
             nn.Linear(d_code, cfg.width),
@@ -202,14 +219,20 @@ class RQTransformer(nn.Module):
         self.depth = Transformer(cfg.width, cfg.depth_layers, cfg.heads, cfg.dropout)
         self.head = nn.Sequential(nn.LayerNorm(cfg.width), nn.Linear(cfg.width, K))  # shared over d
 
+    def prefix(self, c: torch.Tensor) -> torch.Tensor | None:
+        """The caption's positions (B, L, W) before u_1, or None when c holds class labels (B,)."""
+        return self.text_in(self.text(c)) + self.pos_text if c.dim() == 2 else None
+
     def forward(self, codes: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
         B, T, D = codes.shape
         e = self.codebook[codes]  # (B, T, D, d_code)
+        prefix, label = self.prefix(c), c if c.dim() == 1 else c.new_zeros(B)  # text: one start token
         # RQ Eq. 10: u_1 = PE_T(1) + start(c), u_t = PE_T(t) + sum_d e(S_{t-1,d}) for t > 1
-        u = (
-            torch.cat([self.start(c)[:, None], self.embed_spatial(e[:, :-1].sum(2))], 1) + self.pos_t
-        )  # (B, T, W)
-        h = self.spatial(u)  # RQ Eq. 11: h_t = SpatialTransformer(u_1..u_t)
+        u = torch.cat([self.start(label)[:, None], self.embed_spatial(e[:, :-1].sum(2))], 1) + self.pos_t
+        if prefix is None:
+            h = self.spatial(u)  # RQ Eq. 11: h_t = SpatialTransformer(u_1..u_t)
+        else:  # the caption first; causal attention: u_t reads the whole caption and u_1..u_t
+            h = self.spatial(torch.cat([prefix, u], 1))[:, prefix.shape[1] :]  # (B, T, W)
         # RQ Eq. 12: v_t1 = PE_D(1) + h_t, v_td = PE_D(d) + sum_{d' < d} e(S_td')
         v = (
             torch.cat([h[:, :, None], self.embed_depth(e[:, :, :-1]).cumsum(2)], 2) + self.pos_d
@@ -223,11 +246,16 @@ class RQTransformer(nn.Module):
         guidance s != 1 a second half of the batch runs without the class and draws from guide().
         c: (B,) -> codes (B, T, D), logits (B, T, D, K) (the ones the codes were drawn from)."""
         B, dev, pair = len(c), c.device, 1 + (guidance != 1.0)
-        c = torch.cat([c, torch.full_like(c, self.null)]) if pair == 2 else c  # (pair * B,)
+        c = torch.cat([c, unconditional(self, c)]) if pair == 2 else c  # (pair * B, ...)
         codes = torch.zeros(B, self.T, self.D, dtype=torch.long, device=dev)
         logits = torch.zeros(B, self.T, self.D, self.K, device=dev)
-        spatial_cache = self.spatial.caches(len(c), self.T, dev)
-        u = (self.start(c) + self.pos_t[0])[:, None]  # (pair * B, 1, W)
+        prefix = self.prefix(c)  # (pair * B, L, W) for a caption, else None
+        L = 0 if prefix is None else prefix.shape[1]
+        spatial_cache = self.spatial.caches(len(c), L + self.T, dev)
+        for i in range(L):  # the prompt fills the cache first, one position at a time
+            self.spatial(prefix[:, i : i + 1], spatial_cache)
+        label = c if prefix is None else c.new_zeros(len(c))
+        u = (self.start(label) + self.pos_t[0])[:, None]  # (pair * B, 1, W)
         for t in range(self.T):
             h = self.spatial(u, spatial_cache)  # (pair * B, 1, W)
             depth_cache, v, acc = self.depth.caches(len(c), self.D, dev), h + self.pos_d[0], 0
@@ -268,7 +296,7 @@ class FlatTransformer(nn.Module):
     @torch.no_grad()
     def sample(self, c: torch.Tensor, temperature=1.0, top_k=0, top_p=1.0, guidance=1.0):
         B, dev, L, pair = len(c), c.device, self.T * self.D, 1 + (guidance != 1.0)
-        c = torch.cat([c, torch.full_like(c, self.null)]) if pair == 2 else c
+        c = torch.cat([c, unconditional(self, c)]) if pair == 2 else c
         seq = torch.zeros(B, L, dtype=torch.long, device=dev)
         logits = torch.zeros(B, L, self.K, device=dev)
         cache = self.gpt.caches(len(c), L, dev)
@@ -312,7 +340,10 @@ def train(cfg: Config) -> nn.Module:
     s = stage2.setup(cfg)  # run folder, frozen tokenizer (trained once if none), data, classes
     Model = FlatTransformer if cfg.flatten else RQTransformer
     q = s.tok.quantizer
-    model = Model(q.codebook, s.H * s.H, q.depth, cfg, s.num_classes).to(s.device)
+    model = Model(q.codebook, s.H * s.H, q.depth, cfg, s.num_classes, s.text).to(s.device)
+    if cfg.sample_only:  # a trained prior draws samples.png / prompts.png again; no training
+        finish(stage2.load_prior(s, model), s, cfg)
+        return model
     opt = stage2.adamw(model, cfg, betas=(0.9, 0.95))
     start = s.run.restore(model=model, opt=opt)  # 0 unless --resume
     data = common.batches(s.train_set, cfg, start * cfg.grad_accum, s.rank, s.world)
@@ -321,8 +352,8 @@ def train(cfg: Config) -> nn.Module:
         stage2.set_lr(opt, cfg, step)  # warm-up, then cosine
         opt.zero_grad(set_to_none=True)
         for micro in range(cfg.grad_accum):  # gradient accumulation: --grad-accum micro-batches
-            x, y = next(data)
-            c = s.labels(y, cfg.label_dropout)  # "no class" at times: what guidance contrasts
+            x, y, text = next(data)  # images, labels, captions
+            c = s.condition_of(y, text, cfg.label_dropout)  # class or caption; "none" at times (CFG)
             codes, probs = encode(s.tok, x.to(s.device), cfg.tau, cfg.stochastic_codes)
             with common.accumulating(ddp, micro, cfg.grad_accum):  # DDP syncs on the last one
                 with common.autocast(s.device):  # bf16 on CUDA, float32 elsewhere
@@ -338,27 +369,35 @@ def train(cfg: Config) -> nn.Module:
             states = dict(model=model.state_dict(), opt=opt.state_dict())
             s.run.save(step + 1, **states, tokenizer=str(s.tokenizer_path))  # the prior names its tokenizer
     model.eval()
-    if not common.is_main():  # under torchrun, rank 0 evaluates and samples
-        return model
-    val_nll = evaluate(model, s, cfg)
-    common.echo(f"validation NLL {val_nll:.4f} nats = {val_nll / math.log(2):.3f} bits per code")
-    c = stage2.sample_classes(s, cfg.samples_per_class)  # one row per class
-    codes, _ = model.sample(c, cfg.temperature, cfg.top_k, cfg.top_p, cfg.guidance)
-    images = stage2.save_samples(s, codes, cfg.samples_per_class)
-    quality = stage2.judge_samples(s, cfg, images, c)
-    bits = val_nll / math.log(2)
-    s.run.log({"step": cfg.steps, "final": True, "val_nll": val_nll, "val_bits_per_code": bits, **quality})
+    if common.is_main():  # under torchrun, rank 0 evaluates and samples
+        finish(model, s, cfg)
     return model
+
+
+def finish(model, s: stage2.Stage2, cfg: Config) -> None:
+    """The validation NLL, samples.png (one row per class) judged for sample quality, the final
+    record of metrics.jsonl, and prompts.png for --prompt. --sample-only: the pictures only."""
+    draw = lambda c: model.sample(c, cfg.temperature, cfg.top_k, cfg.top_p, cfg.guidance)[0]
+    if not cfg.sample_only:
+        val_nll = evaluate(model, s, cfg)
+        common.echo(f"validation NLL {val_nll:.4f} nats = {val_nll / math.log(2):.3f} bits per code")
+        quality = stage2.samples_png(s, cfg, draw)  # one row per class (or per caption naming it)
+        record = {"val_nll": val_nll, "val_bits_per_code": val_nll / math.log(2), **quality}
+        s.run.log({"step": cfg.steps, "final": True, **record})
+    else:
+        stage2.samples_png(s, cfg, draw)
+    if cfg.prompt:
+        stage2.prompts_png(s, cfg, draw)
 
 
 @torch.no_grad()
 def evaluate(model, s: stage2.Stage2, cfg: Config) -> float:
     """Validation NLL in nats per code against the argmin codes (hard labels), whatever the training."""
-    x_all, y_all = common.first_images(s.val_set, cfg.eval_images)
-    total = 0.0
-    for x, y in zip(x_all.split(cfg.batch_size), y_all.split(cfg.batch_size)):
+    x_all, y_all, text = common.first_images(s.val_set, cfg.eval_images, captions=True)
+    total, B = 0.0, cfg.batch_size
+    for i, (x, y) in enumerate(zip(x_all.split(B), y_all.split(B))):
         codes, _ = encode(s.tok, x.to(s.device))  # argmin codes
-        c = s.labels(y)
+        c = s.condition_of(y, text[i * B : (i + 1) * B])
         total += nll(model(codes, c), codes).item() * len(x)
     return total / len(x_all)
 
@@ -367,7 +406,7 @@ def evaluate(model, s: stage2.Stage2, cfg: Config) -> float:
 
 
 @dataclass
-class Config(common.TrainConfig):
+class Config(stage2.PriorConfig):
     dataset: str = "shapes-plain"  # as lesson 01; by default shapes in flat palette colours
     out: str = "runs/04_rq_transformer"  # run folder: ckpt.pt, metrics.jsonl, samples.png
     tokenizer: str | None = None  # 02/03 checkpoint (default: runs/02_rq/ckpt.pt, else train one)
@@ -401,6 +440,10 @@ class Config(common.TrainConfig):
             (min(self.spatial_layers, self.depth_layers) >= 1, "--spatial-layers, --depth-layers >= 1"),
             (min(self.tau, self.temperature) > 0, "--tau and --temperature must be > 0"),
             (0 < self.top_p <= 1 and self.top_k >= 0, "--top-p must be in (0, 1] and --top-k >= 0"),
+            (
+                not (self.flatten and self.condition == "text"),
+                "--flatten is class-conditional only; drop --condition text",
+            ),
         )
 
 

@@ -26,6 +26,10 @@ keeps the paper's sequence of H*W tokens: a position's token embedding is the SU
 depth-specific embeddings of its D codes (each of K+1 states), and it predicts D x K logits per
 position. With a depth-1 tokenizer (02_rq.py --depth 1) this is the paper's model exactly.
 
+Text (--condition text, the paper's setting; VQD Sec. 3.2): the caption's features (a small text
+encoder trained with the prior, or a frozen CLIP text model) are read by a CROSS-ATTENTION layer in
+every block; the timestep still enters through AdaLN.
+
 Notation:
     symbol          code name     shape
     x_0             codes         (B, N, D)    long in [0, K): the tokenizer's codes, N = H*W
@@ -55,7 +59,7 @@ from einops import rearrange
 import common
 from common import stage2
 
-ar = common.lesson("04_rq_transformer")  # Block, encode (raster-order codes), guide, filter_logits
+ar = common.lesson("04_rq_transformer")  # Block, encode, guide, unconditional, filter_logits
 
 LOG_EPS = -70.0  # log-probabilities are clamped to [-70, 0]: exp(-70) ~ 4e-31 stands for zero
 LOG_ZERO = -1e4  # log 0 where a zero must stay exactly zero; finite, so no -inf - -inf = NaN
@@ -244,31 +248,54 @@ def loss_T(x0: torch.Tensor, sched: Schedule) -> torch.Tensor:
 # --- the network: a bidirectional transformer with AdaLN ---
 
 
+class CrossAttention(nn.Module):
+    """VQD Sec. 3.2: queries from the code positions x (B, N, W), keys and values from the text
+    features (B, L, W), so each position reads the caption of ITS image only. No mask: padding is
+    a token of its own (common/text.py)."""
+
+    def __init__(self, width: int, heads: int, dropout: float):
+        super().__init__()
+        self.heads, self.q, self.kv = heads, nn.Linear(width, width), nn.Linear(width, 2 * width)
+        self.proj, self.drop = nn.Linear(width, width), nn.Dropout(dropout)
+
+    def forward(self, x: torch.Tensor, text: torch.Tensor) -> torch.Tensor:
+        q = rearrange(self.q(x), "b n (h c) -> b h n c", h=self.heads)
+        k, v = rearrange(self.kv(text), "b l (two h c) -> two b h l c", two=2, h=self.heads)
+        a = F.scaled_dot_product_attention(q, k, v)  # (B, heads, N, W / heads)
+        return self.drop(self.proj(rearrange(a, "b h n c -> b n (h c)")))
+
+
 class AdaLNBlock(ar.Block):
     """Lesson 04's block with full attention and AdaLN(h, c) = a_c LayerNorm(h) + b_c on both
     branches, (a_c - 1, b_c) linear in the condition embedding (timestep + class). Starts as a
-    plain pre-LN block: the AdaLN projection is zero-initialised."""
+    plain pre-LN block: the AdaLN projection is zero-initialised. cross=True: a cross-attention
+    to the text between the two (text-conditional)."""
 
     causal = False  # every code sees every other code: x_t is given whole
 
-    def __init__(self, width: int, heads: int, dropout: float):
+    def __init__(self, width: int, heads: int, dropout: float, cross: bool = False):
         super().__init__(width, heads, dropout)
         self.ln1 = nn.LayerNorm(width, elementwise_affine=False)
         self.ln2 = nn.LayerNorm(width, elementwise_affine=False)
         self.ada = nn.Linear(width, 4 * width)
         nn.init.zeros_(self.ada.weight)
         nn.init.zeros_(self.ada.bias)
+        self.cross = CrossAttention(width, heads, dropout) if cross else None
+        self.ln_cross = nn.LayerNorm(width) if cross else None
 
-    def forward(self, x: torch.Tensor, cond: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, cond: torch.Tensor, text: torch.Tensor | None = None) -> torch.Tensor:
         a1, b1, a2, b2 = self.ada(cond)[:, None].chunk(4, dim=-1)  # each (B, 1, W)
         x = x + self.attention((1 + a1) * self.ln1(x) + b1)  # AdaLN before attention
-        return x + self.mlp((1 + a2) * self.ln2(x) + b2)  # and before the MLP
+        if self.cross is not None:  # then every position reads the caption
+            x = x + self.cross(self.ln_cross(x), text)
+        return x + self.mlp((1 + a2) * self.ln2(x) + b2)  # and AdaLN before the MLP
 
 
 class DiffusionTransformer(nn.Module):
-    """p_theta(x_0 | x_t, t, c): x_t (B, N, D) in [0, K], t (B,), c (B,) -> logits (B, N, D, K)."""
+    """p_theta(x_0 | x_t, t, c): x_t (B, N, D) in [0, K], t (B,), c (B,) classes or (B, L) caption
+    token ids -> logits (B, N, D, K)."""
 
-    def __init__(self, K: int, H: int, D: int, cfg: Config, num_classes: int):
+    def __init__(self, K: int, H: int, D: int, cfg: Config, num_classes: int, text=None):
         super().__init__()
         self.K, self.H, self.D, W = K, H, D, cfg.width
         self.embed = nn.Embedding(D * (K + 1), W)  # one table per depth: row d*(K+1) + state
@@ -277,7 +304,10 @@ class DiffusionTransformer(nn.Module):
         self.time = nn.Embedding(cfg.steps_T + 1, W)
         self.label = nn.Embedding(num_classes + 1, W)  # one per class + "no class" (guidance)
         self.null = num_classes
-        self.blocks = nn.ModuleList(AdaLNBlock(W, cfg.heads, cfg.dropout) for _ in range(cfg.layers))
+        self.text = text  # --condition text: the text encoder, token ids (B, L) -> (B, L, text.width)
+        self.text_in = None if text is None else nn.Linear(text.width, W)
+        cross = text is not None
+        self.blocks = nn.ModuleList(AdaLNBlock(W, cfg.heads, cfg.dropout, cross) for _ in range(cfg.layers))
         self.ln = nn.LayerNorm(W, elementwise_affine=False)
         self.ada = nn.Linear(W, 2 * W)
         self.head = nn.Linear(W, D * K)  # x0-parameterization: K logits per code, no [MASK]
@@ -285,9 +315,10 @@ class DiffusionTransformer(nn.Module):
     def forward(self, x_t: torch.Tensor, t: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
         pos = rearrange(self.pos_row[:, None] + self.pos_col[None], "h w c -> (h w) c")  # 2D
         h = self.embed(x_t + self.offsets).sum(2) + pos  # (B, N, W): sum over depth
-        cond = F.silu(self.time(t) + self.label(c))  # (B, W)
+        text = self.text_in(self.text(c)) if c.dim() == 2 else None  # (B, L, W): the caption
+        cond = F.silu(self.time(t) + self.label(c if text is None else c.new_zeros(len(c))))  # (B, W)
         for block in self.blocks:
-            h = block(h, cond)
+            h = block(h, cond, text)
         a, b = self.ada(cond)[:, None].chunk(2, dim=-1)
         return rearrange(self.head((1 + a) * self.ln(h) + b), "b n (d k) -> b n d k", d=self.D)
 
@@ -321,7 +352,7 @@ def sample(
     x = ar.sample_logits(log_prior(sched).to(c.device).expand(B * N * model.D, K + 1))
     x = hold(x.view(B, N, model.D), T)
     pair = 1 + (guidance != 1.0)  # a second half without the class, for guidance
-    c_in = torch.cat([c, torch.full_like(c, model.null)]) if pair == 2 else c
+    c_in = torch.cat([c, ar.unconditional(model, c)]) if pair == 2 else c
     for t in common.progress(range(T, 0, -stride), desc="sampling", leave=False):
         s = max(t - stride, 0)
         t_in = torch.full((pair * B,), t, device=c.device)
@@ -365,7 +396,7 @@ def reveal_purest(x_t, x0, logits, sched: Schedule, t: int, s: int) -> torch.Ten
 
 def build(cfg: Config, s) -> tuple[DiffusionTransformer, Schedule]:
     q = s.tok.quantizer
-    model = DiffusionTransformer(len(q.codebook), s.H, q.depth, cfg, s.num_classes)
+    model = DiffusionTransformer(len(q.codebook), s.H, q.depth, cfg, s.num_classes, s.text)
     return model.to(s.device), noise_schedule(cfg.steps_T, len(q.codebook), cfg.gamma_end, cfg.beta_end)
 
 
@@ -374,6 +405,9 @@ def train(cfg: Config) -> nn.Module:
     samples.png (one row per class) and inpaint.png."""
     s = stage2.setup(cfg)  # run folder, frozen tokenizer (trained once if none), data, classes
     model, sched = build(cfg, s)
+    if cfg.sample_only:  # a trained prior draws samples.png / prompts.png again; no training
+        finish(stage2.load_prior(s, model), sched, s, cfg)
+        return model
     opt = stage2.adamw(model, cfg, betas=(0.9, 0.96))  # the official betas
     start = s.run.restore(model=model, opt=opt)  # 0 unless --resume
     data = common.batches(s.train_set, cfg, start * cfg.grad_accum, s.rank, s.world)
@@ -382,8 +416,8 @@ def train(cfg: Config) -> nn.Module:
         stage2.set_lr(opt, cfg, step)  # warm-up, then cosine
         opt.zero_grad(set_to_none=True)
         for micro in range(cfg.grad_accum):  # gradient accumulation: --grad-accum micro-batches
-            x, y = next(data)
-            c = s.labels(y, cfg.label_dropout)  # "no class" at times: what guidance contrasts
+            x, y, text = next(data)  # images, labels, captions
+            c = s.condition_of(y, text, cfg.label_dropout)  # class or caption; "none" at times (CFG)
             x0, _ = ar.encode(s.tok, x.to(s.device))  # the codes, (B, N, D)
             t = torch.randint(1, sched.T + 1, (len(x0),), device=s.device)  # uniform in 1..T
             x_t = q_sample(x0, sched, t)  # corrupt every code at once (VQD closed form)
@@ -410,16 +444,24 @@ def train(cfg: Config) -> nn.Module:
 
 def finish(model, sched: Schedule, s, cfg: Config) -> None:
     """The validation bound, samples.png (one row per class) judged for sample quality, the final
-    record of metrics.jsonl, and inpaint.png."""
-    val = evaluate(model, sched, s, cfg)
-    values = " | ".join(f"{k} {v:.4f}" for k, v in val.items())
-    common.echo(f"validation (nats per code): {values} | bound {val['vlb'] / math.log(2):.3f} bits per code")
-    c = stage2.sample_classes(s, cfg.samples_per_class)  # one row per class
-    codes = sample(model, sched, c, cfg.stride, cfg.truncation, guidance=cfg.guidance, purity=cfg.purity)
-    quality = stage2.judge_samples(s, cfg, stage2.save_samples(s, codes, cfg.samples_per_class), c)
-    s.run.log({"step": cfg.steps, "final": True, **{f"val_{k}": v for k, v in val.items()}, **quality})
-    inpaint(model, sched, s, cfg)
-    common.echo(f"wrote {s.run.dir / 'samples.png'} and inpaint.png")
+    record of metrics.jsonl, inpaint.png, and prompts.png for --prompt. --sample-only: pictures only."""
+    draw = lambda c: sample(
+        model, sched, c, cfg.stride, cfg.truncation, guidance=cfg.guidance, purity=cfg.purity
+    )
+    if not cfg.sample_only:
+        val = evaluate(model, sched, s, cfg)
+        values = " | ".join(f"{k} {v:.4f}" for k, v in val.items())
+        common.echo(
+            f"validation (nats per code): {values} | bound {val['vlb'] / math.log(2):.3f} bits per code"
+        )
+        quality = stage2.samples_png(s, cfg, draw)  # one row per class (or per caption naming it)
+        s.run.log({"step": cfg.steps, "final": True, **{f"val_{k}": v for k, v in val.items()}, **quality})
+        inpaint(model, sched, s, cfg)
+    else:
+        stage2.samples_png(s, cfg, draw)
+    if cfg.prompt:
+        stage2.prompts_png(s, cfg, draw)
+    common.echo(f"wrote {s.run.dir / 'samples.png'}" + ("" if cfg.sample_only else " and inpaint.png"))
 
 
 @torch.no_grad()
@@ -427,13 +469,14 @@ def evaluate(model, sched: Schedule, s, cfg: Config) -> dict:
     """The validation bound in nats per code, L_0 + sum_{t>=2} L_{t-1} + L_T, estimated from
     --eval-timesteps values of t spread evenly over 1..T (each standing for T / n steps), on the
     first --eval-images validation images; also L_0, L_T and L_x0 (mean over those t)."""
-    x_all, y_all = common.first_images(s.val_set, cfg.eval_images)
+    x_all, y_all, captions = common.first_images(s.val_set, cfg.eval_images, captions=True)
     times = torch.linspace(1, sched.T, cfg.eval_timesteps).round().long().unique()
     total = {"L_0": 0.0, "L_t-1": 0.0, "L_T": 0.0, "L_x0": 0.0}
     torch.manual_seed(cfg.seed)  # the same noise at every evaluation
-    for x, y in zip(x_all.split(cfg.batch_size), y_all.split(cfg.batch_size)):
+    B = cfg.batch_size
+    for i, (x, y) in enumerate(zip(x_all.split(B), y_all.split(B))):
         x0, _ = ar.encode(s.tok, x.to(s.device))
-        c = s.labels(y)
+        c = s.condition_of(y, captions[i * B : (i + 1) * B])
         total["L_T"] += loss_T(x0, sched).mean().item() * len(x)
         for t_val in times.tolist():
             t = torch.full((len(x),), t_val, device=s.device)
@@ -452,8 +495,8 @@ def evaluate(model, sched: Schedule, s, cfg: Config) -> dict:
 def inpaint(model, sched: Schedule, s, cfg: Config, completions: int = 2) -> None:
     """inpaint.png: 8 validation images, the same with the centre half of the code grid hidden,
     then `completions` samples that keep every code outside that square."""
-    x, y = common.first_images(s.val_set, 8)
-    x, c = x.to(s.device), s.labels(y)
+    x, y, captions = common.first_images(s.val_set, 8, captions=True)
+    x, c = x.to(s.device), s.condition_of(y, captions)
     codes, _ = ar.encode(s.tok, x)
     square = stage2.centre_square(s.H, s.device)  # (H, H) True on the hidden half of the code grid
     known = codes.masked_fill(square.flatten()[None, :, None], -1)  # -1: a code to generate
@@ -471,7 +514,7 @@ def inpaint(model, sched: Schedule, s, cfg: Config, completions: int = 2) -> Non
 
 
 @dataclass
-class Config(common.TrainConfig):
+class Config(stage2.PriorConfig):
     dataset: str = "shapes-plain"  # as lesson 01; by default shapes in flat palette colours
     out: str = "runs/05_vq_diffusion"  # run folder: ckpt.pt, metrics.jsonl, samples.png, inpaint.png
     tokenizer: str | None = None  # 02/03 checkpoint (default: as lesson 04, of the shape below)

@@ -128,13 +128,38 @@ def frechet(features_a: torch.Tensor, features_b: torch.Tensor) -> float:
 
 
 @torch.no_grad()
-def judge(images: torch.Tensor, labels: torch.Tensor | None, val_set, dataset: str) -> dict:
+def shape_colour(images: torch.Tensor) -> torch.Tensor:
+    """Which of shapes-plain's 4 shape colours each image (B, 3, S, S) in [-1, 1] shows: the
+    background is the median colour of the image's border, the shape the median of the pixels far
+    from it, and that colour's nearest palette entry wins. -> (B,) index into PLAIN_COLOURS, -1
+    where no pixel stands out from the background."""
+    rgb = (images.float().clamp(-1, 1) + 1) * 127.5  # (B, 3, S, S) in [0, 255]
+    border = torch.cat([rgb[..., 0, :], rgb[..., -1, :], rgb[..., :, 0], rgb[..., :, -1]], -1)  # (B, 3, 4S)
+    bg = border.median(-1).values  # (B, 3)
+    far = (rgb - bg[..., None, None]).abs().sum(1) > 90  # (B, S, S): not background
+    palette = torch.tensor(common.PLAIN_COLOURS, dtype=torch.float32)  # (4, 3)
+    out = torch.full((len(images),), -1, dtype=torch.long)
+    for i in range(len(images)):
+        if far[i].any():
+            fg = rgb[i][:, far[i]].median(-1).values  # (3,)
+            out[i] = (palette - fg).abs().sum(1).argmin()
+    return out
+
+
+def class_scores(images: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """The shapes classifier's probability of the intended class: (B,), what rejection sampling ranks."""
+    _, probs = _features_and_probs(classifier(), images.float().clamp(-1, 1).cpu())
+    return probs.gather(1, labels.cpu()[:, None])[:, 0]
+
+
+def judge(images: torch.Tensor, labels: torch.Tensor | None, val_set, dataset: str, colours=None) -> dict:
     """Quality of generated images (B, 3, S, S) in [-1, 1], drawn for classes `labels` (B,) (None
     when unconditional), against the validation images of `dataset`.
 
     Built-in data -> class_acc (if labels), confidence, shapes_fd and shapes_fd_floor (the same
-    distance for B real training images). Otherwise -> fid, when the Inception weights are cached
-    (computed against up to 1000 validation images), else {}.
+    distance for B real training images); shapes-plain with the colours (B,) the prompts named ->
+    colour_acc. Otherwise -> fid, when the Inception weights are cached (computed against up to 1000
+    validation images), else {}.
     """
     images = images.float().clamp(-1, 1).cpu()
     if dataset in common.BUILTIN:
@@ -148,6 +173,8 @@ def judge(images: torch.Tensor, labels: torch.Tensor | None, val_set, dataset: s
         out = {"confidence": p_fake.max(-1).values.mean().item()}
         if labels is not None:
             out["class_acc"] = (p_fake.argmax(-1) == labels.cpu()).double().mean().item()
+        if colours is not None and dataset == "shapes-plain":
+            out["colour_acc"] = (shape_colour(images) == colours.cpu()).double().mean().item()
         out["shapes_fd"] = frechet(f_fake, f_real)
         out["shapes_fd_floor"] = frechet(f_floor, f_real)
         return out
@@ -165,6 +192,8 @@ def summary(quality: dict) -> str:
     parts = []
     if "class_acc" in quality:
         parts.append(f"class accuracy {100 * quality['class_acc']:.1f} %")
+    if "colour_acc" in quality:
+        parts.append(f"colour accuracy {100 * quality['colour_acc']:.1f} %")
     if "confidence" in quality:
         parts.append(f"confidence {quality['confidence']:.2f}")
     if "shapes_fd" in quality:

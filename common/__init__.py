@@ -24,7 +24,12 @@ from .shapes import (
     BUILTIN,
     PLAIN_BACKGROUNDS,
     PLAIN_COLOURS,
+    PLAIN_COLOUR_NAMES,
     render_shape,
+    shape_params,
+    shape_caption,
+    class_prompts,
+    colour_name,
     Shapes,
 )
 

@@ -62,6 +62,7 @@ class TrainConfig:
     hf_id: str | None = None  # any Hugging Face hub dataset id (overrides --dataset)
     image_column: str | None = None  # image column of --hf-id or a local dataset (default: image)
     label_column: str | None = None  # label column of --hf-id or a local dataset (default: none)
+    caption_column: str | None = None  # caption column (a folder: in its metadata.jsonl) for --condition text
     streaming: bool | None = None  # stream from the hub, no download (default: on for imagenet)
     batch_size: int = 64  # images per step (per process under torchrun)
     grad_accum: int = 1  # micro-batches of --batch-size per optimizer step (gradient accumulation)
@@ -162,12 +163,16 @@ def parse(config_cls, argv=None):
             p.add_argument(flag, action=argparse.BooleanOptionalAction, **kw)
         elif typing.get_origin(kind) is typing.Literal:
             p.add_argument(flag, choices=args, type=type(args[0]), **kw)
+        elif typing.get_origin(kind) is tuple and args[0] is str:  # repeatable: --prompt A --prompt B
+            p.add_argument(flag, action="extend", nargs="+", type=str, **{**kw, "default": None})
         elif typing.get_origin(kind) is tuple:
             p.add_argument(flag, nargs="+", type=args[0], **kw)
         else:
             p.add_argument(flag, type=kind, **kw)
     ns = p.parse_args(argv)
     values = {k: tuple(v) if isinstance(v, list) else v for k, v in vars(ns).items()}
+    fields = {f.name: f for f in dataclasses.fields(config_cls)}
+    values = {k: fields[k].default if v is None and fields[k].default == () else v for k, v in values.items()}
     try:
         cfg = config_cls(**values)
     except (ValueError, UserError) as e:

@@ -27,6 +27,7 @@ class HubDataset:
     eval_split: str | None  # None: the last 1000 training images are held out
     size: int  # default --image-size
     streaming: bool = False
+    caption_column: str | None = None  # text-conditional priors (--condition text)
 
 
 # Short names -> hub datasets. Column and split names differ between repos (cifar10's image column

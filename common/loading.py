@@ -28,12 +28,13 @@ from .images import _to_pil, image_to_tensor
 from .shapes import BUILTIN, SHAPE_CLASSES, Shapes
 
 
-def _hf_transform(image_col: str, label_col: str | None, size: int):
+def _hf_transform(image_col: str, label_col: str | None, caption_col: str | None, size: int):
     def fn(batch):  # runs lazily on access (with_transform): nothing is written to disk
         n = len(batch[image_col])
         return {
             "image": [image_to_tensor(_to_pil(v), size) for v in batch[image_col]],
             "label": [int(v) for v in batch[label_col]] if label_col else [0] * n,
+            "caption": [str(v or "") for v in batch[caption_col]] if caption_col else [""] * n,
         }
 
     return fn
@@ -57,6 +58,7 @@ def _spec(cfg) -> HubDataset:
         image_column=cfg.image_column or spec.image_column,
         label_column=cfg.label_column if cfg.label_column is not None else spec.label_column,
         streaming=spec.streaming if cfg.streaming is None else cfg.streaming,
+        caption_column=cfg.caption_column or spec.caption_column,
     )
 
 
@@ -87,7 +89,11 @@ def _open_hf(cfg, split: str | None):
         hint = "" if path.exists() else hint
         raise UserError(f"cannot load dataset '{name}' (split {split}): {msg}{hint}") from None
     columns = ds.column_names or list((ds.features or {}).keys())
-    for role, col in (("image", spec.image_column), ("label", spec.label_column)):
+    for role, col in (
+        ("image", spec.image_column),
+        ("label", spec.label_column),
+        ("caption", spec.caption_column),
+    ):
         if col is not None and col not in columns:
             raise UserError(
                 f"dataset '{name}' has no {role} column '{col}'; its columns are: {', '.join(columns)} (pass --{role}-column)"
@@ -142,12 +148,12 @@ def load_data(cfg, rank: int = 0, world: int = 1):
     if spec.label_column is not None:
         feature = (train.features or {}).get(spec.label_column)
         classes = tuple(feature.names) if hasattr(feature, "names") else None
-    fn = _hf_transform(spec.image_column, spec.label_column, size)
+    fn = _hf_transform(spec.image_column, spec.label_column, spec.caption_column, size)
     if spec.streaming:  # IterableDataset has no with_transform; its map is lazy and writes nothing
         from datasets.distributed import split_dataset_by_node
 
         train = split_dataset_by_node(train, rank=rank, world_size=world)
-        keep = [spec.image_column] + ([spec.label_column] if spec.label_column else [])
+        keep = [c for c in (spec.image_column, spec.label_column, spec.caption_column) if c]
         lazy = lambda d: d.select_columns(keep).map(fn, batched=True, remove_columns=keep)
         train = lazy(train)
         val = lazy(val) if isinstance(val, torch.utils.data.IterableDataset) else val.with_transform(fn)
@@ -157,7 +163,8 @@ def load_data(cfg, rank: int = 0, world: int = 1):
 
 
 def _collate(items):
-    return torch.stack([it["image"] for it in items]), torch.tensor([it["label"] for it in items])
+    images, labels = torch.stack([it["image"] for it in items]), torch.tensor([it["label"] for it in items])
+    return images, labels, [it.get("caption", "") for it in items]  # (B, 3, S, S), (B,), B strings
 
 
 def _stream_batches(stream, cfg, start_step: int, pin: bool):
@@ -182,7 +189,7 @@ def _stream_batches(stream, cfg, start_step: int, pin: bool):
 
 
 def batches(dataset, cfg, start_step: int = 0, rank: int = 0, world: int = 1):
-    """Yield (images (B, 3, S, S), labels (B,)) forever, in an order fixed by cfg.seed.
+    """Yield (images (B, 3, S, S), labels (B,), captions: B strings) forever, in an order fixed by cfg.seed.
 
     Epoch e shuffles with seed (cfg.seed, e); each rank takes every world-th index. The first
     `start_step` batches are skipped without loading them, so --resume sees the same data.
@@ -214,8 +221,9 @@ def batches(dataset, cfg, start_step: int = 0, rank: int = 0, world: int = 1):
         epoch, skip = epoch + 1, 0
 
 
-def first_images(dataset, n: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """The first n validation images and labels, in a fixed order: (n, 3, S, S), (n,)."""
+def first_images(dataset, n: int, captions: bool = False):
+    """The first n validation images and labels, in a fixed order: (n, 3, S, S), (n,); with
+    captions=True also their n captions."""
     items = []
     for item in (
         dataset
@@ -225,4 +233,4 @@ def first_images(dataset, n: int) -> tuple[torch.Tensor, torch.Tensor]:
         items.append(item)
         if len(items) == n:
             break
-    return _collate(items)
+    return _collate(items) if captions else _collate(items)[:2]

@@ -35,17 +35,21 @@ class Run:
     RESUMABLE = frozenset(  # flags that may change between a run and its --resume
         {"steps", "compile", "resume", "overwrite", "log_every", "ckpt_every", "ckpt_minutes"}
         | {"num_workers", "device", "eval_images", "out"}  # the folder may have moved
+        | {"sample_only", "prompt", "reject_keep", "samples_per_class", "guidance", "temperature"}  # sampling
+        | {"top_k", "top_p", "stride", "truncation", "purity", "inpaint_renoise"}
     )
 
     def __init__(self, cfg):
         self.cfg, self.dir = cfg, Path(cfg.out)
         self.ckpt_path = self.dir / "ckpt.pt"
-        if self.ckpt_path.exists() and not (cfg.resume or cfg.overwrite):
+        sample_only = getattr(cfg, "sample_only", False)  # lessons 04-05: read the checkpoint, write pictures
+        if self.ckpt_path.exists() and not (cfg.resume or cfg.overwrite or sample_only):
             raise UserError(
                 f"{self.ckpt_path} exists; pass --resume to continue that run, --overwrite to replace it, or another --out"
             )
-        if cfg.resume and not self.ckpt_path.exists():
-            raise UserError(f"--resume: no checkpoint at {self.ckpt_path}")
+        for flag, wanted in (("--resume", cfg.resume), ("--sample-only", sample_only)):
+            if wanted and not self.ckpt_path.exists():
+                raise UserError(f"{flag}: no checkpoint at {self.ckpt_path}")
         try:
             self.dir.mkdir(parents=True, exist_ok=True)
         except OSError as e:

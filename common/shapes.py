@@ -1,4 +1,5 @@
-"""The built-in procedural datasets `shapes` and `shapes-plain`: 8 classes of shapes, no download.
+"""The built-in procedural datasets `shapes` and `shapes-plain`: 8 classes of shapes, no download,
+each image with a caption made from its own parameters.
 
 A student may skip this folder: nothing in it is a concept the lessons teach.
 """
@@ -8,6 +9,7 @@ from __future__ import annotations
 import functools
 import math
 import random
+import re
 
 import numpy as np
 import torch
@@ -17,7 +19,8 @@ from .device import progress
 from .errors import UserError
 
 #
-# Every dataset yields {"image": (3, S, S) float in [-1, 1], "label": int}; label 0 when unlabelled.
+# Every dataset yields {"image": (3, S, S) float in [-1, 1], "label": int, "caption": str}; label 0
+# when unlabelled, caption "" when the data has none.
 
 SHAPE_CLASSES = ("circle", "ring", "square", "triangle", "star", "cross", "crescent", "half-disc")
 SHAPES_TRAIN, SHAPES_VAL = 10_000, 1_000  # fixed split: val images use their own seeds
@@ -63,18 +66,30 @@ def _shape_outline(cls: str, cx: float, cy: float, r: float, angle: float):
     raise ValueError(cls)
 
 
-def _gradient_and_colour(rng: random.Random, size: int):
-    """The `shapes` background, a gradient between two random colours at a random angle, and a
-    random shape colour that stands out from the background's mean."""
+def _gradient_and_colour(rng: random.Random):
+    """The `shapes` background, a gradient between two random colours c0 -> c1 at a random angle,
+    and a random shape colour that stands out from the background's mean."""
     c0, c1 = (np.array([rng.randrange(256) for _ in range(3)], np.float32) for _ in range(2))
     theta = rng.uniform(0, 2 * math.pi)
-    yy, xx = np.mgrid[0:size, 0:size] / (size - 1) - 0.5
-    t = (xx * math.cos(theta) + yy * math.sin(theta)) / math.sqrt(2) + 0.5  # in [0, 1]
-    bg = c0 * (1 - t[..., None]) + c1 * t[..., None]  # (size, size, 3)
     while True:
         fg = np.array([rng.randrange(256) for _ in range(3)], np.float32)
         if np.abs(fg - (c0 + c1) / 2).sum() > 120:
-            return bg, fg
+            return (c0, c1, theta), fg
+
+
+def shape_params(seed: int, plain: bool = False) -> dict:
+    """What image `seed` shows, fixed by the seed: its class, colours (RGB), the shape's radius
+    and centre as fractions of the image side, and its rotation. Images and captions use it."""
+    rng = random.Random(seed)
+    if plain:
+        bg = (np.array(rng.choice(PLAIN_BACKGROUNDS), np.float32),) * 2 + (0.0,)  # flat: c0 = c1
+        fg = np.array(rng.choice(PLAIN_COLOURS), np.float32)
+    else:
+        bg, fg = _gradient_and_colour(rng)
+    label = rng.randrange(len(SHAPE_CLASSES))
+    r = rng.uniform(0.22, 0.42)
+    cx, cy = rng.uniform(r, 1 - r), rng.uniform(r, 1 - r)
+    return dict(label=label, bg=bg, fg=fg, r=r, cx=cx, cy=cy, angle=rng.uniform(0, 2 * math.pi))
 
 
 def render_shape(
@@ -86,24 +101,82 @@ def render_shape(
     linear gradient between two random colours at a random angle. plain=True (`shapes-plain`):
     a flat background and a shape colour from the two small palettes above.
     """
-    rng = random.Random(seed)
-    if plain:
-        bg = np.broadcast_to(np.array(rng.choice(PLAIN_BACKGROUNDS), np.float32), (size, size, 3))
-        fg = np.array(rng.choice(PLAIN_COLOURS), np.float32)
-    else:
-        bg, fg = _gradient_and_colour(rng, size)
-    label = rng.randrange(len(SHAPE_CLASSES))
+    p = shape_params(seed, plain)
+    (c0, c1, theta), fg = p["bg"], p["fg"]
+    yy, xx = np.mgrid[0:size, 0:size] / (size - 1) - 0.5
+    t = (xx * math.cos(theta) + yy * math.sin(theta)) / math.sqrt(2) + 0.5  # in [0, 1]
+    bg = c0 * (1 - t[..., None]) + c1 * t[..., None]  # (size, size, 3)
     S = size * supersample  # the shape's mask is drawn larger, then box-filtered: smooth edges
-    r = rng.uniform(0.22, 0.42) * S
-    cx, cy = rng.uniform(r, S - r), rng.uniform(r, S - r)
-    polys = _shape_outline(SHAPE_CLASSES[label], cx, cy, r, rng.uniform(0, 2 * math.pi))
+    polys = _shape_outline(SHAPE_CLASSES[p["label"]], p["cx"] * S, p["cy"] * S, p["r"] * S, p["angle"])
     mask = Image.new("L", (S, S), 0)
     draw = ImageDraw.Draw(mask)
     draw.polygon(polys[0], fill=255)
     for hole in polys[1:]:
         draw.polygon(hole, fill=0)
     alpha = np.asarray(mask.resize((size, size), Image.BOX), np.float32)[..., None] / 255  # (size, size, 1)
-    return (bg * (1 - alpha) + fg * alpha).round().astype(np.uint8), label
+    return (bg * (1 - alpha) + fg * alpha).round().astype(np.uint8), p["label"]
+
+
+# --- captions: each image's own parameters in words ---
+
+PLAIN_COLOUR_NAMES = ("yellow", "light blue", "pink", "white")  # PLAIN_COLOURS, in order
+PLAIN_BACKGROUND_NAMES = ("dark blue", "dark red", "dark green", "grey")  # PLAIN_BACKGROUNDS
+NAMED = {  # the colour words of `shapes` (random RGB colours get the nearest one)
+    "red": (220, 40, 40), "orange": (240, 140, 30), "yellow": (240, 220, 40), "green": (50, 170, 60),
+    "cyan": (60, 210, 220), "blue": (40, 70, 220), "purple": (140, 60, 200), "pink": (240, 120, 190),
+    "white": (240, 240, 240), "grey": (128, 128, 128), "black": (20, 20, 20), "brown": (130, 80, 40),
+}  # fmt: skip
+TEMPLATES = (  # {size} may be empty; {where} is a phrase like "near the top left"
+    "a {size} {colour} {shape} {where} on a {bg} background",
+    "{bg} background, {size} {colour} {shape}",
+    "a {colour} {shape} on {bg}",
+    "{size} {colour} {shape} {where}, {bg} background",
+    "a {bg} background with a {colour} {shape} {where}",
+    "{colour} {shape}, {size}, {where}",
+)
+
+
+def colour_name(rgb, plain: bool = False) -> str:
+    """The word for a colour: its palette name in shapes-plain, else the nearest NAMED colour."""
+    for names, palette in ((PLAIN_COLOUR_NAMES, PLAIN_COLOURS), (PLAIN_BACKGROUND_NAMES, PLAIN_BACKGROUNDS)):
+        if plain and tuple(int(v) for v in rgb) in palette:
+            return names[palette.index(tuple(int(v) for v in rgb))]
+    words = list(NAMED)
+    dist = ((np.array([NAMED[w] for w in words], np.float32) - np.asarray(rgb, np.float32)) ** 2).sum(1)
+    return words[int(dist.argmin())]
+
+
+def _where(cx: float, cy: float) -> str:
+    """The shape centre (fractions of the side) as a phrase: "near the top left", "in the centre"."""
+    row = "top" if cy < 0.4 else "bottom" if cy > 0.6 else ""
+    col = "left" if cx < 0.4 else "right" if cx > 0.6 else ""
+    place = " ".join(w for w in (row, col) if w)
+    return f"near the {place}" if place else "in the centre"
+
+
+def shape_caption(seed: int, plain: bool = False) -> str:
+    """The caption of image `seed`: its class, its shape colour, and (in most wordings) its size,
+    place and background, in one of TEMPLATES chosen by the seed. Deterministic; drawing the
+    caption's own choices from a separate generator leaves the image unchanged."""
+    p = shape_params(seed, plain)
+    rng = random.Random(f"caption {seed}")
+    c0, c1, _ = p["bg"]
+    bg = colour_name(c0, plain) if plain else f"{colour_name(c0)} to {colour_name(c1)}"
+    if not plain and colour_name(c0) == colour_name(c1):
+        bg = colour_name(c0)
+    size = "small" if p["r"] < 0.29 else "large" if p["r"] > 0.35 else rng.choice(("", "medium"))
+    words = dict(
+        size=size, colour=colour_name(p["fg"], plain), shape=SHAPE_CLASSES[p["label"]].replace("-", " ")
+    )
+    text = rng.choice(TEMPLATES).format(**words, where=_where(p["cx"], p["cy"]), bg=bg)
+    text = re.sub(r"(\s*,)+", ",", " ".join(text.split())).strip(", ")  # an empty {size}: no ",,"
+    return re.sub(r"\ba (?=[aeiou])", "an ", text)
+
+
+def class_prompts(classes, plain: bool = True) -> list[str]:
+    """One prompt naming each class, in a shape colour that cycles with the class ("a pink star")."""
+    colours = PLAIN_COLOUR_NAMES if plain else ("red", "yellow", "green", "blue")
+    return [f"a {colours[i % len(colours)]} {name.replace('-', ' ')}" for i, name in enumerate(classes)]
 
 
 @functools.lru_cache(maxsize=4)
@@ -143,4 +216,5 @@ class Shapes(torch.utils.data.Dataset):
         else:
             img, label = render_shape(self.base + i, self.size, plain=self.plain)
             img = torch.from_numpy(img)
-        return {"image": img.permute(2, 0, 1).float() / 127.5 - 1, "label": label}
+        caption = shape_caption(self.base + i, self.plain)  # its class, colours, size and place
+        return {"image": img.permute(2, 0, 1).float() / 127.5 - 1, "label": label, "caption": caption}

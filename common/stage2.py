@@ -19,7 +19,16 @@ from einops import rearrange
 import sample_quality
 
 from .checkpoints import load_checkpoint, load_state
-from .cli import lesson, require
+from .cli import lesson
+from .conditioning import (
+    PriorConfig,
+    candidates,
+    check_prior_flags,
+    prompt_classes,
+    prompt_colours,
+    reject,
+    sample_conditions,
+)  # fmt: skip
 from .datasets import default_image_size
 from .device import echo, get_device, seed_everything
 from .dist import barrier, distributed
@@ -27,20 +36,9 @@ from .errors import UserError
 from .images import save_grid
 from .loading import load_data
 from .runs import Run, read_log
+from .text import text_encoder
 
-
-def check_prior_flags(cfg) -> None:
-    """The flag checks lessons 04 and 05 share (tokenizer shape, width, guidance, dropout, samples)."""
-    shape = "--tokenizer-depth and --tokenizer-codebook-size must be at least 1"
-    width = f"--width {cfg.width} must be a positive multiple of --heads {cfg.heads}"
-    require(
-        (cfg.heads >= 1 and cfg.width % max(cfg.heads, 1) == 0, width),
-        (min(cfg.tokenizer_depth, cfg.tokenizer_codebook_size or 1) >= 1, shape),
-        (0 <= cfg.label_dropout < 1, f"--label-dropout must be in [0, 1) (got {cfg.label_dropout})"),
-        (cfg.guidance >= 0, f"--guidance >= 0 (got {cfg.guidance})"),
-        (0 <= cfg.dropout < 1, f"--dropout must be in [0, 1) (got {cfg.dropout})"),
-        (cfg.samples_per_class >= 1, f"--samples-per-class >= 1 (got {cfg.samples_per_class})"),
-    )
+__all__ = ["PriorConfig", "check_prior_flags", "reject", "sample_conditions"]  # used through stage2 too
 
 
 def load_tokenizer(path, device="cpu"):
@@ -68,6 +66,8 @@ def tokenizer_path(cfg) -> Path:
     <out>/tokenizer/ckpt.pt that was trained on this dataset with --tokenizer-depth and
     --tokenizer-codebook-size, else a lesson-02 RQ-VAE of that shape trained (once) into
     <out>/tokenizer."""
+    if getattr(cfg, "sample_only", False):  # the tokenizer the prior was trained on
+        return Path(load_checkpoint(Path(cfg.out) / "ckpt.pt")["tokenizer"])
     if cfg.tokenizer:
         return Path(cfg.tokenizer)
     shape = {"depth": cfg.tokenizer_depth, "codebook_size": cfg.tokenizer_codebook_size}
@@ -131,10 +131,22 @@ class Stage2:
     tok: nn.Module  # frozen: .encoder, .quantizer (.codebook (K, d), .depth), .decoder
     train_set: object
     val_set: object
-    conditional: bool
-    num_classes: int  # 1 when unconditional
+    conditional: bool  # on classes
+    num_classes: int  # 1 unless conditional
     H: int  # the code grid is H x H: T = H * H positions of D codes
     size: int  # image side in pixels
+    condition: str  # "class", "text" or "none"
+    text: nn.Module | None  # --condition text: the text encoder (.tokenize, .width), part of the prior
+    classes: tuple | None  # the data's class names
+    plain: bool  # shapes-plain: its 4 colours can be judged
+
+    def condition_of(self, y, captions: list[str], drop: float = 0.0) -> torch.Tensor:
+        """What the prior is conditioned on, on the device: labels (B,) (self.labels), or with text
+        the captions' token ids (B, L), each one the empty caption "" (no text) with chance `drop`."""
+        if self.condition != "text":
+            return self.labels(y, drop)
+        captions = ["" if drop and torch.rand(()) < drop else text for text in captions]
+        return self.text.tokenize(captions).to(self.device)
 
     def labels(self, y: torch.Tensor, drop: float = 0.0) -> torch.Tensor:
         """The class each image is conditioned on, on the device: y, or 0 when unconditional; with
@@ -151,7 +163,17 @@ def setup(cfg) -> Stage2:
     """Run folder, tokenizer (checked against --image-size), data, and class conditioning."""
     rank, world = distributed()  # (0, 1) unless launched by torchrun
     device = get_device(cfg.device)
+    ckpt = Path(cfg.out) / "ckpt.pt"
+    if (
+        cfg.sample_only and ckpt.exists()
+    ):  # the model's flags are the trained prior's; sampling flags are ours
+        saved = load_checkpoint(ckpt)["config"]
+        for name in saved.keys() - Run.RESUMABLE:
+            setattr(cfg, name, tuple(saved[name]) if isinstance(saved[name], list) else saved[name])
     run = Run(cfg)
+    # the text encoder before the tokenizer: an unreachable CLIP fails before minutes of training
+    text = text_encoder(cfg.text_encoder, cfg.width, cfg.text_length) if cfg.condition == "text" else None
+    text = None if text is None else text.to(device)
     path = tokenizer_path(cfg)
     tok, tok_cfg = load_tokenizer(path, device)
     if not tok.quantizer.shared:
@@ -165,34 +187,62 @@ def setup(cfg) -> Stage2:
             f"tokenizer {path} was trained on {size} px images, not --image-size {default_image_size(cfg)}"
         )
     train_set, val_set, classes = load_data(cfg, rank, world)
-    conditional = classes is not None if cfg.conditional is None else cfg.conditional
+    condition = cfg.condition or ("class" if classes is not None else "none")
+    conditional = condition == "class"
     num_classes = len(classes) if conditional and classes else 1
-    H = size // tok_cfg.downsample
-    return Stage2(device, rank, world, run, path, tok, train_set, val_set, conditional, num_classes, H, size)
+    H, plain = size // tok_cfg.downsample, cfg.dataset == "shapes-plain" and cfg.hf_id is None
+    return Stage2(
+        device, rank, world, run, path, tok, train_set, val_set, conditional, num_classes, H, size,
+        condition, text, classes, plain,
+    )  # fmt: skip
 
 
-def sample_classes(s: Stage2, per_row: int) -> torch.Tensor:
-    """Labels for samples.png: one row per class (at most 8), or 4 rows of class 0. -> (rows * per_row,)"""
-    if not s.conditional:
-        return torch.zeros(4 * per_row, dtype=torch.long, device=s.device)
-    return torch.arange(min(s.num_classes, 8), device=s.device).repeat_interleave(per_row)
+def draw_rows(s: Stage2, cfg, draw, c: torch.Tensor, labels: torch.Tensor | None, per_row: int):
+    """per_row images for each row's condition c (rows,) or (rows, L), drawn by draw(c) -> codes
+    (B, T, D). With --reject-keep f < 1, rejection sampling: 1/f candidates per row are drawn and
+    the per_row that the shapes classifier finds most surely of the row's class `labels` (rows,)
+    are kept, best first. -> (rows * per_row, 3, S, S)."""
+    n = candidates(per_row, cfg.reject_keep)
+    images = decode(s.tok, draw(c.repeat_interleave(n, 0)), s.H)
+    if n == per_row:
+        return images
+    if labels is None:
+        echo("rejection sampling: these prompts name no class to score; keeping the first draws")
+        return images.view(len(c), n, *images.shape[1:])[:, :per_row].flatten(0, 1)
+    return images[reject(sample_quality.class_scores(images, labels.repeat_interleave(n)), per_row, n).cpu()]
 
 
-def save_samples(s: Stage2, codes: torch.Tensor, per_row: int) -> torch.Tensor:
-    """Decode sampled codes (B, T, D), write samples.png with per_row images in each row, and
-    return the images (B, 3, S, S)."""
-    images = decode(s.tok, codes, s.H)
+def samples_png(s: Stage2, cfg, draw) -> dict:
+    """samples.png: a row of --samples-per-class images per class (text: from a caption naming
+    the class) drawn by draw(c) -> codes, judged for sample quality (printed). -> the metrics, with
+    "sample_" before each name."""
+    per_row = cfg.samples_per_class
+    c, labels, prompts = sample_conditions(s)
+    images = draw_rows(s, cfg, draw, c, labels, per_row)
     save_grid(list(images.view(-1, per_row, *images.shape[1:])), s.run.dir / "samples.png")
-    return images
-
-
-def judge_samples(s: Stage2, cfg, images: torch.Tensor, c: torch.Tensor) -> dict:
-    """Sample quality of images drawn for classes c (sample_quality.py): printed, and returned
-    with "sample_" before each name for metrics.jsonl."""
+    colours = prompt_colours(prompts) if prompts else None
+    labels, colours = (None if v is None else v.repeat_interleave(per_row) for v in (labels, colours))
     dataset = cfg.dataset if cfg.hf_id is None else cfg.hf_id
-    quality = sample_quality.judge(images, c if s.conditional else None, s.val_set, dataset)
+    quality = sample_quality.judge(images, labels, s.val_set, dataset, colours)
     echo(f"samples.png ({len(images)} images): {sample_quality.summary(quality)}")
     return {f"sample_{k}": v for k, v in quality.items()}
+
+
+def prompts_png(s: Stage2, cfg, draw) -> None:
+    """prompts.png: a row of --samples-per-class images for each --prompt."""
+    labels = prompt_classes(cfg.prompt)
+    images = draw_rows(s, cfg, draw, s.condition_of(None, list(cfg.prompt)), labels, cfg.samples_per_class)
+    save_grid(list(images.view(-1, cfg.samples_per_class, *images.shape[1:])), s.run.dir / "prompts.png")
+    echo(
+        f"wrote {s.run.dir / 'prompts.png'}: "
+        + " | ".join(f"row {i + 1}: {p}" for i, p in enumerate(cfg.prompt))
+    )
+
+
+def load_prior(s: Stage2, model: nn.Module) -> nn.Module:
+    """--sample-only (one process): the prior's weights from <out>/ckpt.pt, in eval mode."""
+    load_state(model, s.run.load()["model"], s.run.ckpt_path)
+    return model.eval()
 
 
 def centre_square(H: int, device=None) -> torch.Tensor:

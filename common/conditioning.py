@@ -1,0 +1,119 @@
+"""What the priors of lessons 04 and 05 are conditioned on (a class, a caption, or nothing): the
+flags they share, the conditions of samples.png and prompts.png, and rejection sampling.
+
+A student may skip this folder: nothing in it is a concept the lessons teach.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Literal
+
+import torch
+
+from .cli import TrainConfig, require
+from .shapes import BUILTIN, PLAIN_COLOUR_NAMES, SHAPE_CLASSES, class_prompts
+
+
+@dataclass
+class PriorConfig(TrainConfig):
+    """Flags lessons 04 and 05 share. Their Configs subclass this."""
+
+    condition: Literal["class", "text", "none"] | None = (
+        None  # class, caption or nothing (default: class if labelled)
+    )
+    text_encoder: str = "small"  # --condition text: small (trained with the prior) or a CLIP hub id / folder
+    text_length: int = 16  # tokens per caption (CLIP: at most 77)
+    prompt: tuple[
+        str, ...
+    ] = ()  # a caption to draw (repeatable): one row of prompts.png each, after training
+    sample_only: bool = False  # load the trained prior in --out and only draw samples.png / prompts.png
+    reject_keep: float = (
+        1.0  # rejection sampling: draw 1/f candidates per image, keep the best-scored fraction f
+    )
+
+
+def check_prior_flags(cfg) -> None:
+    """The flag checks lessons 04 and 05 share (tokenizer shape, width, guidance, dropout, samples, text)."""
+    shape = "--tokenizer-depth and --tokenizer-codebook-size must be at least 1"
+    width = f"--width {cfg.width} must be a positive multiple of --heads {cfg.heads}"
+    text = cfg.condition == "text" or (cfg.prompt and cfg.condition is None)
+    captions = cfg.dataset in BUILTIN or cfg.caption_column or not text
+    require(
+        (cfg.heads >= 1 and cfg.width % max(cfg.heads, 1) == 0, width),
+        (min(cfg.tokenizer_depth, cfg.tokenizer_codebook_size or 1) >= 1, shape),
+        (0 <= cfg.label_dropout < 1, f"--label-dropout must be in [0, 1) (got {cfg.label_dropout})"),
+        (cfg.guidance >= 0, f"--guidance >= 0 (got {cfg.guidance})"),
+        (0 <= cfg.dropout < 1, f"--dropout must be in [0, 1) (got {cfg.dropout})"),
+        (cfg.samples_per_class >= 1, f"--samples-per-class >= 1 (got {cfg.samples_per_class})"),
+        (0 < cfg.reject_keep <= 1, f"--reject-keep must be in (0, 1] (got {cfg.reject_keep})"),
+        (cfg.text_length >= 2, f"--text-length must be at least 2 (got {cfg.text_length})"),
+        (
+            captions,
+            "--condition text needs captions: pass --caption-column (for a folder: a metadata.jsonl field)",
+        ),
+        (not cfg.prompt or text, "--prompt needs a text-conditional prior (--condition text)"),
+        (
+            not (cfg.conditional is False and cfg.condition in ("class", "text")),
+            "--no-conditional is --condition none",
+        ),
+        (
+            cfg.reject_keep == 1 or (cfg.dataset in BUILTIN and cfg.hf_id is None),
+            "--reject-keep < 1 ranks samples by the shapes classifier: built-in data only",
+        ),
+        (
+            cfg.reject_keep == 1 or cfg.condition != "none",
+            "--reject-keep < 1 ranks samples by their class: not with --condition none",
+        ),
+    )
+    if cfg.condition is None:  # --prompt alone implies text; --no-conditional means none
+        cfg.condition = "text" if cfg.prompt else "none" if cfg.conditional is False else None
+
+
+def sample_conditions(s) -> tuple[torch.Tensor, torch.Tensor | None, list[str] | None]:
+    """The row conditions of samples.png: one row per class (at most 8) or, unconditional, 4 rows.
+    Text: each class row is drawn from a caption naming its class ("a pink star"), so that the
+    class-accuracy evaluator judges text-conditional samples too; data without classes take the
+    first 4 validation captions. -> (c for the prior (rows,) or (rows, L), the row classes or None,
+    the row prompts or None)."""
+    if s.condition == "text":
+        if s.classes:
+            prompts = class_prompts(s.classes[:8], s.plain)
+            labels = torch.arange(len(prompts), device=s.device)
+        else:
+            from .loading import first_images  # a validation caption per row
+
+            prompts, labels = list(first_images(s.val_set, 4, captions=True)[2]), None
+        return s.condition_of(None, prompts), labels, prompts
+    if s.condition == "none":
+        return torch.zeros(4, dtype=torch.long, device=s.device), None, None
+    labels = torch.arange(min(s.num_classes, 8), device=s.device)
+    return labels, labels, None
+
+
+def prompt_classes(prompts) -> torch.Tensor | None:
+    """The index in SHAPE_CLASSES of the class each prompt names, or None unless every prompt names one."""
+    names = [c.replace("-", " ") for c in SHAPE_CLASSES]
+    found = [[i for i, name in enumerate(names) if f" {name} " in f" {p.lower()} "] for p in prompts]
+    return torch.tensor([f[-1] for f in found]) if all(found) else None
+
+
+def prompt_colours(prompts: list[str]) -> torch.Tensor | None:
+    """The index in PLAIN_COLOURS of the colour each prompt names, or None unless every prompt names one."""
+    found = [
+        [i for i, name in enumerate(PLAIN_COLOUR_NAMES) if f" {name} " in f" {p.lower()} "] for p in prompts
+    ]
+    return torch.tensor([f[-1] for f in found]) if all(found) else None
+
+
+def candidates(per_row: int, keep: float) -> int:
+    """How many images to draw per row so that keeping the best fraction `keep` leaves per_row."""
+    return math.ceil(per_row / keep - 1e-9)
+
+
+def reject(scores: torch.Tensor, per_row: int, drawn: int) -> torch.Tensor:
+    """Rejection sampling (the ImageNet tables of both papers use it): of the `drawn` candidates of
+    each row, keep the per_row best-scored, best first. scores: (rows * drawn,) -> indices (rows * per_row,)."""
+    best = scores.view(-1, drawn).argsort(1, descending=True)[:, :per_row]  # (rows, per_row)
+    return (best + torch.arange(len(best), device=best.device)[:, None] * drawn).flatten()
