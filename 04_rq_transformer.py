@@ -30,6 +30,7 @@ Notation (T is the sequence length here, as in the RQ paper):
     Q_tau      soft_codes      (N, D, K)      soft labels from squared distances, RQ Eq. 15
 
 Run: python 04_rq_transformer.py               (CPU, built-in shapes-plain, about 10 minutes)
+     python 04_rq_transformer.py --condition text   (its captions; about 13 minutes)
 Next: 05_vq_diffusion.py
 """
 
@@ -275,8 +276,9 @@ class FlatTransformer(nn.Module):
     """The baseline: one causal GPT over the T*D codes unfolded in raster order (position-major,
     depth-minor), as wide as the RQ-Transformer and spatial + depth layers deep. Same interface."""
 
-    def __init__(self, codebook: torch.Tensor, T: int, D: int, cfg: Config, num_classes: int):
+    def __init__(self, codebook: torch.Tensor, T: int, D: int, cfg: Config, num_classes: int, text=None):
         super().__init__()
+        assert text is None, "the flat baseline is class-conditional only (Config refuses --condition text)"
         K, d_code = codebook.shape
         self.T, self.D, self.K = T, D, K
         self.register_buffer("codebook", codebook.clone())
@@ -376,7 +378,8 @@ def train(cfg: Config) -> nn.Module:
 
 def finish(model, s: stage2.Stage2, cfg: Config) -> None:
     """The validation NLL, samples.png (one row per class) judged for sample quality, the final
-    record of metrics.jsonl, and prompts.png for --prompt. --sample-only: the pictures only."""
+    record of metrics.jsonl, and prompts.png for --prompt. --sample-only: prompts.png for --prompt,
+    else samples.png again (with this command's sampling flags), nothing else."""
     draw = lambda c: model.sample(c, cfg.temperature, cfg.top_k, cfg.top_p, cfg.guidance)[0]
     if not cfg.sample_only:
         val_nll = evaluate(model, s, cfg)
@@ -384,7 +387,7 @@ def finish(model, s: stage2.Stage2, cfg: Config) -> None:
         quality = stage2.samples_png(s, cfg, draw)  # one row per class (or per caption naming it)
         record = {"val_nll": val_nll, "val_bits_per_code": val_nll / math.log(2), **quality}
         s.run.log({"step": cfg.steps, "final": True, **record})
-    else:
+    elif not cfg.prompt:
         stage2.samples_png(s, cfg, draw)
     if cfg.prompt:
         stage2.prompts_png(s, cfg, draw)

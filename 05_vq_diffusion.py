@@ -43,6 +43,7 @@ Notation:
     p_theta(x_0|.)  logits        (B, N, D, K)
 
 Run: python 05_vq_diffusion.py                 (CPU, built-in shapes-plain, about 9 minutes)
+     python 05_vq_diffusion.py --condition text     (its captions; about 12 minutes)
 """
 
 from __future__ import annotations
@@ -444,7 +445,8 @@ def train(cfg: Config) -> nn.Module:
 
 def finish(model, sched: Schedule, s, cfg: Config) -> None:
     """The validation bound, samples.png (one row per class) judged for sample quality, the final
-    record of metrics.jsonl, inpaint.png, and prompts.png for --prompt. --sample-only: pictures only."""
+    record of metrics.jsonl, inpaint.png, and prompts.png for --prompt. --sample-only: prompts.png
+    for --prompt, else samples.png again (with this command's sampling flags), nothing else."""
     draw = lambda c: sample(
         model, sched, c, cfg.stride, cfg.truncation, guidance=cfg.guidance, purity=cfg.purity
     )
@@ -457,11 +459,12 @@ def finish(model, sched: Schedule, s, cfg: Config) -> None:
         quality = stage2.samples_png(s, cfg, draw)  # one row per class (or per caption naming it)
         s.run.log({"step": cfg.steps, "final": True, **{f"val_{k}": v for k, v in val.items()}, **quality})
         inpaint(model, sched, s, cfg)
-    else:
+    elif not cfg.prompt:
         stage2.samples_png(s, cfg, draw)
     if cfg.prompt:
         stage2.prompts_png(s, cfg, draw)
-    common.echo(f"wrote {s.run.dir / 'samples.png'}" + ("" if cfg.sample_only else " and inpaint.png"))
+    if not cfg.sample_only:
+        common.echo(f"wrote {s.run.dir / 'samples.png'} and inpaint.png")
 
 
 @torch.no_grad()

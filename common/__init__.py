@@ -85,3 +85,6 @@ from .dist import (
     barrier,
     teardown,
 )
+
+# text.py: captions -> token ids -> features (the small text encoder, a frozen CLIP)
+from . import text  # after the rest: it needs nothing of them

@@ -14,31 +14,32 @@ from pathlib import Path
 
 import torch
 import torch.nn as nn
-from einops import rearrange
-
-import sample_quality
 
 from .checkpoints import load_checkpoint, load_state
 from .cli import lesson
-from .conditioning import (
-    PriorConfig,
-    candidates,
-    check_prior_flags,
-    prompt_classes,
-    prompt_colours,
-    reject,
-    sample_conditions,
-)  # fmt: skip
+from .conditioning import PriorConfig, candidates, check_prior_flags, prompt_classes, prompt_colours, reject
 from .datasets import default_image_size
 from .device import echo, get_device, seed_everything
 from .dist import barrier, distributed
 from .errors import UserError
-from .images import save_grid
 from .loading import load_data
 from .runs import Run, read_log
+from .samples import centre_square, decode, draw_rows, prompts_png, samples_png
 from .text import text_encoder
 
-__all__ = ["PriorConfig", "check_prior_flags", "reject", "sample_conditions"]  # used through stage2 too
+__all__ = [  # defined next door, reached through stage2 by the lessons, benchmarks and tests
+    "PriorConfig",
+    "candidates",
+    "centre_square",
+    "check_prior_flags",
+    "decode",
+    "draw_rows",
+    "prompt_classes",
+    "prompt_colours",
+    "prompts_png",
+    "reject",
+    "samples_png",
+]  # fmt: skip
 
 
 def load_tokenizer(path, device="cpu"):
@@ -77,8 +78,8 @@ def tokenizer_path(cfg) -> Path:
         == (cfg.dataset, cfg.hf_id, cfg.image_size)
         and all(ckpt_cfg.get(k) == v for k, v in shape.items())
     )
-    candidates = ("runs/02_rq", "runs/04_rq_transformer/tokenizer", f"{cfg.out}/tokenizer")
-    for path in (Path(folder) / "ckpt.pt" for folder in candidates):
+    folders = ("runs/02_rq", "runs/04_rq_transformer/tokenizer", f"{cfg.out}/tokenizer")
+    for path in (Path(folder) / "ckpt.pt" for folder in folders):
         if path.exists() and same((ckpt := load_checkpoint(path))["config"]):
             final = [r for r in read_log(path.parent) if r.get("final")]
             psnr = f"validation PSNR {final[-1]['val_psnr']:.2f} dB" if final else "no validation yet"
@@ -111,13 +112,6 @@ def tokenizer_path(cfg) -> Path:
     return out / "ckpt.pt"
 
 
-@torch.no_grad()
-def decode(tok, codes: torch.Tensor, H: int) -> torch.Tensor:
-    """codes (B, T, D) -> images (B, 3, S, S) through the tokenizer: z^ = sum_d e(S_td)."""
-    z_q = rearrange(tok.quantizer.codebook[codes].sum(2), "b (h w) d -> b d h w", h=H)
-    return tok.decoder(z_q)
-
-
 @dataclass
 class Stage2:
     """What a stage-2 lesson (04, 05) needs before it builds its prior: the frozen tokenizer, the
@@ -135,10 +129,10 @@ class Stage2:
     num_classes: int  # 1 unless conditional
     H: int  # the code grid is H x H: T = H * H positions of D codes
     size: int  # image side in pixels
-    condition: str  # "class", "text" or "none"
-    text: nn.Module | None  # --condition text: the text encoder (.tokenize, .width), part of the prior
-    classes: tuple | None  # the data's class names
-    plain: bool  # shapes-plain: its 4 colours can be judged
+    condition: str = "class"  # "class", "text" or "none"
+    text: nn.Module | None = None  # --condition text: the text encoder (.tokenize, .width), part of the prior
+    classes: tuple | None = None  # the data's class names
+    plain: bool = False  # shapes-plain: its 4 colours can be judged
 
     def condition_of(self, y, captions: list[str], drop: float = 0.0) -> torch.Tensor:
         """What the prior is conditioned on, on the device: labels (B,) (self.labels), or with text
@@ -197,60 +191,10 @@ def setup(cfg) -> Stage2:
     )  # fmt: skip
 
 
-def draw_rows(s: Stage2, cfg, draw, c: torch.Tensor, labels: torch.Tensor | None, per_row: int):
-    """per_row images for each row's condition c (rows,) or (rows, L), drawn by draw(c) -> codes
-    (B, T, D). With --reject-keep f < 1, rejection sampling: 1/f candidates per row are drawn and
-    the per_row that the shapes classifier finds most surely of the row's class `labels` (rows,)
-    are kept, best first. -> (rows * per_row, 3, S, S)."""
-    n = candidates(per_row, cfg.reject_keep)
-    images = decode(s.tok, draw(c.repeat_interleave(n, 0)), s.H)
-    if n == per_row:
-        return images
-    if labels is None:
-        echo("rejection sampling: these prompts name no class to score; keeping the first draws")
-        return images.view(len(c), n, *images.shape[1:])[:, :per_row].flatten(0, 1)
-    return images[reject(sample_quality.class_scores(images, labels.repeat_interleave(n)), per_row, n).cpu()]
-
-
-def samples_png(s: Stage2, cfg, draw) -> dict:
-    """samples.png: a row of --samples-per-class images per class (text: from a caption naming
-    the class) drawn by draw(c) -> codes, judged for sample quality (printed). -> the metrics, with
-    "sample_" before each name."""
-    per_row = cfg.samples_per_class
-    c, labels, prompts = sample_conditions(s)
-    images = draw_rows(s, cfg, draw, c, labels, per_row)
-    save_grid(list(images.view(-1, per_row, *images.shape[1:])), s.run.dir / "samples.png")
-    colours = prompt_colours(prompts) if prompts else None
-    labels, colours = (None if v is None else v.repeat_interleave(per_row) for v in (labels, colours))
-    dataset = cfg.dataset if cfg.hf_id is None else cfg.hf_id
-    quality = sample_quality.judge(images, labels, s.val_set, dataset, colours)
-    echo(f"samples.png ({len(images)} images): {sample_quality.summary(quality)}")
-    return {f"sample_{k}": v for k, v in quality.items()}
-
-
-def prompts_png(s: Stage2, cfg, draw) -> None:
-    """prompts.png: a row of --samples-per-class images for each --prompt."""
-    labels = prompt_classes(cfg.prompt)
-    images = draw_rows(s, cfg, draw, s.condition_of(None, list(cfg.prompt)), labels, cfg.samples_per_class)
-    save_grid(list(images.view(-1, cfg.samples_per_class, *images.shape[1:])), s.run.dir / "prompts.png")
-    echo(
-        f"wrote {s.run.dir / 'prompts.png'}: "
-        + " | ".join(f"row {i + 1}: {p}" for i, p in enumerate(cfg.prompt))
-    )
-
-
 def load_prior(s: Stage2, model: nn.Module) -> nn.Module:
     """--sample-only (one process): the prior's weights from <out>/ckpt.pt, in eval mode."""
     load_state(model, s.run.load()["model"], s.run.ckpt_path)
     return model.eval()
-
-
-def centre_square(H: int, device=None) -> torch.Tensor:
-    """(H, H) bool, True on the centre half of an H x H code grid: what the inpainting figures hide."""
-    lo, hi = H // 4, H - H // 4
-    square = torch.zeros(H, H, dtype=torch.bool, device=device)
-    square[lo:hi, lo:hi] = True
-    return square
 
 
 def adamw(model: nn.Module, cfg, betas: tuple[float, float]) -> torch.optim.AdamW:

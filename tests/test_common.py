@@ -143,7 +143,7 @@ def test_image_folder_loads_through_the_hub_code_path(tmp_path):
     folder = write_image_folder(tmp_path / "imgs")
     train, val, classes = common.load_data(data_cfg(dataset=str(folder), image_size=16, label_column="label"))
     assert classes == ("cats", "dogs") and len(train) + len(val) == 24 and len(val) == 2
-    x, y = next(common.batches(train, data_cfg(batch_size=4)))
+    x, y, _ = next(common.batches(train, data_cfg(batch_size=4)))
     assert x.shape == (4, 3, 16, 16) and x.min() >= -1 and x.max() <= 1
     assert set(y.tolist()) <= {0, 1}
 
@@ -189,7 +189,7 @@ def test_a_stream_holds_out_a_shuffled_sample_that_training_never_sees(tmp_path)
     x_train = torch.stack([item["image"] for item in train]).flatten(1)
     assert len(x_train) == 40 and torch.cdist(x_train, x_val).min() > 1e-3  # disjoint
     assert common.first_images(val, 3)[1].tolist() != [0, 1, 2]  # not simply the first rows
-    x, y = next(common.batches(train, cfg))
+    x, y, _ = next(common.batches(train, cfg))
     assert x.shape == (4, 3, 8, 8) and set(y.tolist()) <= {0, 1, 2}
 
 
