@@ -20,18 +20,12 @@ from .shapes import BUILTIN, PLAIN_COLOUR_NAMES, SHAPE_CLASSES, class_prompts
 class PriorConfig(TrainConfig):
     """Flags lessons 04 and 05 share. Their Configs subclass this."""
 
-    condition: Literal["class", "text", "none"] | None = (
-        None  # class, caption or nothing (default: class if labelled)
-    )
+    condition: Literal["class", "text", "none"] | None = None  # condition on (default: class when labelled)
     text_encoder: str = "small"  # --condition text: small (trained with the prior) or a CLIP hub id / folder
     text_length: int = 16  # tokens per caption (CLIP: at most 77)
-    prompt: tuple[
-        str, ...
-    ] = ()  # a caption to draw (repeatable): one row of prompts.png each, after training
-    sample_only: bool = False  # load the trained prior in --out and only draw samples.png / prompts.png
-    reject_keep: float = (
-        1.0  # rejection sampling: draw 1/f candidates per image, keep the best-scored fraction f
-    )
+    prompt: tuple[str, ...] = ()  # a caption to draw after training, repeatable: a row of prompts.png each
+    sample_only: bool = False  # load the trained prior in --out; draw prompts.png (or samples.png) only
+    reject_keep: float = 1.0  # rejection sampling: draw 1/f images per image, keep the best-scored f
 
 
 def check_prior_flags(cfg) -> None:
