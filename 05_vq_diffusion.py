@@ -331,7 +331,8 @@ class DiffusionTransformer(nn.Module):
 def sample(
     model, sched: Schedule, c, stride=1, truncation=1.0, known=None, renoise=False, guidance=1.0, purity=False
 ):
-    """Run the reverse chain from x_T ~ p(x_T) at t = T, T - dt, ..., and return x_0 (B, N, D); c: (B,).
+    """Run the reverse chain from x_T ~ p(x_T) at t = T, T - dt, ..., and return x_0 (B, N, D); c: (B,)
+    classes or (B, L) caption token ids.
 
     Each step: p_theta(x_0 | x_t) (truncated to its top mass r), then p_theta(x_s | x_t) with
     s = max(t - dt, 0) by the x0-parameterized posterior, then a draw. ceil(T / dt) network calls.
