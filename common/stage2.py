@@ -164,6 +164,10 @@ def setup(cfg) -> Stage2:
         saved = load_checkpoint(ckpt)["config"]
         for name in saved.keys() - Run.RESUMABLE:
             setattr(cfg, name, tuple(saved[name]) if isinstance(saved[name], list) else saved[name])
+        if cfg.prompt and cfg.condition != "text":
+            raise UserError(
+                f"--prompt: the prior in {cfg.out} is not text-conditional; train one with --condition text"
+            )
     run = Run(cfg)
     # the text encoder before the tokenizer: an unreachable CLIP fails before minutes of training
     text = text_encoder(cfg.text_encoder, cfg.width, cfg.text_length) if cfg.condition == "text" else None

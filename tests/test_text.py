@@ -298,6 +298,14 @@ def test_text_conditional_training_writes_samples_prompts_and_metrics_and_sample
                                       "--prompt", "a yellow cross", "--prompt", "grey background", "--prompt", "a ring"])  # fmt: skip
     vqd.train(again)  # the model's flags come from the checkpoint, the sampling flags from the command
     assert again.condition == "text" and again.width == 32 and (out / "prompts.png").exists()
+    flags.update(condition="class", out=str(tmp_path / "class"))
+    vqd.train(vqd.Config(steps=2, **flags))  # a class-conditional prior cannot draw prompts
+    with pytest.raises(common.UserError, match="not text-conditional; train one with --condition text"):
+        vqd.train(
+            common.parse(
+                vqd.Config, ["--out", str(tmp_path / "class"), "--sample-only", "--prompt", "a star"]
+            )
+        )
     assert (
         Image.open(out / "prompts.png").size[1] > Image.open(out / "samples.png").size[1] * 3 / 8 - 1
     )  # 3 rows
