@@ -164,15 +164,13 @@ def parse(config_cls, argv=None):
         elif typing.get_origin(kind) is typing.Literal:
             p.add_argument(flag, choices=args, type=type(args[0]), **kw)
         elif typing.get_origin(kind) is tuple and args[0] is str:  # repeatable: --prompt A --prompt B
-            p.add_argument(flag, action="extend", nargs="+", type=str, **{**kw, "default": None})
+            p.add_argument(flag, action="extend", nargs="+", type=str, **{**kw, "default": list(default)})
         elif typing.get_origin(kind) is tuple:
             p.add_argument(flag, nargs="+", type=args[0], **kw)
         else:
             p.add_argument(flag, type=kind, **kw)
     ns = p.parse_args(argv)
     values = {k: tuple(v) if isinstance(v, list) else v for k, v in vars(ns).items()}
-    fields = {f.name: f for f in dataclasses.fields(config_cls)}
-    values = {k: fields[k].default if v is None and fields[k].default == () else v for k, v in values.items()}
     try:
         cfg = config_cls(**values)
     except (ValueError, UserError) as e:

@@ -13,6 +13,7 @@ from typing import Literal
 import torch
 
 from .cli import TrainConfig, require
+from .loading import first_images
 from .shapes import BUILTIN, PLAIN_COLOUR_NAMES, SHAPE_CLASSES, class_prompts
 
 
@@ -75,9 +76,7 @@ def sample_conditions(s) -> tuple[torch.Tensor, torch.Tensor | None, list[str] |
         if s.classes:
             prompts = class_prompts(s.classes[:8], s.plain)
             labels = torch.arange(len(prompts), device=s.device)
-        else:
-            from .loading import first_images  # a validation caption per row
-
+        else:  # a validation caption per row
             prompts, labels = list(first_images(s.val_set, 4, captions=True)[2]), None
         return s.condition_of(None, prompts), labels, prompts
     if s.condition == "none":
@@ -86,19 +85,21 @@ def sample_conditions(s) -> tuple[torch.Tensor, torch.Tensor | None, list[str] |
     return labels, labels, None
 
 
-def prompt_classes(prompts) -> torch.Tensor | None:
-    """The index in SHAPE_CLASSES of the class each prompt names, or None unless every prompt names one."""
-    names = [c.replace("-", " ") for c in SHAPE_CLASSES]
+def _named(prompts, names) -> torch.Tensor | None:
+    """The index of the name (a whole word or phrase) each prompt contains, the last one if several;
+    None unless every prompt names one."""
     found = [[i for i, name in enumerate(names) if f" {name} " in f" {p.lower()} "] for p in prompts]
     return torch.tensor([f[-1] for f in found]) if all(found) else None
 
 
-def prompt_colours(prompts: list[str]) -> torch.Tensor | None:
-    """The index in PLAIN_COLOURS of the colour each prompt names, or None unless every prompt names one."""
-    found = [
-        [i for i, name in enumerate(PLAIN_COLOUR_NAMES) if f" {name} " in f" {p.lower()} "] for p in prompts
-    ]
-    return torch.tensor([f[-1] for f in found]) if all(found) else None
+def prompt_classes(prompts) -> torch.Tensor | None:
+    """The index in SHAPE_CLASSES of the class each prompt names (None unless each names one)."""
+    return _named(prompts, [c.replace("-", " ") for c in SHAPE_CLASSES])
+
+
+def prompt_colours(prompts) -> torch.Tensor | None:
+    """The index in PLAIN_COLOURS of the colour each prompt names (None unless each names one)."""
+    return _named(prompts, PLAIN_COLOUR_NAMES)
 
 
 def candidates(per_row: int, keep: float) -> int:

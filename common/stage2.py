@@ -67,8 +67,6 @@ def tokenizer_path(cfg) -> Path:
     <out>/tokenizer/ckpt.pt that was trained on this dataset with --tokenizer-depth and
     --tokenizer-codebook-size, else a lesson-02 RQ-VAE of that shape trained (once) into
     <out>/tokenizer."""
-    if getattr(cfg, "sample_only", False):  # the tokenizer the prior was trained on
-        return Path(load_checkpoint(Path(cfg.out) / "ckpt.pt")["tokenizer"])
     if cfg.tokenizer:
         return Path(cfg.tokenizer)
     shape = {"depth": cfg.tokenizer_depth, "codebook_size": cfg.tokenizer_codebook_size}
@@ -125,8 +123,7 @@ class Stage2:
     tok: nn.Module  # frozen: .encoder, .quantizer (.codebook (K, d), .depth), .decoder
     train_set: object
     val_set: object
-    conditional: bool  # on classes
-    num_classes: int  # 1 unless conditional
+    num_classes: int  # 1 unless conditioned on classes
     H: int  # the code grid is H x H: T = H * H positions of D codes
     size: int  # image side in pixels
     condition: str = "class"  # "class", "text" or "none"
@@ -139,13 +136,15 @@ class Stage2:
         the captions' token ids (B, L), each one the empty caption "" (no text) with chance `drop`."""
         if self.condition != "text":
             return self.labels(y, drop)
-        captions = ["" if drop and torch.rand(()) < drop else text for text in captions]
+        if drop:  # the empty caption at this rate: what guidance contrasts
+            kept = (torch.rand(len(captions)) >= drop).tolist()
+            captions = [text if k else "" for k, text in zip(kept, captions)]
         return self.text.tokenize(captions).to(self.device)
 
     def labels(self, y: torch.Tensor, drop: float = 0.0) -> torch.Tensor:
         """The class each image is conditioned on, on the device: y, or 0 when unconditional; with
         drop > 0 (training for guidance) each one is "no class" (num_classes) with that chance."""
-        if not self.conditional:
+        if self.condition != "class":
             return torch.zeros_like(y, device=self.device)
         c = y.to(self.device)
         if drop == 0:
@@ -153,26 +152,35 @@ class Stage2:
         return torch.where(torch.rand(len(c), device=self.device) < drop, self.num_classes, c)
 
 
+def adopt_trained_flags(cfg) -> dict | None:
+    """--sample-only: the model's flags become those the prior in --out was trained with (the
+    sampling flags stay this command's); -> its checkpoint, or None without --sample-only."""
+    path = Path(cfg.out) / "ckpt.pt"
+    if not (cfg.sample_only and path.exists()):
+        return None  # (a missing checkpoint is Run's one-line error)
+    ckpt = load_checkpoint(path)
+    for name in ckpt["config"].keys() - Run.RESUMABLE:
+        value = ckpt["config"][name]
+        setattr(cfg, name, tuple(value) if isinstance(value, list) else value)
+    if cfg.prompt and cfg.condition != "text":
+        raise UserError(
+            f"--prompt: the prior in {cfg.out} is not text-conditional; train one with --condition text"
+        )
+    return ckpt
+
+
 def setup(cfg) -> Stage2:
     """Run folder, tokenizer (checked against --image-size), data, and class conditioning."""
     rank, world = distributed()  # (0, 1) unless launched by torchrun
     device = get_device(cfg.device)
-    ckpt = Path(cfg.out) / "ckpt.pt"
-    if (
-        cfg.sample_only and ckpt.exists()
-    ):  # the model's flags are the trained prior's; sampling flags are ours
-        saved = load_checkpoint(ckpt)["config"]
-        for name in saved.keys() - Run.RESUMABLE:
-            setattr(cfg, name, tuple(saved[name]) if isinstance(saved[name], list) else saved[name])
-        if cfg.prompt and cfg.condition != "text":
-            raise UserError(
-                f"--prompt: the prior in {cfg.out} is not text-conditional; train one with --condition text"
-            )
+    trained = adopt_trained_flags(cfg)  # --sample-only: the checkpoint in --out (else None)
     run = Run(cfg)
-    # the text encoder before the tokenizer: an unreachable CLIP fails before minutes of training
-    text = text_encoder(cfg.text_encoder, cfg.width, cfg.text_length) if cfg.condition == "text" else None
-    text = None if text is None else text.to(device)
-    path = tokenizer_path(cfg)
+    text = None
+    if cfg.condition == "text":  # before the tokenizer: an unreachable CLIP fails before minutes of training
+        text = text_encoder(cfg.text_encoder, cfg.width, cfg.text_length).to(device)
+    path = (
+        Path(trained["tokenizer"]) if trained else tokenizer_path(cfg)
+    )  # the prior's own, for --sample-only
     tok, tok_cfg = load_tokenizer(path, device)
     if not tok.quantizer.shared:
         raise UserError(
@@ -186,11 +194,10 @@ def setup(cfg) -> Stage2:
         )
     train_set, val_set, classes = load_data(cfg, rank, world)
     condition = cfg.condition or ("class" if classes is not None else "none")
-    conditional = condition == "class"
-    num_classes = len(classes) if conditional and classes else 1
+    num_classes = len(classes) if condition == "class" and classes else 1
     H, plain = size // tok_cfg.downsample, cfg.dataset == "shapes-plain" and cfg.hf_id is None
     return Stage2(
-        device, rank, world, run, path, tok, train_set, val_set, conditional, num_classes, H, size,
+        device, rank, world, run, path, tok, train_set, val_set, num_classes, H, size,
         condition, text, classes, plain,
     )  # fmt: skip
 

@@ -58,7 +58,7 @@ def test_guided_sampling_draws_from_the_guided_logits_of_full_forward_passes(ar,
 
 
 def test_label_dropout_replaces_the_class_by_no_class_at_its_rate(ar):
-    s = stage2.Stage2(*[None] * 8, conditional=True, num_classes=8, H=8, size=32)
+    s = stage2.Stage2(*[None] * 8, num_classes=8, H=8, size=32, condition="class")
     s.device = torch.device("cpu")
     torch.manual_seed(0)
     c = s.labels(torch.zeros(20000, dtype=torch.long), drop=0.1)

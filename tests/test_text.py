@@ -233,7 +233,7 @@ def test_text_guidance_in_05_is_the_guided_mix_of_caption_and_empty_caption(vqd)
 
 
 def test_caption_dropout_uses_the_empty_caption_at_its_rate():
-    s = stage2.Stage2(*[None] * 8, False, 1, 8, 32, "text", SmallTextEncoder(8, 4, 1, 2), None, True)
+    s = stage2.Stage2(*[None] * 8, 1, 8, 32, "text", SmallTextEncoder(8, 4, 1, 2), None, True)
     s.device = torch.device("cpu")
     torch.manual_seed(0)
     c = s.condition_of(None, ["a pink star"] * 4000, drop=0.1)
