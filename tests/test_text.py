@@ -266,6 +266,8 @@ def test_rejection_keeps_the_best_scored_fraction_of_each_row():
         (dict(condition="text", dataset="some/folder"), "--caption-column"),
         (dict(prompt=("a star",), condition="class"), "--prompt needs a text-conditional prior"),
         (dict(condition="text", conditional=False), "--no-conditional is --condition none"),
+        (dict(reject_keep=0.5, condition="none"), "not with --condition none"),
+        (dict(text_length=1), "--text-length must be at least 2"),
     ],
 )
 def test_text_flag_errors(vqd, flags, message):
@@ -367,3 +369,9 @@ def test_prompt_is_repeatable_on_the_command_line():
     )
     assert cfg.prompt == ("a pink star", "a ring") and cfg.condition == "text"
     assert common.parse(common.lesson("04_rq_transformer").Config, []).prompt == ()
+
+
+def test_sample_only_without_a_trained_prior_is_a_one_line_error_exit_2(tmp_path):
+    r = subprocess.run([sys.executable, str(ROOT / "04_rq_transformer.py"), "--sample-only", "--out", str(tmp_path / "none")],
+                       cwd=tmp_path, capture_output=True, text=True, timeout=120)  # fmt: skip
+    assert r.returncode == 2 and "--sample-only: no checkpoint at" in r.stderr and "Traceback" not in r.stderr
