@@ -132,6 +132,8 @@ class KVCache:
         self.len = 0
 
     def append(self, k: torch.Tensor, v: torch.Tensor):
+        """Store the n new positions' keys and values k, v: (B, heads, n, head_dim) after the cached
+        ones -> (keys, values) of every position so far: (B, heads, len, head_dim) each."""
         n = k.shape[2]
         self.k[:, :, self.len : self.len + n], self.v[:, :, self.len : self.len + n] = k, v
         self.len += n

@@ -1,4 +1,5 @@
-"""Shared test setup: offline Hugging Face, a derandomized hypothesis profile, lesson imports."""
+"""Shared test setup: offline Hugging Face, a derandomized hypothesis profile, lesson imports, and
+the exercise markers and grading hooks (exercises/plugin.py)."""
 
 import atexit
 import os
@@ -21,14 +22,20 @@ if "SHAPES_CLASSIFIER" not in os.environ:
 
 import pytest
 import torch
-from hypothesis import settings
+from hypothesis import Phase, settings
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 import common  # noqa: E402
 
+pytest_plugins = ["exercises.plugin"]
+
 settings.register_profile("ci", max_examples=25, deadline=None, derandomize=True)
+# the grader (python -m exercises) runs failing tests by the dozen: no time spent shrinking them
+settings.register_profile(
+    "grading", parent=settings.get_profile("ci"), phases=[Phase.explicit, Phase.generate]
+)
 settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci"))
 torch.set_num_threads(min(2, torch.get_num_threads()))
 

@@ -24,6 +24,7 @@ def rand(*shape, seed=0, dtype=torch.float64):
 # --- nearest_code (RQ Eq. 1) ---
 
 
+@pytest.mark.exercise("01_vq.nearest_code")
 @given(N=st.integers(1, 40), K=st.integers(1, 64), d=st.integers(1, 8), seed=st.integers(0, 2**31 - 1))
 def test_nearest_code_is_a_true_nearest_neighbour(vq, N, K, d, seed):
     z, codebook = rand(N, d, seed=seed), rand(K, d, seed=seed + 1)
@@ -33,17 +34,20 @@ def test_nearest_code_is_a_true_nearest_neighbour(vq, N, K, d, seed):
     torch.testing.assert_close(chosen, brute.min(1).values)  # distances, so ties pass
 
 
+@pytest.mark.exercise("01_vq.nearest_code")
 def test_nearest_code_keeps_the_leading_shape(vq):
     idx = vq.nearest_code(rand(2, 3, 5, 4), rand(7, 4, seed=1))
     assert idx.shape == (2, 3, 5) and idx.dtype == torch.long
     assert idx.min() >= 0 and idx.max() < 7
 
 
+@pytest.mark.exercise("01_vq.nearest_code")
 def test_code_vectors_are_fixed_points(vq):
     codebook = rand(50, 6)
     assert torch.equal(vq.nearest_code(codebook, codebook), torch.arange(50))
 
 
+@pytest.mark.exercise("01_vq.nearest_code")
 @pytest.mark.parametrize("chunk", [1, 3, 7])
 def test_nearest_code_does_not_depend_on_the_chunk_size(vq, chunk):
     z, codebook = rand(20, 5), rand(9, 5, seed=1)
@@ -68,6 +72,7 @@ def test_codebook_loss_moves_only_the_codes(vq):
     torch.testing.assert_close(z_q.grad, 2 * (z_q - z_e).detach() / z_q.numel())
 
 
+@pytest.mark.exercise("01_vq.vq_loss")
 @pytest.mark.parametrize("beta", [0.0, 0.25, 1.0, 3.0])
 def test_beta_scales_only_the_encoder_gradient(vq, beta):
     z_e, z_q = rand(5, 4).requires_grad_(), rand(5, 4, seed=1).requires_grad_()
@@ -80,11 +85,13 @@ def test_beta_scales_only_the_encoder_gradient(vq, beta):
 # --- straight-through estimator ---
 
 
+@pytest.mark.exercise("01_vq.straight_through")
 def test_straight_through_returns_the_codes_in_the_forward_pass(vq):
     z_e, z_q = rand(3, 4), rand(3, 4, seed=1)
     torch.testing.assert_close(vq.straight_through(z_e, z_q), z_q)
 
 
+@pytest.mark.exercise("01_vq.straight_through")
 def test_straight_through_gradient_is_the_identity(vq):
     z_e, z_q = rand(3, 4).requires_grad_(), rand(3, 4, seed=1).requires_grad_()
     upstream = rand(3, 4, seed=2)
@@ -109,6 +116,7 @@ def ema_reference(N, m, z, idx, decay, eps):
     return N, m, e
 
 
+@pytest.mark.exercise("01_vq.ema_update")
 @given(
     K=st.integers(1, 12),
     N=st.integers(1, 30),
@@ -124,6 +132,7 @@ def test_ema_update_equals_a_hand_computed_reference(vq, K, N, seed, decay):
         torch.testing.assert_close(a, b)
 
 
+@pytest.mark.exercise("01_vq.ema_update")
 def test_ema_codebook_converges_to_the_mean_of_its_vectors(vq):
     z, idx = rand(40, 2), torch.arange(40) % 4
     N, m = torch.ones(4, dtype=torch.float64), rand(4, 2, seed=1)
@@ -133,6 +142,7 @@ def test_ema_codebook_converges_to_the_mean_of_its_vectors(vq):
     torch.testing.assert_close(e, means, atol=1e-4, rtol=1e-4)
 
 
+@pytest.mark.exercise("01_vq.ema_update")
 def test_ema_update_keeps_unused_codes_finite(vq):
     *_, e = vq.ema_update(
         torch.zeros(5), torch.zeros(5, 2), torch.ones(3, 2), torch.zeros(3, dtype=torch.long)
@@ -143,6 +153,7 @@ def test_ema_update_keeps_unused_codes_finite(vq):
 # --- dead-code restart ---
 
 
+@pytest.mark.exercise("01_vq.restart_dead_codes")
 def test_restart_replaces_exactly_the_dead_codes_with_batch_vectors(vq):
     codebook, embed = rand(6, 3), rand(6, 3, seed=1)
     cluster = torch.tensor([5.0, 0.2, 3.0, 0.0, 0.99, 1.0], dtype=torch.float64)
@@ -156,6 +167,7 @@ def test_restart_replaces_exactly_the_dead_codes_with_batch_vectors(vq):
         assert (z == row).all(1).any()
 
 
+@pytest.mark.exercise("01_vq.restart_dead_codes")
 def test_restarted_codes_are_distinct_and_weigh_the_threshold(vq):
     z = rand(10, 3, seed=2)
     e, N, m, _ = vq.restart_dead_codes(
@@ -166,6 +178,7 @@ def test_restarted_codes_are_distinct_and_weigh_the_threshold(vq):
     torch.testing.assert_close(m, 2.0 * e)
 
 
+@pytest.mark.exercise("01_vq.restart_dead_codes")
 def test_no_restart_when_every_code_is_alive(vq):
     codebook, cluster = rand(4, 3), torch.full((4,), 2.0)
     e, N, _, n_dead = vq.restart_dead_codes(codebook, cluster, codebook, rand(5, 3), threshold=1.0)
@@ -363,7 +376,7 @@ def test_a_signal_saves_the_current_step_and_the_run_resumes_without_duplicate_l
                          cwd=tmp_path, stderr=subprocess.PIPE, stdout=subprocess.PIPE, text=True)  # fmt: skip
     log = tmp_path / "runs" / "01_vq" / "metrics.jsonl"
     while not (log.exists() and log.read_text().count("\n") >= 2):
-        assert p.poll() is None
+        assert p.poll() is None, p.stderr.read()  # it is still training
         time.sleep(0.1)
     p.send_signal(getattr(signals, sig))
     _, err = p.communicate(timeout=60)

@@ -1,6 +1,7 @@
 """Lesson 03: the adaptive weight, GAN losses, LPIPS plumbing, the discriminator schedule, tokenizers."""
 
 import json
+import math
 import subprocess
 import sys
 from pathlib import Path
@@ -47,6 +48,7 @@ def lpips(gan):
 # --- adaptive weight ---
 
 
+@pytest.mark.exercise("03_vqgan.adaptive_weight")
 def test_adaptive_weight_is_the_gradient_norm_ratio_on_a_toy_decoder(gan):
     torch.manual_seed(0)
     last = torch.nn.Linear(4, 3)
@@ -60,30 +62,53 @@ def test_adaptive_weight_is_the_gradient_norm_ratio_on_a_toy_decoder(gan):
     torch.testing.assert_close(lam * g_gan.norm(), g_rec.norm())  # the two gradients balance
 
 
+@pytest.mark.exercise("03_vqgan.adaptive_weight")
 def test_adaptive_weight_carries_no_gradient_and_is_clamped(gan):
     w = torch.randn(3, requires_grad=True)
     lam = gan.adaptive_weight((w * 1e6).sum(), (w * 1e-6).sum(), w, max_lambda=100.0)
     assert not lam.requires_grad and lam.item() == 100.0
 
 
+@pytest.mark.exercise("03_vqgan.adaptive_weight")
+def test_adaptive_weight_falls_as_the_gan_loss_is_scaled_up(gan):
+    torch.manual_seed(1)
+    w = torch.randn(4, 4, requires_grad=True)
+    x = torch.randn(8, 4)
+    rec, g = (x @ w).pow(2).mean(), -(x @ w).mean()
+    lam = gan.adaptive_weight(rec, g, w, delta=0.0)
+    torch.testing.assert_close(gan.adaptive_weight(rec, 100 * g, w, delta=0.0), lam / 100)
+    assert lam > 0
+
+
 # --- GAN losses ---
 
 
+@pytest.mark.exercise("03_vqgan.hinge_d_loss")
 def test_hinge_loss_is_zero_beyond_its_margins(gan):
     assert gan.hinge_d_loss(torch.full((4,), 1.5), torch.full((4,), -1.2)).item() == 0.0
     torch.testing.assert_close(gan.hinge_d_loss(torch.zeros(4), torch.zeros(4)), torch.tensor(1.0))
 
 
+@pytest.mark.exercise("03_vqgan.hinge_d_loss")
 def test_hinge_loss_values_inside_the_margins(gan):
     real, fake = torch.tensor([0.5, 2.0]), torch.tensor([-2.0, 0.0])
     torch.testing.assert_close(gan.hinge_d_loss(real, fake), torch.tensor(0.5 * (0.25 + 0.5)))
 
 
+@pytest.mark.exercise("03_vqgan.vanilla_d_loss")
 def test_vanilla_loss_is_the_binary_cross_entropy(gan):
     real, fake = torch.randn(6), torch.randn(6)
     bce = torch.nn.functional.binary_cross_entropy_with_logits
     expected = 0.5 * (bce(real, torch.ones(6)) + bce(fake, torch.zeros(6)))
     torch.testing.assert_close(gan.vanilla_d_loss(real, fake), expected)
+
+
+@pytest.mark.exercise("03_vqgan.vanilla_d_loss")
+def test_vanilla_loss_stays_finite_for_confidently_wrong_logits(gan):
+    """-log sigmoid(-200) = 200 exactly in float32 via softplus; log(sigmoid(-200)) is log 0."""
+    loss = gan.vanilla_d_loss(torch.tensor([-200.0, 0.0]), torch.tensor([150.0, 0.0]))
+    expected = 0.5 * ((200.0 + math.log(2)) / 2 + (150.0 + math.log(2)) / 2)
+    torch.testing.assert_close(loss, torch.tensor(expected))
 
 
 def test_generator_loss_is_minus_the_mean_logit(gan):

@@ -3,8 +3,11 @@
 import json
 from pathlib import Path
 
+import oracles
 import pytest
 import torch
+from hypothesis import given
+from hypothesis import strategies as st
 
 import common
 from common import stage2
@@ -57,6 +60,44 @@ def test_guided_sampling_draws_from_the_guided_logits_of_full_forward_passes(ar,
     torch.testing.assert_close(logits, l_u + 2.5 * (l_c - l_u), atol=1e-4, rtol=1e-4)
 
 
+@pytest.mark.exercise("04_rq_transformer.guide")
+@pytest.mark.parametrize("scale", [0.0, 0.5, 3.0])
+def test_guidance_moves_from_the_unconditional_logits_by_scale_times_the_difference(ar, scale):
+    g = torch.Generator().manual_seed(0)
+    l_c, l_u = torch.randn(2, 4, 5, generator=g), torch.randn(2, 4, 5, generator=g)
+    guided = ar.guide(torch.cat([l_c, l_u]), scale)
+    torch.testing.assert_close(guided, l_u + scale * (l_c - l_u))
+    if scale == 0.0:
+        torch.testing.assert_close(guided, l_u)  # s = 0: the unconditional model alone
+
+
+@pytest.mark.exercise("04_rq_transformer.guide")
+def test_guidance_of_scale_one_is_the_conditioned_batch_itself(ar):
+    logits = torch.randn(3, 4, 5)  # no second half at scale 1
+    assert torch.equal(ar.guide(logits, 1.0), logits)
+
+
+@pytest.mark.exercise("04_rq_transformer.KVCache.append")
+def test_the_cache_returns_every_position_so_far_in_order(ar):
+    cache = ar.KVCache(B=2, heads=3, max_len=5, head_dim=4, device="cpu")
+    steps = [torch.randn(2, 3, n, 4) for n in (1, 2, 1)]
+    for i, x in enumerate(steps):
+        k, v = cache.append(x, -x)
+        want = torch.cat(steps[: i + 1], 2)
+        assert torch.equal(k, want) and torch.equal(v, -want)
+
+
+@pytest.mark.exercise("04_rq_transformer.KVCache.append")
+def test_cached_attention_one_position_at_a_time_equals_causal_attention(ar):
+    torch.manual_seed(0)
+    block = ar.Block(width=8, heads=2, dropout=0.0).eval()
+    x = torch.randn(2, 6, 8)
+    full = block(x)
+    cache = ar.KVCache(2, 2, 6, 4, "cpu")
+    steps = torch.cat([block(x[:, i : i + 1], cache) for i in range(6)], 1)
+    torch.testing.assert_close(steps, full, atol=1e-6, rtol=1e-5)
+
+
 def test_label_dropout_replaces_the_class_by_no_class_at_its_rate(ar):
     s = stage2.Stage2(*[None] * 8, num_classes=8, H=8, size=32, condition="class")
     s.device = torch.device("cpu")
@@ -72,6 +113,7 @@ def test_the_class_changes_the_logits(ar):
     assert not torch.allclose(m(codes, torch.tensor([0])), m(codes, torch.tensor([1])))
 
 
+@pytest.mark.exercise("04_rq_transformer.nll")
 def test_flat_and_rq_models_compute_the_same_nll_definition(ar):
     codes, c = torch.randint(7, (2, 6, 3)), torch.tensor([0, 1])
     for flatten in (False, True):
@@ -87,33 +129,54 @@ def test_flat_and_rq_models_compute_the_same_nll_definition(ar):
         torch.testing.assert_close(ar.nll(logits, codes), explicit)
 
 
+@pytest.mark.exercise("04_rq_transformer.nll")
+def test_nll_against_soft_labels_is_the_cross_entropy_and_one_hot_labels_give_the_hard_nll(ar):
+    g = torch.Generator().manual_seed(0)
+    logits, codes = torch.randn(2, 3, 2, 5, generator=g), torch.randint(5, (2, 3, 2), generator=g)
+    soft = torch.rand(6, 2, 5, generator=g)
+    soft /= soft.sum(-1, keepdim=True)
+    logp = logits.log_softmax(-1).view(6, 2, 5)
+    torch.testing.assert_close(ar.nll(logits, codes, soft), -(soft * logp).sum(-1).mean())
+    one_hot = torch.nn.functional.one_hot(codes, 5).float().view(6, 2, 5)
+    torch.testing.assert_close(ar.nll(logits, codes, one_hot), ar.nll(logits, codes))
+
+
 # --- soft labels and stochastic codes (RQ Eq. 15) ---
 
 
-def test_soft_labels_are_distributions_over_codes(ar):
+@pytest.fixture
+def plain_rq(ar, monkeypatch):
+    """soft_codes runs lesson 02's residual_quantize, an exercise of its own: a plain loop instead."""
+    monkeypatch.setattr(ar.rq, "residual_quantize", oracles.residual_quantize)
+
+
+@pytest.mark.exercise("04_rq_transformer.soft_codes")
+def test_soft_labels_are_distributions_over_codes(ar, plain_rq):
     z, codebook = torch.randn(10, 4), torch.randn(6, 4)
     _, probs = ar.soft_codes(z, codebook, depth=3, tau=0.5)
     assert probs.shape == (10, 3, 6) and (probs >= 0).all()
     torch.testing.assert_close(probs.sum(-1), torch.ones(10, 3))
 
 
-def test_soft_labels_tend_to_the_one_hot_code_as_tau_goes_to_zero(ar):
-    rq = common.lesson("02_rq")
+@pytest.mark.exercise("04_rq_transformer.soft_codes")
+def test_soft_labels_tend_to_the_one_hot_code_as_tau_goes_to_zero(ar, plain_rq):
     z, codebook = torch.randn(10, 4), torch.randn(6, 4)
     codes, probs = ar.soft_codes(z, codebook, depth=2, tau=1e-4)
-    hard, _ = rq.residual_quantize(z, codebook, 2)
+    hard, _ = oracles.residual_quantize(z, codebook, 2)
     assert torch.equal(codes, hard)  # the argmin codes of lesson 02
     torch.testing.assert_close(probs, torch.nn.functional.one_hot(hard, 6).float(), atol=1e-3, rtol=0)
 
 
-def test_soft_labels_follow_squared_distances(ar):
+@pytest.mark.exercise("04_rq_transformer.soft_codes")
+def test_soft_labels_follow_squared_distances(ar, plain_rq):
     z, codebook = torch.tensor([[0.0, 0.0]]), torch.tensor([[1.0, 0.0], [0.0, 2.0]])
     _, probs = ar.soft_codes(z, codebook, depth=1, tau=0.5)
     expected = torch.softmax(torch.tensor([-1.0, -4.0]) / 0.5, 0)  # -||z - e||^2 / tau
     torch.testing.assert_close(probs[0, 0], expected)
 
 
-def test_stochastic_codes_match_q_tau_frequencies(ar):
+@pytest.mark.exercise("04_rq_transformer.soft_codes")
+def test_stochastic_codes_match_q_tau_frequencies(ar, plain_rq):
     torch.manual_seed(0)
     z, codebook = torch.zeros(20000, 2), torch.tensor([[1.0, 0.0], [0.0, 1.2], [-0.9, 0.0]])
     codes, probs = ar.soft_codes(z, codebook, depth=1, tau=1.0, stochastic=True)
@@ -124,12 +187,33 @@ def test_stochastic_codes_match_q_tau_frequencies(ar):
 # --- sampling filters ---
 
 
+@pytest.mark.exercise("04_rq_transformer.filter_logits")
+@given(
+    K=st.integers(2, 12), top_k=st.integers(0, 12), top_p=st.floats(0.01, 1.0), seed=st.integers(0, 2**31 - 1)
+)
+def test_filters_agree_with_a_row_by_row_oracle(ar, K, top_k, top_p, seed):
+    logits = torch.randn(3, K, generator=torch.Generator().manual_seed(seed), dtype=torch.float64) * 2
+    got = ar.filter_logits(logits, top_k, top_p)
+    assert torch.equal(torch.isfinite(got), torch.isfinite(oracles.filter_logits(logits, top_k, top_p)))
+    kept = torch.isfinite(got)
+    assert torch.equal(got[kept], logits[kept])  # the kept logits are unchanged
+    assert kept.gather(1, logits.argmax(1, keepdim=True)).all()  # the most likely code always stays
+
+
+@pytest.fixture
+def plain_filters(ar, monkeypatch):
+    """sample_logits runs filter_logits, an exercise of its own: the oracle's instead."""
+    monkeypatch.setattr(ar, "filter_logits", oracles.filter_logits)
+
+
+@pytest.mark.exercise("04_rq_transformer.filter_logits")
 def test_top_k_keeps_the_k_largest_logits(ar):
     logits = torch.tensor([[0.1, 3.0, -1.0, 2.0, 0.5]])
     kept = torch.isfinite(ar.filter_logits(logits, top_k=2))
     assert kept.tolist() == [[False, True, False, True, False]]
 
 
+@pytest.mark.exercise("04_rq_transformer.filter_logits")
 def test_top_p_keeps_the_smallest_set_reaching_p(ar):
     logits = torch.log(torch.tensor([[0.05, 0.5, 0.1, 0.3, 0.05]]))
     assert torch.isfinite(ar.filter_logits(logits, top_p=0.75)).tolist() == [
@@ -141,21 +225,31 @@ def test_top_p_keeps_the_smallest_set_reaching_p(ar):
     assert torch.isfinite(ar.filter_logits(logits, top_p=0.81)).sum() == 3
 
 
-def test_samples_respect_top_k_and_top_p(ar):
+@pytest.mark.exercise("04_rq_transformer.sample_logits")
+def test_samples_respect_top_k_and_top_p(ar, plain_filters):
     torch.manual_seed(0)
     logits = torch.randn(1, 50).expand(4000, 50)
     draws = ar.sample_logits(logits, top_k=5)
     assert set(draws.tolist()) == set(logits[0].topk(5).indices.tolist())
     draws = ar.sample_logits(logits, top_p=0.3)
-    allowed = torch.isfinite(ar.filter_logits(logits[:1], top_p=0.3))[0]
+    allowed = torch.isfinite(oracles.filter_logits(logits[:1], top_p=0.3))[0]
     assert allowed[draws].all()
 
 
-def test_inverse_cdf_sampling_matches_the_softmax(ar):
+@pytest.mark.exercise("04_rq_transformer.sample_logits")
+def test_inverse_cdf_sampling_matches_the_softmax(ar, plain_filters):
     torch.manual_seed(1)
     logits = torch.tensor([[0.0, 1.0, 2.0]]).expand(30000, 3)
     freq = torch.bincount(ar.sample_logits(logits), minlength=3).float() / 30000
     torch.testing.assert_close(freq, logits[0].softmax(0), atol=0.012, rtol=0)
+
+
+@pytest.mark.exercise("04_rq_transformer.sample_logits")
+def test_temperature_divides_the_logits(ar, plain_filters):
+    torch.manual_seed(2)
+    logits = torch.tensor([[0.0, 1.0, 3.0]]).expand(30000, 3)
+    freq = torch.bincount(ar.sample_logits(logits, temperature=2.0), minlength=3).float() / 30000
+    torch.testing.assert_close(freq, (logits[0] / 2.0).softmax(0), atol=0.012, rtol=0)
 
 
 def test_a_draw_at_u_zero_never_picks_a_filtered_code(ar, monkeypatch):

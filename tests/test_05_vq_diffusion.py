@@ -3,6 +3,7 @@ algebra in float64; sampling, truncation, inpainting, training and checkpoints."
 
 import json
 
+import oracles
 import pytest
 import torch
 import torch.nn.functional as F
@@ -55,6 +56,7 @@ def test_the_noise_types_give_the_matrices_they_name(vqd):
     assert both.alphabar[-1].item() == pytest.approx(0.0, abs=1e-12)
 
 
+@pytest.mark.exercise("05_vq_diffusion.log_q_xt_given_x0")
 @pytest.mark.parametrize("noise", NOISES)
 def test_closed_form_equals_the_product_of_one_step_matrices(vqd, noise):
     sched = schedule(vqd, noise)
@@ -63,14 +65,35 @@ def test_closed_form_equals_the_product_of_one_step_matrices(vqd, noise):
         Qbar = vqd.transition_matrix(sched, t) @ Qbar  # Q_t ... Q_1
         closed = vqd.log_q_xt_given_x0(one_hot_log(torch.arange(K), K), sched, t).exp()  # (K, K+1)
         torch.testing.assert_close(closed, Qbar[:, :K].t(), atol=1e-12, rtol=1e-9)
-        # the jump matrix from any s equals the product Q_t ... Q_{s+1}
-        for s in range(t):
-            prod = torch.eye(K + 1, dtype=torch.float64)
-            for i in range(s + 1, t + 1):
-                prod = vqd.transition_matrix(sched, i) @ prod
-            torch.testing.assert_close(vqd.transition_matrix(sched, t, s), prod)
 
 
+@pytest.mark.exercise("05_vq_diffusion.log_q_xt_given_x0")
+@pytest.mark.parametrize("noise", NOISES)
+def test_closed_form_is_linear_in_x0_and_takes_a_step_per_element(vqd, noise):
+    """Any non-negative weights map like a distribution does (the posterior relies on it), and a
+    tensor t gives each row its own step."""
+    sched = schedule(vqd, noise)
+    g = torch.Generator().manual_seed(1)
+    w = torch.rand(T, K, dtype=torch.float64, generator=g) * 3  # not normalised
+    t = torch.arange(1, T + 1)
+    got = vqd.log_q_xt_given_x0(w.log(), sched, t).exp()
+    for i in range(T):
+        want = w[i] @ vqd.transition_matrix(sched, int(t[i]), 0)[:, :K].t()
+        torch.testing.assert_close(got[i], want, atol=1e-12, rtol=1e-9)
+
+
+def test_the_jump_matrix_from_any_s_is_the_product_of_one_step_matrices(vqd):
+    for noise in NOISES:
+        sched = schedule(vqd, noise)
+        for t in range(1, T + 1):
+            for s in range(t):
+                prod = torch.eye(K + 1, dtype=torch.float64)
+                for i in range(s + 1, t + 1):
+                    prod = vqd.transition_matrix(sched, i) @ prod
+                torch.testing.assert_close(vqd.transition_matrix(sched, t, s), prod)
+
+
+@pytest.mark.exercise("05_vq_diffusion.log_q_xt_given_x0")
 @pytest.mark.parametrize("noise", ["mask-replace", "mask"])
 def test_q_xT_given_x0_is_the_prior(vqd, noise):
     sched = schedule(vqd, noise)
@@ -78,6 +101,12 @@ def test_q_xT_given_x0_is_the_prior(vqd, noise):
     prior = vqd.log_prior(sched).double().exp()
     torch.testing.assert_close(qT, prior.expand(K, K + 1), atol=1e-12, rtol=1e-6)
     assert vqd.loss_T(torch.arange(K), sched).abs().max() < 1e-6
+
+
+@pytest.fixture
+def dense_closed_form(vqd, monkeypatch):
+    """log_q_posterior runs log_q_xt_given_x0, an exercise of its own: explicit matrices instead."""
+    monkeypatch.setattr(vqd, "log_q_xt_given_x0", oracles.dense_closed_form(vqd))
 
 
 def bayes_posterior(vqd, sched, x0, x_t, t, s):
@@ -93,9 +122,10 @@ def bayes_posterior(vqd, sched, x0, x_t, t, s):
     return p / p.sum()
 
 
+@pytest.mark.exercise("05_vq_diffusion.log_q_posterior")
 @pytest.mark.parametrize("noise", NOISES)
 @pytest.mark.parametrize("t, s", [(1, 0), (2, 1), (4, 3), (6, 5), (6, 3), (5, 0), (6, 0)])
-def test_posterior_equals_bayes_rule_with_explicit_matrices(vqd, noise, t, s):
+def test_posterior_equals_bayes_rule_with_explicit_matrices(vqd, dense_closed_form, noise, t, s):
     sched = schedule(vqd, noise)
     for x0 in range(K):
         for x_t in range(K + 1):
@@ -107,9 +137,10 @@ def test_posterior_equals_bayes_rule_with_explicit_matrices(vqd, noise, t, s):
             torch.testing.assert_close(got.exp()[0], want, atol=1e-12, rtol=1e-9)
 
 
+@pytest.mark.exercise("05_vq_diffusion.log_q_posterior")
 @pytest.mark.parametrize("noise", NOISES)
 @pytest.mark.parametrize("zeros", [False, True])
-def test_x0_parameterization_is_the_mixture_of_posteriors(vqd, noise, zeros):
+def test_x0_parameterization_is_the_mixture_of_posteriors(vqd, dense_closed_form, noise, zeros):
     """p(x_s | x_t) = sum_x0 q(x_s | x_t, x0) p(x0 | x_t) over the x0 that x_t can follow from
     (p renormalised over them), for a random p(x0), with and without exact zeros in it."""
     sched = schedule(vqd, noise)
@@ -141,7 +172,8 @@ def test_the_losses_and_their_gradients_are_finite_for_every_noise(vqd, noise):
     assert l_prev.isfinite().all() and logits.grad.isfinite().all()
 
 
-def test_mask_only_posterior_keeps_an_unmasked_code(vqd):
+@pytest.mark.exercise("05_vq_diffusion.log_q_posterior")
+def test_mask_only_posterior_keeps_an_unmasked_code(vqd, dense_closed_form):
     """Mask-only noise never unmasks back and never redraws: x_t = code 1 means x_s = code 1."""
     sched = vqd.noise_schedule(10, K, *vqd.NOISE["mask"])
     p_x0 = torch.tensor([[0.5, 0.5, 0, 0, 0]], dtype=torch.float64)
@@ -175,14 +207,25 @@ def test_L_t_minus_1_is_zero_for_an_exact_x0_prediction_and_positive_otherwise(v
     assert l_vlb.mean() > 1e-3 and l_x0.mean() == pytest.approx(torch.log(torch.tensor(K * 1.0)).item())
 
 
+@pytest.mark.exercise("05_vq_diffusion.q_sample")
 def test_q_sample_draws_the_closed_form(vqd):
     sched = schedule(vqd)
     torch.manual_seed(2)
     x0 = torch.full((200_000,), 3)
     x_t = vqd.q_sample(x0, sched, torch.full((200_000,), 4))
     freq = torch.bincount(x_t, minlength=K + 1).double() / len(x_t)
-    want = vqd.log_q_xt_given_x0(one_hot_log(torch.tensor([3]), K), sched, 4).exp()[0]
+    want = vqd.transition_matrix(sched, 4, 0)[:, 3]  # column x_0 = 3 of Qbar_4
     torch.testing.assert_close(freq, want, atol=4e-3, rtol=0)
+
+
+@pytest.mark.exercise("05_vq_diffusion.q_sample")
+def test_q_sample_takes_each_images_own_step(vqd):
+    """t = 0 is x_0 itself; at t = T of mask-only noise every code is [MASK]; t is per image."""
+    sched = vqd.noise_schedule(T, K, *vqd.NOISE["mask"])
+    x0 = torch.randint(K, (3, 50, 2), generator=torch.Generator().manual_seed(0))
+    x_t = vqd.q_sample(x0, sched, torch.tensor([0, T, 0]))
+    assert x_t.shape == x0.shape and x_t.dtype == x0.dtype
+    assert torch.equal(x_t[[0, 2]], x0[[0, 2]]) and (x_t[1] == K).all()
 
 
 # --- network, sampling ---
@@ -210,6 +253,7 @@ def test_network_sees_every_position_and_the_timestep(vqd):
     assert not torch.allclose(m(x, t, torch.tensor([2])), a)
 
 
+@pytest.mark.exercise("04_rq_transformer.filter_logits")
 def test_truncation_keeps_the_smallest_set_of_mass_r(vqd):
     ar = common.lesson("04_rq_transformer")
     p = torch.tensor([[0.5, 0.3, 0.1, 0.06, 0.04]])
@@ -300,6 +344,7 @@ def test_a_mask_only_model_that_knows_x0_samples_it(vqd):
         assert (x == target).all()
 
 
+@pytest.mark.exercise("05_vq_diffusion.reveal_purest")
 def test_the_purity_sampler_reveals_the_purest_codes_as_many_as_the_chain_unmasks(vqd):
     """One purity step keeps as many codes masked as the forward chain would, round(n *
     gammabar_s / gammabar_t), reveals exactly the masked codes of highest max-probability (with
@@ -322,6 +367,18 @@ def test_the_purity_sampler_reveals_the_purest_codes_as_many_as_the_chain_unmask
         assert (x_s[b, kept, 0] == K).all()
     assert x_s[0, 0, 0] == 3
     assert (vqd.reveal_purest(x_t, x0, logits, sched, 3, 0) != K).all()  # s = 0: all revealed
+
+
+@pytest.mark.exercise("05_vq_diffusion.reveal_purest")
+def test_the_last_purity_step_reveals_every_masked_code_and_keeps_the_known_ones(vqd):
+    sched = schedule(vqd, "mask-replace")
+    g = torch.Generator().manual_seed(4)
+    x_t = torch.randint(K + 1, (3, 7, 2), generator=g)
+    x0, logits = torch.randint(K, (3, 7, 2), generator=g), torch.randn(3, 7, 2, K, generator=g)
+    x_s = vqd.reveal_purest(x_t, x0, logits, sched, 2, 0)
+    assert torch.equal(x_s, torch.where(x_t == K, x0, x_t))  # s = 0: nothing is left masked
+    known = x0.clone()  # no [MASK] at all: nothing to reveal at any step
+    assert torch.equal(vqd.reveal_purest(known, torch.zeros_like(x0), logits, sched, 5, 3), known)
 
 
 # --- config, training, checkpoints ---

@@ -1,0 +1,168 @@
+"""Grading: run the exercises' tests on a student's lesson files and turn outcomes into points.
+
+The tests, the helpers and this package come from the grader's own repository; from the
+student's folder only the five lesson files are taken, so that editing a test cannot raise a grade.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from common.errors import UserError
+
+from .catalog import BY_NAME, EXERCISES
+
+ROOT = Path(__file__).resolve().parent.parent  # the grader's repository
+LESSONS = ("01_vq", "02_rq", "03_vqgan", "04_rq_transformer", "05_vq_diffusion")
+LESSON_FILES = [f"{stem}.py" for stem in LESSONS]
+TEST_FILES = [f"tests/test_{stem}.py" for stem in LESSONS]  # where the exercise tests are
+MANIFEST = "exercises.json"  # written by `make` into the student's copy: the exercises handed out
+SKIP = (".git", "runs", "__pycache__", ".ipynb_checkpoints", ".pytest_cache", ".hypothesis")
+
+
+def owner_of(name: str):
+    """("02_rq.residual_quantize" -> (the 02_rq module, "residual_quantize")); for a method the
+    owner is its class."""
+    import common
+
+    owner = common.lesson(BY_NAME[name].lesson)
+    *path, attr = BY_NAME[name].qualname.split(".")
+    for part in path:
+        owner = getattr(owner, part)
+    return owner, attr
+
+
+def compile_function(owner, name: str, source: str):
+    """The function that `source` (one def, with its decorators) defines, compiled in the globals
+    of the lesson that `name` belongs to, as if it stood in that file."""
+    import common
+
+    namespace: dict = {}
+    exec(compile(source, f"<{name}>", "exec"), vars(common.lesson(BY_NAME[name].lesson)), namespace)
+    return namespace[BY_NAME[name].qualname.rsplit(".", 1)[-1]]
+
+
+def copy_tree(src: Path, dst: Path, skip: tuple[str, ...] = SKIP) -> None:
+    """The repository at src copied to dst without its history, runs and caches."""
+    shutil.copytree(src, dst, ignore=shutil.ignore_patterns(*skip), dirs_exist_ok=True)
+
+
+def run_tests(folder: Path, names: list[str], extra: list[str] = (), timeout: float = 1800) -> dict:
+    """Run the tests of `names` in `folder` (a copy of the repository) -> {variant: {nodeid: row}}."""
+    with tempfile.TemporaryDirectory(prefix="grade-") as tmp:
+        report = Path(tmp) / "report.json"
+        cmd = [
+            sys.executable,
+            "-m",
+            "pytest",
+            "-q",
+            "-p",
+            "no:cacheprovider",
+            "--exercise-report",
+            str(report),
+        ]
+        cmd += [arg for n in names for arg in ("--exercise", n)] + list(extra)
+        cmd += TEST_FILES
+        env = {**os.environ, "PYTHONDONTWRITEBYTECODE": "1", "HYPOTHESIS_PROFILE": "grading"}
+        done = subprocess.run(cmd, cwd=folder, env=env, capture_output=True, text=True, timeout=timeout)
+        if not report.exists():
+            raise UserError(
+                f"the tests did not run (exit {done.returncode}): {done.stdout[-400:]}{done.stderr[-400:]}"
+            )
+        return json.loads(report.read_text())
+
+
+@dataclass
+class Score:
+    name: str
+    passed: int
+    total: int
+    points: float
+    max_points: int
+    output: str
+
+
+def score(results: dict, names: list[str]) -> list[Score]:
+    """Points per exercise: its points times the share of its tests that passed."""
+    rows = []
+    for name in names:
+        mine = [r for r in results.values() if name in r["exercises"]]
+        passed = sum(r["outcome"] == "passed" for r in mine)
+        points = round(BY_NAME[name].points * passed / len(mine), 2) if mine else 0.0
+        failures = [r["output"] for r in mine if r["outcome"] != "passed"]
+        more = [f"... and {len(failures) - 5} more"] if len(failures) > 5 else []
+        output = "\n".join([f"{passed}/{len(mine)} tests passed", *failures[:5], *more])
+        rows.append(Score(name, passed, len(mine), points, BY_NAME[name].points, output))
+    return rows
+
+
+def handed_out(folder: Path) -> list[str]:
+    """The exercises that `make` handed out in folder (its manifest), else every exercise."""
+    manifest = folder / MANIFEST
+    if not manifest.exists():
+        return [e.name for e in EXERCISES]
+    try:
+        names = json.loads(manifest.read_text())["exercises"]
+    except (ValueError, KeyError, TypeError) as e:
+        raise UserError(f"{manifest}: not a manifest written by `python -m exercises make` ({e})") from e
+    unknown = [n for n in names if n not in BY_NAME]
+    if unknown:
+        raise UserError(f"{manifest}: unknown exercise {unknown[0]}; see `python -m exercises list`")
+    return names
+
+
+def grade(folder: Path, names: list[str]) -> tuple[list[Score], float]:
+    """The student's lesson files from `folder` in a fresh copy of this repository, graded
+    -> (one Score per exercise, seconds the tests took). An exercise whose lesson file the
+    folder lacks scores 0 (the reference's file must not stand in for a missing answer)."""
+    found = [f for f in LESSON_FILES if (folder / f).is_file()]
+    if not found:
+        raise UserError(f"{folder}: no lesson file ({', '.join(LESSON_FILES)}) to grade")
+    with tempfile.TemporaryDirectory(prefix="grading-") as tmp:
+        work = Path(tmp) / "repo"
+        copy_tree(ROOT, work, (*SKIP, "notebooks", "assets", "docs", "benchmarks"))
+        for f in found:
+            shutil.copyfile(folder / f, work / f)
+        start = time.perf_counter()
+        results = run_tests(work, names)
+        seconds = time.perf_counter() - start
+    rows = score(results.get("", {}), names)
+    for r in rows:
+        if f"{BY_NAME[r.name].lesson}.py" not in found:
+            r.passed, r.points, r.output = 0, 0.0, f"no {BY_NAME[r.name].lesson}.py in {folder}"
+    return rows, seconds
+
+
+def gradescope(rows: list[Score], seconds: float) -> dict:
+    """The Gradescope autograder's results.json: one entry per exercise, and the total."""
+    tests = [
+        {
+            "name": r.name,
+            "score": r.points,
+            "max_score": r.max_points,
+            "output": r.output,
+            "visibility": "visible",
+        }
+        for r in rows
+    ]
+    return {
+        "score": round(sum(r.points for r in rows), 2),
+        "execution_time": round(seconds, 1),
+        "tests": tests,
+    }
+
+
+def table(rows: list[Score]) -> str:
+    width = max(len(r.name) for r in rows)
+    lines = [f"{'exercise':<{width}}  tests  points", f"{'-' * width}  -----  ------"]
+    lines += [f"{r.name:<{width}}  {r.passed:>2}/{r.total:<2}  {r.points:>5g}/{r.max_points}" for r in rows]
+    total, most = sum(r.points for r in rows), sum(r.max_points for r in rows)
+    return "\n".join([*lines, f"{'total':<{width}}         {total:>5g}/{most}"])

@@ -1,0 +1,177 @@
+"""The pytest side of the exercises (tests/conftest.py loads it).
+
+- `@pytest.mark.exercise("02_rq.residual_quantize")` says which exercise a test grades;
+  `--exercise NAME` (repeatable) runs only those exercises' tests.
+- `--exercise-report FILE` writes every exercise test's outcome and failure text as JSON: what
+  `python -m exercises grade` turns into points.
+- In a student's copy, a test that is not an exercise's own but reaches a blanked function (its
+  NotImplementedError names the exercise) is skipped with that reason instead of failing, so the
+  rest of the suite still says something.
+- `--exercise-variants FILE` (used by `python -m exercises selfcheck`): run the selected tests once
+  per variant, each with some lesson functions replaced by other source (a blanked or a wrong
+  implementation), in one process.
+"""
+
+from __future__ import annotations
+
+import inspect
+import json
+import re
+import sys
+from contextlib import contextmanager, nullcontext
+
+import pytest
+
+MARK = "exercise"
+UNFINISHED = re.compile(r"NotImplementedError: exercise (\S+):")
+ANSI = re.compile(r"\x1b\[[0-9;]*m")
+
+
+def exercises_of(item) -> set[str]:
+    return {m.args[0] for m in item.iter_markers(MARK)}
+
+
+def pytest_addoption(parser):
+    group = parser.getgroup("exercises", "graded exercises (python -m exercises)")
+    group.addoption(
+        "--exercise", action="append", default=[], metavar="NAME", help="run only these exercises' tests"
+    )
+    group.addoption(
+        "--exercise-report", metavar="FILE", help="write each exercise test's outcome to FILE (JSON)"
+    )
+    group.addoption(
+        "--exercise-variants", metavar="FILE", help="run the tests once per variant in FILE (JSON)"
+    )
+
+
+def pytest_configure(config):
+    config._exercise_results = {}  # variant -> nodeid -> {"exercises", "outcome", "output"}
+
+
+def pytest_collection_modifyitems(config, items):
+    names = set(config.getoption("--exercise"))
+    if names:
+        keep = [i for i in items if exercises_of(i) & names]
+        config.hook.pytest_deselected(items=[i for i in items if i not in keep])
+        items[:] = keep
+    if config.option.collectonly:  # `python -m exercises list` counts the tests
+        results = config._exercise_results.setdefault("", {})
+        for item in items:
+            if exercises_of(item):
+                results[item.nodeid] = {
+                    "exercises": sorted(exercises_of(item)),
+                    "outcome": "collected",
+                    "output": "",
+                }
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_makereport(item, call):
+    report = yield
+    if report.failed:
+        unfinished = UNFINISHED.search(ANSI.sub("", report.longreprtext or ""))  # kernels colour them
+        if unfinished and unfinished.group(1) not in exercises_of(item):
+            report.outcome = "skipped"
+            why = f"needs exercise {unfinished.group(1)}, not implemented in this copy"
+            report.longrepr = (str(item.path), item.location[1] or 0, f"Skipped: {why}")
+    _record(item, report, item.config._exercise_results.setdefault(_variant(item.config), {}))
+    return report
+
+
+def _variant(config) -> str:
+    return getattr(config, "_exercise_variant", "")
+
+
+def _record(item, report, results: dict) -> None:
+    """Fold the setup / call / teardown reports of one exercise test into one outcome."""
+    names = exercises_of(item)
+    if not names:
+        return
+    row = results.setdefault(item.nodeid, {"exercises": sorted(names), "outcome": "passed", "output": ""})
+    if report.failed or (report.skipped and row["outcome"] == "passed"):
+        row["outcome"] = "failed" if report.failed else "skipped"
+        crash = getattr(report.longrepr, "reprcrash", None)  # the exception's own line
+        why = crash.message if crash else str(report.longrepr)
+        row["output"] = f"{item.name}: {why}"[:800]
+
+
+@contextmanager
+def replaced(patches: dict[str, str]):
+    """Lesson functions replaced by other source for the duration: {exercise name: def source}."""
+    from . import grading
+
+    undo = []
+    try:
+        for name, source in patches.items():
+            owner, attr = grading.owner_of(name)
+            fn = grading.compile_function(owner, name, source)
+            undo.append((owner, attr, owner.__dict__[attr]))
+            setattr(owner, attr, fn)
+        yield
+    finally:
+        for owner, attr, old in reversed(undo):
+            setattr(owner, attr, old)
+
+
+@contextmanager
+def traced(item, results: dict):
+    """Record which exercise functions the test calls, by their code objects (so that a call
+    through an alias or a default argument counts too): row["reached"]."""
+    from . import grading
+    from .catalog import EXERCISES
+
+    codes = {}
+    for e in EXERCISES:
+        owner, attr = grading.owner_of(e.name)
+        codes[inspect.unwrap(owner.__dict__[attr]).__code__] = e.name
+    reached = set()
+
+    def hook(frame, event, arg):
+        if event == "call" and frame.f_code in codes:
+            reached.add(codes[frame.f_code])
+
+    sys.setprofile(hook)
+    try:
+        yield
+    finally:
+        sys.setprofile(None)
+        if item.nodeid in results:
+            results[item.nodeid]["reached"] = sorted(reached)
+
+
+def selected(items, variant: dict, results: dict) -> list:
+    """The tests a variant runs: those of `only` (exercise names), plus with `reach` X every test
+    that reached X in the traced variant before it; all tests when neither is given."""
+    only, reach = set(variant.get("only") or []), variant.get("reach")
+    if not only and not reach:
+        return list(items)
+    traced_rows = next((rows for rows in results.values() if any("reached" in r for r in rows.values())), {})
+    reaching = {n for n, r in traced_rows.items() if reach in r.get("reached", [])}
+    return [i for i in items if exercises_of(i) & (only | {reach}) or i.nodeid in reaching]
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_runtestloop(session):
+    path = session.config.getoption("--exercise-variants")
+    if not path or session.config.option.collectonly:
+        return None
+    from _pytest.runner import runtestprotocol
+
+    all_results = session.config._exercise_results
+    for variant in json.loads(open(path).read()):
+        items = selected(session.items, variant, all_results)
+        session.config._exercise_variant = variant["id"]
+        results = all_results.setdefault(variant["id"], {})
+        with replaced(variant.get("patches", {})):
+            for n, item in enumerate(items):
+                with traced(item, results) if variant.get("trace") else nullcontext():
+                    runtestprotocol(item, nextitem=items[n + 1] if n + 1 < len(items) else None, log=False)
+                item._initrequest()  # the same test runs again in the next variant
+    return True
+
+
+def pytest_sessionfinish(session):
+    path = session.config.getoption("--exercise-report")
+    if path:
+        with open(path, "w") as f:
+            json.dump(session.config._exercise_results, f, indent=1)
