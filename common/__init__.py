@@ -60,6 +60,9 @@ from .nets import ResBlock, Encoder, Decoder, psnr, codebook_stats
 # runs.py: the run folder: metrics log, checkpoints, --resume, Ctrl-C
 from .runs import Run, read_log, lesson_name, start
 
+# curves.py: loss curves from metrics.jsonl, for the notebooks
+from .curves import plot_curves
+
 # checkpoints.py: checkpoint files and downloaded weights
 from .checkpoints import (
     fetch_weights,
