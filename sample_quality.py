@@ -56,9 +56,9 @@ class ShapesClassifier(nn.Module):
 
 def _shapes(split: str) -> tuple[torch.Tensor, torch.Tensor]:
     """Both built-in datasets' images of a split, at 32 px: (N, 3, 32, 32), (N,)."""
-    parts = [common.Shapes(split, SIZE, seed=0, plain=plain) for plain in (False, True)]
-    x = torch.cat([p.cache for p in parts]).permute(0, 3, 1, 2).float() / 127.5 - 1
-    return x, torch.cat([p.labels for p in parts])
+    parts = [common.Shapes(split, SIZE, seed=0, plain=plain).images() for plain in (False, True)]
+    x = torch.cat([images for images, _ in parts]).permute(0, 3, 1, 2).float() / 127.5 - 1
+    return x, torch.cat([labels for _, labels in parts])
 
 
 def train_classifier(steps: int = 600, batch_size: int = 128, seed: int = 0) -> ShapesClassifier:

@@ -180,14 +180,10 @@ def class_prompts(classes, plain: bool = True) -> list[str]:
 
 
 @functools.lru_cache(maxsize=4)
-def _render_all(base: int, n: int, size: int, plain: bool) -> tuple[torch.Tensor, torch.Tensor]:
-    items = [
-        render_shape(base + i, size, plain=plain)
-        for i in progress(range(n), desc="rendering shapes", leave=False)
-    ]
-    return torch.from_numpy(np.stack([im for im, _ in items])), torch.tensor(
-        [lab for _, lab in items]
-    )  # (n, S, S, 3) uint8, (n,)
+def _store(base: int, n: int, size: int, plain: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    """Memory for a dataset's images, filled as they are first read and shared by every instance
+    of the same dataset in the process: (n, S, S, 3) uint8, and labels (n,) with -1 = not drawn yet."""
+    return torch.zeros(n, size, size, 3, dtype=torch.uint8), torch.full((n,), -1, dtype=torch.long)
 
 
 class Shapes(torch.utils.data.Dataset):
@@ -201,20 +197,31 @@ class Shapes(torch.utils.data.Dataset):
         self.base = seed * 10_000_019 + (0 if split == "train" else SHAPES_TRAIN)
         self.size, self.plain = size, plain
         self.classes = SHAPE_CLASSES
-        # Small sizes are rendered once into memory (10k images at 32 px take a few seconds);
-        # large ones are rendered on access, so workers share the load.
-        self.cache = None
-        if self.n * size * size * 3 <= 64 * 2**20:
-            self.cache, self.labels = _render_all(self.base, self.n, size, plain)
+        # Small sizes are kept in memory once drawn (a short run draws only the images it reads);
+        # large ones are drawn at every access, so that workers share the load.
+        small = self.n * size * size * 3 <= 64 * 2**20
+        self.cache, self.labels = _store(self.base, self.n, size, plain) if small else (None, None)
 
     def __len__(self):
         return self.n
 
-    def __getitem__(self, i):
-        if self.cache is not None:
-            img, label = self.cache[i], int(self.labels[i])
-        else:
+    def _draw(self, i: int) -> tuple[torch.Tensor, int]:
+        if self.cache is None:
             img, label = render_shape(self.base + i, self.size, plain=self.plain)
-            img = torch.from_numpy(img)
+            return torch.from_numpy(img), label
+        if self.labels[i] < 0:
+            img, self.labels[i] = render_shape(self.base + i, self.size, plain=self.plain)
+            self.cache[i] = torch.from_numpy(img)
+        return self.cache[i], int(self.labels[i])
+
+    def images(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """Every image and label at once: (n, S, S, 3) uint8, (n,) long (the classifier's data)."""
+        drawn = [self._draw(i) for i in progress(range(self.n), desc="rendering shapes", leave=False)]
+        if self.cache is not None:
+            return self.cache, self.labels
+        return torch.stack([img for img, _ in drawn]), torch.tensor([label for _, label in drawn])
+
+    def __getitem__(self, i):
+        img, label = self._draw(i)
         caption = shape_caption(self.base + i, self.plain)  # its class, colours, size and place
         return {"image": img.permute(2, 0, 1).float() / 127.5 - 1, "label": label, "caption": caption}
