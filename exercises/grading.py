@@ -55,6 +55,11 @@ def copy_tree(src: Path, dst: Path, skip: tuple[str, ...] = SKIP) -> None:
     shutil.copytree(src, dst, ignore=shutil.ignore_patterns(*skip), dirs_exist_ok=True)
 
 
+def test_files(names: list[str], root: Path = ROOT) -> list[str]:
+    """The lesson test files that hold a test of one of `names` (found by their markers)."""
+    return [f for f in TEST_FILES if any(f'exercise("{n}")' in (root / f).read_text() for n in names)]
+
+
 def run_tests(folder: Path, names: list[str], extra: list[str] = (), timeout: float = 1800) -> dict:
     """Run the tests of `names` in `folder` (a copy of the repository) -> {variant: {nodeid: row}}."""
     with tempfile.TemporaryDirectory(prefix="grade-") as tmp:
@@ -70,7 +75,7 @@ def run_tests(folder: Path, names: list[str], extra: list[str] = (), timeout: fl
             str(report),
         ]
         cmd += [arg for n in names for arg in ("--exercise", n)] + list(extra)
-        cmd += TEST_FILES
+        cmd += test_files(names, folder)
         env = {**os.environ, "PYTHONDONTWRITEBYTECODE": "1", "HYPOTHESIS_PROFILE": "grading"}
         done = subprocess.run(cmd, cwd=folder, env=env, capture_output=True, text=True, timeout=timeout)
         if not report.exists():
