@@ -26,8 +26,11 @@ from exercises.catalog import BY_NAME, EXERCISES, LESSONS
 def parse(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="python -m exercises", description=__doc__.split("\n")[0])
     sub = p.add_subparsers(dest="command", required=True)
-    sub.add_parser("list", help="the exercises, their points and their tests")
-    make = sub.add_parser("make", help="write a student copy with the chosen functions blanked")
+    add = lambda name, help: sub.add_parser(
+        name, help=help, description=help, formatter_class=argparse.ArgumentDefaultsHelpFormatter
+    )
+    add("list", "the exercises, their points and their tests")
+    make = add("make", "write a student copy with the chosen functions blanked")
     make.add_argument(
         "names", nargs="*", metavar="EXERCISE", help="exercises by name, e.g. 02_rq.residual_quantize"
     )
@@ -36,13 +39,13 @@ def parse(argv=None) -> argparse.Namespace:
     )
     make.add_argument("--all", action="store_true", help="every exercise")
     make.add_argument("--out", required=True, type=Path, help="a new (or empty) folder for the student copy")
-    grade = sub.add_parser("grade", help="run the exercises' tests on a copy's lesson files; print points")
+    grade = add("grade", "run the exercises' tests on a copy's lesson files; print points")
     grade.add_argument(
         "folder", nargs="?", type=Path, default=Path("."), help="the student's copy (default: .)"
     )
     grade.add_argument("--json", type=Path, metavar="FILE", help="also write Gradescope's results.json here")
     grade.add_argument("--all", action="store_true", help="grade every exercise, not only those handed out")
-    check = sub.add_parser("selfcheck", help="check that every exercise can fail (takes about a minute)")
+    check = add("selfcheck", "check that every exercise can fail (about half a minute)")
     check.add_argument("names", nargs="*", metavar="EXERCISE", help="only these exercises (default: all)")
     check.add_argument(
         "--full", action="store_true", help="run every test with each exercise blanked (slower)"

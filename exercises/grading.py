@@ -29,8 +29,8 @@ SKIP = (".git", "runs", "__pycache__", ".ipynb_checkpoints", ".pytest_cache", ".
 
 
 def owner_of(name: str):
-    """("02_rq.residual_quantize" -> (the 02_rq module, "residual_quantize")); for a method the
-    owner is its class."""
+    """Where exercise `name` lives: "02_rq.residual_quantize" -> (the 02_rq module,
+    "residual_quantize"); for a method, "04_rq_transformer.KVCache.append" -> (KVCache, "append")."""
     import common
 
     owner = common.lesson(BY_NAME[name].lesson)
@@ -40,7 +40,7 @@ def owner_of(name: str):
     return owner, attr
 
 
-def compile_function(owner, name: str, source: str):
+def compile_function(name: str, source: str):
     """The function that `source` (one def, with its decorators) defines, compiled in the globals
     of the lesson that `name` belongs to, as if it stood in that file."""
     import common
@@ -64,16 +64,8 @@ def run_tests(folder: Path, names: list[str], extra: list[str] = (), timeout: fl
     """Run the tests of `names` in `folder` (a copy of the repository) -> {variant: {nodeid: row}}."""
     with tempfile.TemporaryDirectory(prefix="grade-") as tmp:
         report = Path(tmp) / "report.json"
-        cmd = [
-            sys.executable,
-            "-m",
-            "pytest",
-            "-q",
-            "-p",
-            "no:cacheprovider",
-            "--exercise-report",
-            str(report),
-        ]
+        cmd = [sys.executable, "-m", "pytest", "-q", "--tb=short", "-p", "no:cacheprovider"]
+        cmd += ["--exercise-report", str(report)]
         cmd += [arg for n in names for arg in ("--exercise", n)] + list(extra)
         cmd += test_files(names, folder)
         env = {**os.environ, "PYTHONDONTWRITEBYTECODE": "1", "HYPOTHESIS_PROFILE": "grading"}

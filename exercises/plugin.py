@@ -104,7 +104,7 @@ def replaced(patches: dict[str, str]):
     try:
         for name, source in patches.items():
             owner, attr = grading.owner_of(name)
-            fn = grading.compile_function(owner, name, source)
+            fn = grading.compile_function(name, source)
             undo.append((owner, attr, owner.__dict__[attr]))
             setattr(owner, attr, fn)
         yield

@@ -291,6 +291,15 @@ def cli(*args, cwd):
     )
 
 
+def cli_here(vq, *args, monkeypatch, capsys, cwd) -> tuple[int, str]:
+    """The lesson's command line in this process (what `python 01_vq.py ARGS` runs, without the
+    2 s of a new interpreter) -> (exit code, stderr)."""
+    monkeypatch.chdir(cwd)
+    with pytest.raises(SystemExit) as stop:
+        common.main(vq.train, vq.Config, list(args))
+    return stop.value.code, capsys.readouterr().err
+
+
 @pytest.mark.parametrize(
     "args, message",
     [
@@ -309,10 +318,10 @@ def cli(*args, cwd):
         (["--resume"], "--resume: no checkpoint at runs/01_vq/ckpt.pt"),
     ],
 )
-def test_bad_command_lines_exit_2_with_one_line(args, message, tmp_path):
-    r = cli(*args, "--steps", "1", cwd=tmp_path)
-    assert r.returncode == 2 and message in r.stderr
-    assert "Traceback" not in r.stderr and len(r.stderr.strip().splitlines()) == 1
+def test_bad_command_lines_exit_2_with_one_line(vq, args, message, tmp_path, monkeypatch, capsys):
+    code, err = cli_here(vq, *args, "--steps", "1", monkeypatch=monkeypatch, capsys=capsys, cwd=tmp_path)
+    assert code == 2 and message in err
+    assert "Traceback" not in err and len(err.strip().splitlines()) == 1
 
 
 def test_corrupt_checkpoint_on_resume_exits_2_and_keeps_the_file(tmp_path):
@@ -353,9 +362,9 @@ def test_compile_flag_compiles_the_training_network(vq, tmp_path, monkeypatch):
         (["--ckpt-minutes", "-1"], "--num-workers and --ckpt-minutes >= 0"),
     ],
 )
-def test_bad_numbers_and_an_empty_out_exit_2(args, message, tmp_path):
-    r = cli(*args, cwd=tmp_path)
-    assert r.returncode == 2 and message in r.stderr and "Traceback" not in r.stderr
+def test_bad_numbers_and_an_empty_out_exit_2(vq, args, message, tmp_path, monkeypatch, capsys):
+    code, err = cli_here(vq, *args, monkeypatch=monkeypatch, capsys=capsys, cwd=tmp_path)
+    assert code == 2 and message in err and "Traceback" not in err
     assert not any(tmp_path.iterdir())  # nothing written, not even into the current folder
 
 

@@ -146,7 +146,8 @@ def test_command_line_fid_between_two_folders(tmp_path):
     run = lambda *a, **env: subprocess.run([sys.executable, str(ROOT / "fid.py"), *a], capture_output=True, text=True,
                                            timeout=300, env={**os.environ, "TORCH_HOME": str(tmp_path), **env})  # fmt: skip
     a, b = image_folder(tmp_path / "a", 0), image_folder(tmp_path / "b", 1)
-    assert run("--help").returncode == 0 and "folder_a" in run("--help").stdout
+    help_ = run("--help")
+    assert help_.returncode == 0 and "folder_a" in help_.stdout
     r = run(str(a), str(tmp_path / "nope"))
     assert r.returncode == 2 and "nope is not a folder" in r.stderr and "Traceback" not in r.stderr
     r = run(str(a), str(b), "--batch-size", "0")
