@@ -521,7 +521,7 @@ def inpaint(model, sched: Schedule, s, cfg: Config, completions: int = 2) -> Non
 class Config(stage2.PriorConfig):
     dataset: str = "shapes-plain"  # as lesson 01; by default shapes in flat palette colours
     out: str = "runs/05_vq_diffusion"  # run folder: ckpt.pt, metrics.jsonl, samples.png, inpaint.png
-    tokenizer: str | None = None  # 02/03 checkpoint (default: as lesson 04, of the shape below)
+    tokenizer: str | None = None  # 02/03 checkpoint or a released tokenizer (default: as lesson 04)
     tokenizer_depth: int = 1  # D of the tokenizer trained when none is given (1: VQD's VQ model)
     tokenizer_codebook_size: int | None = None  # its K (default: 128 on the built-in shapes, else 02's)
     width: int = 128  # transformer width

@@ -15,6 +15,7 @@ from pathlib import Path
 import torch
 import torch.nn as nn
 
+from . import official
 from .checkpoints import load_checkpoint, load_state
 from .cli import lesson
 from .conditioning import PriorConfig, candidates, check_prior_flags, prompt_classes, prompt_colours, reject
@@ -42,12 +43,17 @@ __all__ = [  # defined next door, reached through stage2 by the lessons, benchma
 ]  # fmt: skip
 
 
-def load_tokenizer(path, device="cpu"):
-    """(model, cfg) rebuilt from a checkpoint of 02_rq.py or 03_vqgan.py alone; frozen, eval mode.
+def load_tokenizer(path, device="cpu", config=None):
+    """(model, cfg) rebuilt from a checkpoint of 02_rq.py or 03_vqgan.py alone, or from a released
+    official one (common/official.py: a file with its config, or a name); frozen, eval mode.
 
     model.encoder, model.quantizer (with .codebook (K, d) and .quantize) and model.decoder are
     the pieces stage 2 needs; cfg is the Config the checkpoint was trained with.
     """
+    released = official.load(path, config)  # the authors' released tokenizers, or None
+    if released is not None:
+        model, cfg = released
+        return model.to(device), cfg
     ckpt = load_checkpoint(path)
     name = ckpt.get("lesson")
     if name not in ("02_rq", "03_vqgan"):
@@ -181,7 +187,7 @@ def setup(cfg) -> Stage2:
     path = (
         Path(trained["tokenizer"]) if trained else tokenizer_path(cfg)
     )  # the prior's own, for --sample-only
-    tok, tok_cfg = load_tokenizer(path, device)
+    tok, tok_cfg = load_tokenizer(path, device, cfg.tokenizer_config)
     if not tok.quantizer.shared:
         raise UserError(
             f"tokenizer {path} has separate codebooks; stage 2 needs one shared codebook (--codebooks shared)"

@@ -55,7 +55,7 @@ class Encoder(nn.Module):
     """x: (B, 3, S, S) -> z_e: (B, d, S/f, S/f); conv -> levels of ResBlocks (+attention) and
     downsampling -> ResBlock, attention, ResBlock -> GroupNorm, Swish, conv."""
 
-    def __init__(self, d, ch, ch_mult, num_res_blocks, attn_resolutions, size):
+    def __init__(self, d, ch, ch_mult, num_res_blocks, attn_resolutions, size, z_channels=None):
         super().__init__()
         widths = [ch * m for m in (1, *ch_mult)]
         layers = [nn.Conv2d(3, ch, 3, padding=1)]
@@ -77,24 +77,27 @@ class Encoder(nn.Module):
             ResBlock(top, top),
             Norm(top),
             nn.SiLU(),
-            nn.Conv2d(top, d, 3, padding=1),
+            nn.Conv2d(top, z_channels or d, 3, padding=1),
         ]
         self.net = nn.Sequential(*layers)
+        # the released taming / Kakao nets end in z_channels and a 1x1 conv to d (their quant_conv)
+        self.quant_conv = nn.Conv2d(z_channels, d, 1) if z_channels else nn.Identity()
 
     def forward(self, x):
-        return self.net(x)
+        return self.quant_conv(self.net(x))
 
 
 class Decoder(nn.Module):
     """z_q: (B, d, S/f, S/f) -> x_hat: (B, 3, S, S); the encoder's mirror (num_res_blocks + 1 per level)."""
 
-    def __init__(self, d, ch, ch_mult, num_res_blocks, attn_resolutions, size):
+    def __init__(self, d, ch, ch_mult, num_res_blocks, attn_resolutions, size, z_channels=None):
         super().__init__()
         widths = [ch * m for m in (1, *ch_mult)]
         size //= 2 ** (len(ch_mult) - 1)
         top = widths[-1]
+        self.post_quant_conv = nn.Conv2d(d, z_channels, 1) if z_channels else nn.Identity()
         layers = [
-            nn.Conv2d(d, top, 3, padding=1),
+            nn.Conv2d(z_channels or d, top, 3, padding=1),
             ResBlock(top, top),
             Attention(top),
             ResBlock(top, top),
@@ -120,4 +123,4 @@ class Decoder(nn.Module):
         return self.net[-1].weight  # G_L, where lambda compares the two gradients
 
     def forward(self, z):
-        return self.net(z)
+        return self.net(self.post_quant_conv(z))

@@ -1,0 +1,167 @@
+"""The authors' released tokenizers in the lessons' modules (common/official.py): tiny checkpoints in
+the official formats reproduce the official code's outputs, and every key of the four released
+models maps onto lesson 03's nets with lesson 02's quantizer.
+
+tests/data/official/ holds, copied from the reference data the official code made: taming's
+VQModel and Kakao's RQVAE at a tiny size (32 px, 8x8 codes) with their checkpoints, configs, a fixed
+input and the official outputs; and the state-dict key lists (name -> shape) of the four releases.
+"""
+
+import json
+import shutil
+import urllib.error
+from pathlib import Path
+
+import pytest
+import torch
+
+import common
+from common import official, stage2
+
+DATA = Path(__file__).resolve().parent / "data" / "official"
+TINY = {"taming": "taming_vqgan_tiny", "kakao": "kakao_rqvae_tiny"}
+KEY_LISTS = {
+    "taming-imagenet-f16-1024": "taming_vqgan_imagenet_f16_1024",
+    "taming-imagenet-f16-16384": "taming_vqgan_imagenet_f16_16384",
+    "rqvae-ffhq-8x8x4": "kakao_rqvae_ffhq_8x8x4",
+    "rqvae-imagenet-8x8x4": "kakao_rqvae_imagenet_8x8x4",
+}
+
+
+def tiny(kind):
+    model, cfg = stage2.load_tokenizer(DATA / f"{TINY[kind]}.ckpt", config=DATA / f"{TINY[kind]}.yaml")
+    return model, cfg, torch.load(DATA / f"{TINY[kind]}_io.pt", weights_only=True)
+
+
+def channels_last(kind, z):  # Kakao's latents are (B, h, w, C), taming's (B, C, h, w) as ours
+    return z.permute(0, 2, 3, 1) if kind == "kakao" else z
+
+
+@pytest.mark.parametrize("kind", ["taming", "kakao"])
+def test_the_tiny_official_checkpoints_reproduce_the_official_outputs(kind):
+    model, cfg, io = tiny(kind)
+    assert not model.training and not any(p.requires_grad for p in model.parameters())
+    close = lambda a, b: torch.testing.assert_close(a, b, atol=1e-4, rtol=0)
+    with torch.no_grad():
+        enc = model.encoder.net(io["x"])
+        z_e = model.encoder(io["x"])  # conv_out, then quant_conv
+        z_q, codes, losses = model.quantizer(z_e)
+        x_rec = model.decoder(z_q)
+    close(enc, io["enc_out"])
+    close(channels_last(kind, z_e), io["z_e"])
+    assert torch.equal(codes if kind == "kakao" else codes[..., 0], io["codes"])  # exactly
+    close(channels_last(kind, z_q), io["z_q"])
+    close(x_rec, io["x_rec"])
+    from_codes = model.quantizer.codebook[codes].sum(-2).permute(0, 3, 1, 2)  # sum over depths
+    close(channels_last(kind, from_codes), io["z_q_from_codes"])
+    with torch.no_grad():
+        close(model.decoder(from_codes), io["x_rec_from_codes"])
+    q_loss = losses["loss"] if kind == "taming" else losses["commit"]  # taming: 1.25 mse; Kakao: commitment
+    torch.testing.assert_close(q_loss, io["q_loss"], rtol=1e-5, atol=0)
+
+
+def test_the_tiny_rq_vae_decodes_coarse_to_fine_as_the_official_code():
+    model, cfg, io = tiny("kakao")
+    rq = common.lesson("02_rq")
+    codes, partial, x_hat, _ = rq.decode_partial(model, io["x"])  # every partial depth, lesson 02's
+    assert cfg.depth == 4 and x_hat.shape[1] == 4
+    for d in range(4):  # entry d: the sum of the first d + 1 depths' code vectors, decoded
+        torch.testing.assert_close(x_hat[:, d], io["partial_decodes"][d], atol=1e-4, rtol=0)
+    z_partial = model.quantizer.codebook[io["codes"]].cumsum(-2)  # (B, h, w, D, C)
+    torch.testing.assert_close(z_partial.movedim(-2, 0), io["z_q_partial"], atol=1e-5, rtol=0)
+
+
+def test_the_config_is_found_where_the_released_downloads_put_it(tmp_path):
+    taming = tmp_path / "2021-vqgan" / "checkpoints" / "last.ckpt"
+    kakao = tmp_path / "ffhq" / "stage1" / "model.pt"
+    for path, name, config in ((taming, "taming", "../configs/model.yaml"), (kakao, "kakao", "config.yaml")):
+        path.parent.mkdir(parents=True)
+        shutil.copyfile(DATA / f"{TINY[name]}.ckpt", path)
+        (path.parent / config).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(DATA / f"{TINY[name]}.yaml", path.parent / config)
+        model, cfg = stage2.load_tokenizer(path)
+        assert cfg.z_channels == 16 and cfg.image_size == 32
+    (kakao.parent / "config.yaml").unlink()
+    with pytest.raises(common.UserError, match=r"without its config .*pass --tokenizer-config FILE"):
+        stage2.load_tokenizer(kakao)
+
+
+class Reads(dict):
+    """A state dict that remembers which keys were read."""
+
+    def __init__(self, *a):
+        super().__init__(*a)
+        self.read = set()
+
+    def __getitem__(self, key):
+        self.read.add(key)
+        return super().__getitem__(key)
+
+
+@pytest.mark.parametrize("name", list(KEY_LISTS))
+def test_every_key_of_a_released_model_maps_onto_the_lessons_modules_with_its_shape(name):
+    listed = json.loads((DATA / f"{KEY_LISTS[name]}.keys.json").read_text())
+    state = Reads({k: torch.empty(shape, device="meta") for k, shape in listed["state_dict_shapes"].items()})
+    assert len(state) == listed["num_keys"] and official.kind_of(state) == RELEASED_KIND[name]
+    gan = common.lesson("03_vqgan")
+    cfg = gan.Config(**official.lesson_config(official.kind_of(state), official.released_config(name)))
+    with torch.device("meta"):  # shapes only: no memory for the 70-90M weights
+        model = gan.build(cfg)
+    converted = official.convert(official.kind_of(state), state, model, cfg)
+    model.load_state_dict(converted, strict=True)  # every lesson tensor, with its shape
+    aliases = {
+        k
+        for k in state
+        if k.startswith(("quantizer.codebooks.1.", "quantizer.codebooks.2.", "quantizer.codebooks.3."))
+    }
+    assert state.read == set(state) - aliases  # every official tensor used (the aliases are one tensor)
+
+
+RELEASED_KIND = {name: kind for name, (kind, *_) in official.RELEASED.items()}
+
+
+def test_a_released_name_downloads_once_into_the_hub_cache_and_offline_says_what_to_do(tmp_path, monkeypatch):
+    monkeypatch.setattr(torch.hub, "get_dir", lambda: str(tmp_path / "hub"))
+
+    def offline(url, dst, *a, **kw):
+        raise urllib.error.URLError("no network")
+
+    monkeypatch.setattr(torch.hub, "download_url_to_file", offline)
+    with pytest.raises(common.UserError) as e:
+        stage2.load_tokenizer("taming-imagenet-f16-1024")
+    where = tmp_path / "hub" / "checkpoints" / "taming-imagenet-f16-1024.ckpt"
+    assert official.RELEASED["taming-imagenet-f16-1024"][1] in str(e.value) and str(where) in str(e.value)
+    # a file that is not the released model (here: the tiny one) is refused with a reason
+    fetched = []
+    monkeypatch.setattr(
+        torch.hub,
+        "download_url_to_file",
+        lambda url, dst, *a, **kw: fetched.append(shutil.copyfile(DATA / "taming_vqgan_tiny.ckpt", dst)),
+    )
+    with pytest.raises(common.UserError, match="does not match its config"):
+        stage2.load_tokenizer("taming-imagenet-f16-1024")
+    with pytest.raises(common.UserError, match="does not match its config"):
+        stage2.load_tokenizer("taming-imagenet-f16-1024")
+    assert len(fetched) == 1 and where.exists()  # downloaded once
+
+
+@pytest.mark.parametrize("lesson, kind", [("04_rq_transformer", "kakao"), ("05_vq_diffusion", "taming")])
+def test_the_stage_two_lessons_train_on_a_released_tokenizers_codes(lesson, kind, tmp_path):
+    prior = common.lesson(lesson)
+    cfg = prior.Config(
+        tokenizer=str(DATA / f"{TINY[kind]}.ckpt"),
+        tokenizer_config=str(DATA / f"{TINY[kind]}.yaml"),
+        steps=2,
+        batch_size=4,
+        eval_images=4,
+        samples_per_class=1,
+        log_every=1,
+        width=16,
+        heads=2,
+        out=str(tmp_path / "prior"),
+        **({"spatial_layers": 1, "depth_layers": 1} if kind == "kakao" else {"layers": 1, "steps_T": 4}),
+    )
+    prior.train(cfg)
+    log = [r for r in common.read_log(tmp_path / "prior") if "loss" in r]
+    assert log and all(torch.isfinite(torch.tensor(r["loss"])) for r in log)
+    assert (tmp_path / "prior" / "samples.png").exists()
