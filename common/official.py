@@ -238,6 +238,12 @@ def released_config(name: str) -> dict:
     return {"arch": {"hparams": hparams, "ddconfig": {**dd, "ch_mult": [1, 1, 2, 2, 4, 4]}}}
 
 
+def released_path(name: str) -> Path:
+    """Where a released model's checkpoint is kept in torch.hub's cache (it may not be there yet)."""
+    folder = Path(torch.hub.get_dir()) / "checkpoints"
+    return folder / (f"{name}.ckpt" if RELEASED[name][0] == "taming" else f"{name}/stage1/model.pt")
+
+
 def fetch_released(name: str) -> Path:
     """The checkpoint of a released model in torch.hub's cache, downloaded (and for Kakao's
     tarballs, its stage-1 model.pt extracted) once; offline: a UserError naming the file, the URL
@@ -247,10 +253,10 @@ def fetch_released(name: str) -> Path:
     from .device import echo
 
     kind, url, *_ = RELEASED[name]
-    folder = Path(torch.hub.get_dir()) / "checkpoints"
-    path = folder / (f"{name}.ckpt" if kind == "taming" else f"{name}/stage1/model.pt")
+    path = released_path(name)
     if path.exists():
         return path
+    folder = path.parent if kind == "taming" else path.parent.parent.parent
     download = path if kind == "taming" else folder / f"{name}.tar.gz"
     echo(f"tokenizer {name}: downloading {url} into {download} (once)")
     try:
