@@ -8,7 +8,10 @@ input and the official outputs; and the state-dict key lists (name -> shape) of 
 """
 
 import json
+import os
 import shutil
+import subprocess
+import sys
 import urllib.error
 from pathlib import Path
 
@@ -165,3 +168,13 @@ def test_the_stage_two_lessons_train_on_a_released_tokenizers_codes(lesson, kind
     log = [r for r in common.read_log(tmp_path / "prior") if "loss" in r]
     assert log and all(torch.isfinite(torch.tensor(r["loss"])) for r in log)
     assert (tmp_path / "prior" / "samples.png").exists()
+
+
+def test_an_unreachable_released_tokenizer_is_a_one_line_error_exit_2(tmp_path):
+    script = Path(__file__).resolve().parent.parent / "05_vq_diffusion.py"
+    env = {**os.environ, "TORCH_HOME": str(tmp_path / "torch")}
+    r = subprocess.run([sys.executable, str(script), "--tokenizer", "rqvae-ffhq-8x8x4", "--steps", "1"],
+                       cwd=tmp_path, capture_output=True, text=True, timeout=300, env=env)  # fmt: skip
+    assert r.returncode == 2 and "Traceback" not in r.stderr, r.stderr
+    assert len(r.stderr.strip().splitlines()) == 1
+    assert official.RELEASED["rqvae-ffhq-8x8x4"][1] in r.stderr and "rqvae-ffhq-8x8x4.tar.gz" in r.stderr
