@@ -24,7 +24,7 @@ from .errors import UserError
 
 
 def kind_of(state: dict) -> str | None:
-    """ "taming", "kakao" or None (not an official stage-1 state dict), from its keys."""
+    """The format of a state dict, from its keys: "taming", "kakao", or None (neither)."""
     if "quantize.embedding.weight" in state:
         return "taming"
     if "quantizer.codebooks.0.weight" in state:
@@ -54,6 +54,14 @@ def config_next_to(ckpt: Path, kind: str) -> Path | None:
 
 def lesson_config(kind: str, official: dict) -> dict:
     """The flags of lesson 03's Config that build the official architecture."""
+    try:
+        return _lesson_config(kind, official)
+    except (KeyError, TypeError, IndexError) as e:
+        layout = "model: params: ddconfig" if kind == "taming" else "arch: hparams, ddconfig"
+        raise UserError(f"the config is not a {kind} config ({layout}): no {e}") from None
+
+
+def _lesson_config(kind: str, official: dict) -> dict:
     if kind == "taming":
         params = official["model"]["params"]
         dd, K, d, depth, codebook = params["ddconfig"], params["n_embed"], params["embed_dim"], 1, "loss"

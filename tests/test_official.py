@@ -84,6 +84,9 @@ def test_the_config_is_found_where_the_released_downloads_put_it(tmp_path):
         shutil.copyfile(DATA / f"{TINY[name]}.yaml", path.parent / config)
         model, cfg = stage2.load_tokenizer(path)
         assert cfg.z_channels == 16 and cfg.image_size == 32
+    shutil.copyfile(DATA / "taming_vqgan_tiny.yaml", kakao.parent / "config.yaml")  # the other kind's
+    with pytest.raises(common.UserError, match=r"not a kakao config \(arch: hparams, ddconfig\): no 'arch'"):
+        stage2.load_tokenizer(kakao)
     (kakao.parent / "config.yaml").unlink()
     with pytest.raises(common.UserError, match=r"without its config .*pass --tokenizer-config FILE"):
         stage2.load_tokenizer(kakao)
@@ -178,3 +181,23 @@ def test_an_unreachable_released_tokenizer_is_a_one_line_error_exit_2(tmp_path):
     assert r.returncode == 2 and "Traceback" not in r.stderr, r.stderr
     assert len(r.stderr.strip().splitlines()) == 1
     assert official.RELEASED["rqvae-ffhq-8x8x4"][1] in r.stderr and "rqvae-ffhq-8x8x4.tar.gz" in r.stderr
+
+
+def test_a_kakao_tarball_is_unpacked_once_to_its_stage1_model(tmp_path, monkeypatch):
+    import tarfile
+
+    monkeypatch.setattr(torch.hub, "get_dir", lambda: str(tmp_path / "hub"))
+
+    def download(url, dst, *a, **kw):  # a tarball laid out as the released ones: <name>/stage1/model.pt
+        with tarfile.open(dst, "w:gz") as tar:
+            tar.add(DATA / "kakao_rqvae_tiny.ckpt", arcname="ffhq/stage1/model.pt")
+            tar.add(DATA / "kakao_rqvae_tiny.yaml", arcname="ffhq/stage1/config.yaml")
+
+    monkeypatch.setattr(torch.hub, "download_url_to_file", download)
+    path = official.fetch_released("rqvae-ffhq-8x8x4")
+    assert path == tmp_path / "hub" / "checkpoints" / "rqvae-ffhq-8x8x4" / "stage1" / "model.pt"
+    assert path.read_bytes() == (DATA / "kakao_rqvae_tiny.ckpt").read_bytes()
+    model, cfg = stage2.load_tokenizer(path, config=DATA / "kakao_rqvae_tiny.yaml")  # the file works
+    assert cfg.depth == 4 and cfg.codebook_size == 64
+    with pytest.raises(common.UserError, match="does not match its config"):  # the 256-px release's config
+        stage2.load_tokenizer("rqvae-ffhq-8x8x4")
