@@ -84,16 +84,8 @@ class VQGAN(vq.VQVAE):
     def __init__(self, cfg: Config):
         nn.Module.__init__(self)
         size = common.default_image_size(cfg)
-        net = (
-            cfg.code_dim,
-            cfg.ch,
-            cfg.ch_mult,
-            cfg.num_res_blocks,
-            cfg.attn_resolutions,
-            size,
-            cfg.z_channels,
-        )
-        self.encoder, self.decoder = Encoder(*net), Decoder(*net)
+        net = (cfg.code_dim, cfg.ch, cfg.ch_mult, cfg.num_res_blocks, cfg.attn_resolutions, size)
+        self.encoder, self.decoder = Encoder(*net, cfg.z_channels), Decoder(*net, cfg.z_channels)
         self.quantizer = rq.make_quantizer(cfg)
 
 
@@ -227,9 +219,7 @@ class Config(rq.Config):
     ch_mult: tuple[int, ...] | None = None  # width per level; f = 2^(levels - 1) (shapes: 1 2 4)
     num_res_blocks: int | None = None  # ResBlocks per level (shapes 1, real datasets 2)
     attn_resolutions: tuple[int, ...] | None = None  # feature-map sizes with attention (shapes 8)
-    z_channels: int | None = (
-        None  # released taming/Kakao nets: encoder width, then 1x1 convs to --code-dim and back
-    )
+    z_channels: int | None = None  # released nets: encoder width, then 1x1 convs to --code-dim and back
     rec_loss: Literal["l1", "l2"] = "l1"  # pixel reconstruction loss
     perceptual_weight: float = 1.0  # LPIPS weight (0 = off: no VGG16 download needed)
     disc_weight: float = 0.75  # weight of lambda * L_GAN in the generator loss (RQ-VAE: 0.75)

@@ -414,9 +414,7 @@ def evaluate(model, s: stage2.Stage2, cfg: Config) -> float:
 class Config(stage2.PriorConfig):
     dataset: str = "shapes-plain"  # as lesson 01; by default shapes in flat palette colours
     out: str = "runs/04_rq_transformer"  # run folder: ckpt.pt, metrics.jsonl, samples.png
-    tokenizer: str | None = (
-        None  # 02/03 checkpoint or a released tokenizer (default: runs/02_rq/ckpt.pt, else train one)
-    )
+    tokenizer: str | None = None  # 02/03 checkpoint or a released one (default: runs/02_rq/ckpt.pt, or train)
     tokenizer_depth: int = 2  # D of the RQ-VAE trained (or reused) when no --tokenizer is given
     tokenizer_codebook_size: int | None = None  # its K (default: lesson 02's preset, shapes 16)
     width: int = 128  # W: transformer width

@@ -21,9 +21,7 @@ from .shapes import BUILTIN, PLAIN_COLOUR_NAMES, SHAPE_CLASSES, class_prompts
 class PriorConfig(TrainConfig):
     """Flags lessons 04 and 05 share. Their Configs subclass this."""
 
-    tokenizer_config: str | None = (
-        None  # config of an official --tokenizer file (default: the file next to it)
-    )
+    tokenizer_config: str | None = None  # config of an official --tokenizer file (default: next to it)
     condition: Literal["class", "text", "none"] | None = None  # condition on (default: class when labelled)
     text_encoder: str = "small"  # --condition text: small (trained with the prior) or a CLIP hub id / folder
     text_length: int = 16  # tokens per caption (CLIP: at most 77)
