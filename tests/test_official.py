@@ -19,7 +19,7 @@ import pytest
 import torch
 
 import common
-from common import official, stage2
+from common import official, released, stage2
 
 DATA = Path(__file__).resolve().parent / "data" / "official"
 TINY = {"taming": "taming_vqgan_tiny", "kakao": "kakao_rqvae_tiny"}
@@ -110,7 +110,7 @@ def test_every_key_of_a_released_model_maps_onto_the_lessons_modules_with_its_sh
     state = Reads({k: torch.empty(shape, device="meta") for k, shape in listed["state_dict_shapes"].items()})
     assert len(state) == listed["num_keys"] and official.kind_of(state) == RELEASED_KIND[name]
     gan = common.lesson("03_vqgan")
-    cfg = gan.Config(**official.lesson_config(official.kind_of(state), official.released_config(name)))
+    cfg = gan.Config(**official.lesson_config(official.kind_of(state), released.released_config(name)))
     with torch.device("meta"):  # shapes only: no memory for the 70-90M weights
         model = gan.build(cfg)
     converted = official.convert(official.kind_of(state), state, model, cfg)
@@ -123,7 +123,7 @@ def test_every_key_of_a_released_model_maps_onto_the_lessons_modules_with_its_sh
     assert state.read == set(state) - aliases  # every official tensor used (the aliases are one tensor)
 
 
-RELEASED_KIND = {name: kind for name, (kind, *_) in official.RELEASED.items()}
+RELEASED_KIND = {name: kind for name, (kind, *_) in released.RELEASED.items()}
 
 
 def test_a_released_name_downloads_once_into_the_hub_cache_and_offline_says_what_to_do(tmp_path, monkeypatch):
@@ -136,7 +136,7 @@ def test_a_released_name_downloads_once_into_the_hub_cache_and_offline_says_what
     with pytest.raises(common.UserError) as e:
         stage2.load_tokenizer("taming-imagenet-f16-1024")
     where = tmp_path / "hub" / "checkpoints" / "taming-imagenet-f16-1024.ckpt"
-    assert official.RELEASED["taming-imagenet-f16-1024"][1] in str(e.value) and str(where) in str(e.value)
+    assert released.RELEASED["taming-imagenet-f16-1024"][1] in str(e.value) and str(where) in str(e.value)
     # a file that is not the released model (here: the tiny one) is refused with a reason
     fetched = []
     monkeypatch.setattr(
@@ -180,7 +180,7 @@ def test_an_unreachable_released_tokenizer_is_a_one_line_error_exit_2(tmp_path):
                        cwd=tmp_path, capture_output=True, text=True, timeout=300, env=env)  # fmt: skip
     assert r.returncode == 2 and "Traceback" not in r.stderr, r.stderr
     assert len(r.stderr.strip().splitlines()) == 1
-    assert official.RELEASED["rqvae-ffhq-8x8x4"][1] in r.stderr and "rqvae-ffhq-8x8x4.tar.gz" in r.stderr
+    assert released.RELEASED["rqvae-ffhq-8x8x4"][1] in r.stderr and "rqvae-ffhq-8x8x4.tar.gz" in r.stderr
 
 
 def test_a_kakao_tarball_is_unpacked_once_to_its_stage1_model(tmp_path, monkeypatch):
@@ -194,7 +194,7 @@ def test_a_kakao_tarball_is_unpacked_once_to_its_stage1_model(tmp_path, monkeypa
             tar.add(DATA / "kakao_rqvae_tiny.yaml", arcname="ffhq/stage1/config.yaml")
 
     monkeypatch.setattr(torch.hub, "download_url_to_file", download)
-    path = official.fetch_released("rqvae-ffhq-8x8x4")
+    path = released.fetch_released("rqvae-ffhq-8x8x4")
     assert path == tmp_path / "hub" / "checkpoints" / "rqvae-ffhq-8x8x4" / "stage1" / "model.pt"
     assert path.read_bytes() == (DATA / "kakao_rqvae_tiny.ckpt").read_bytes()
     model, cfg = stage2.load_tokenizer(path, config=DATA / "kakao_rqvae_tiny.yaml")  # the file works
