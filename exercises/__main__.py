@@ -81,6 +81,8 @@ def main(argv=None) -> int:
         print(f"students: implement them; `python -m exercises grade {args.out}` grades the copy")
         return 0
     if args.command == "grade":
+        if args.json and not args.json.parent.is_dir():  # before minutes of grading, not after
+            raise UserError(f"--json {args.json}: no folder {args.json.parent} to write it in")
         names = [e.name for e in EXERCISES] if args.all else grading.handed_out(args.folder)
         rows, seconds = grading.grade(args.folder, names)
         print(grading.table(rows))

@@ -150,6 +150,7 @@ def test_every_exercise_blanks_to_a_function_that_raises_its_name_and_hint():
         (["make", "--out", "x"], "name at least one exercise, a --lesson or --all"),
         (["make", "--all", "--out", str(ROOT / "tests" / "s")], "lies inside the repository"),
         (["grade", str(ROOT / "docs")], "no lesson file"),
+        (["grade", str(ROOT), "--json", str(ROOT / "no" / "r.json")], "no folder .*no to write it in"),
     ],
 )
 def test_command_line_mistakes_are_one_line_errors(argv, message):
