@@ -40,20 +40,29 @@ def save_atomic(obj, path: Path) -> None:
     os.replace(tmp, path)
 
 
-def load_checkpoint(path) -> dict:
-    """torch.load(weights_only=True) with errors that name the file and what is wrong."""
+def read_checkpoint(path):
+    """torch.load(weights_only=True) of any checkpoint file, with errors that name the file."""
     path = Path(path)
     if path.is_dir():
         raise UserError(f"checkpoint {path} is a folder; pass the file in it, {path / 'ckpt.pt'}")
     if not path.is_file():
         raise UserError(f"checkpoint {path} does not exist")
     try:
-        ckpt = torch.load(path, map_location="cpu", weights_only=True)
+        return torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:
         raise UserError(f"checkpoint {path} is corrupt or not a checkpoint ({type(e).__name__})") from None
+
+
+def lessons_checkpoint(ckpt, path) -> dict:
+    """ckpt, if a lesson wrote it (step, config, model); else a UserError."""
     if not isinstance(ckpt, dict) or not {"step", "config", "model"} <= ckpt.keys():
         raise UserError(f"checkpoint {path} lacks step/config/model: not written by these lessons")
     return ckpt
+
+
+def load_checkpoint(path) -> dict:
+    """A lesson's checkpoint file, with errors that name the file and what is wrong."""
+    return lessons_checkpoint(read_checkpoint(path), path)
 
 
 def load_state(module: nn.Module, state: dict, path) -> None:

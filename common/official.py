@@ -23,8 +23,12 @@ import torch
 from .errors import UserError
 
 
-def kind_of(state: dict) -> str | None:
-    """The format of a state dict, from its keys: "taming", "kakao", or None (neither)."""
+def kind_of(ckpt) -> str | None:
+    """The format of a checkpoint file's contents, from its keys: "taming", "kakao", or None
+    (neither: a lesson's own). Both keep the model under "state_dict"."""
+    state = ckpt.get("state_dict") if isinstance(ckpt, dict) else None
+    if not isinstance(state, dict):
+        return None
     if "quantize.embedding.weight" in state:
         return "taming"
     if "quantizer.codebooks.0.weight" in state:
@@ -165,24 +169,13 @@ def convert(kind: str, state: dict, model: torch.nn.Module, cfg) -> dict:
     return out
 
 
-def official_state(path: Path) -> tuple[str, dict] | None:
-    """(kind, the model's tensors without the loss's) of an official checkpoint file, else None."""
-    try:
-        ckpt = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception:
-        return None
-    state = ckpt.get("state_dict") if isinstance(ckpt, dict) else None
-    kind = kind_of(state) if isinstance(state, dict) else None
-    if kind is None:
-        return None
-    return kind, {k: v for k, v in state.items() if not k.startswith("loss.")}
-
-
-def load_official(path: Path, kind: str, state: dict, config: Path | dict | None = None):
-    """(frozen lesson-03 VQGAN in eval mode, its Config) from an official checkpoint's tensors;
-    config: a file, or an official config as a dict, or None: the file next to the checkpoint."""
+def load_official(path: Path, ckpt: dict, config: Path | dict | None = None):
+    """(frozen lesson-03 VQGAN in eval mode, its Config) from an official checkpoint's contents
+    (taming's training-loss tensors, "loss.*", dropped); config: a file, or an official config as
+    a dict, or None: the file next to the checkpoint."""
     from .cli import lesson
 
+    kind = kind_of(ckpt)
     config = config or config_next_to(path, kind)
     if config is None:
         where = "<run>/configs/*.yaml" if kind == "taming" else "config.yaml next to it"
@@ -192,6 +185,7 @@ def load_official(path: Path, kind: str, state: dict, config: Path | dict | None
     gan = lesson("03_vqgan")
     cfg = gan.Config(**lesson_config(kind, config if isinstance(config, dict) else read_config(Path(config))))
     model = gan.build(cfg)
+    state = {k: v for k, v in ckpt["state_dict"].items() if not k.startswith("loss.")}
     try:
         model.load_state_dict(convert(kind, state, model, cfg), strict=True)
     except (KeyError, RuntimeError) as e:
@@ -199,17 +193,13 @@ def load_official(path: Path, kind: str, state: dict, config: Path | dict | None
     return model.eval().requires_grad_(False), cfg
 
 
-def load(path_or_name, config=None):
-    """A released model by name, or an official checkpoint file -> (model, cfg); None when the
-    file is not an official checkpoint (a lesson's own, then)."""
-    from .released import RELEASED, fetch_released, released_config
+def load_released(name: str, config=None):
+    """A released model by name (downloaded once) -> (model, cfg), with its known config."""
+    from .checkpoints import read_checkpoint
+    from .released import fetch_released, released_config
 
-    if str(path_or_name) in RELEASED:
-        name = str(path_or_name)
-        path = fetch_released(name)
-        kind, state = official_state(path) or (None, None)
-        if kind is None:
-            raise UserError(f"{path} is not the {name} checkpoint; remove it and download it again")
-        return load_official(path, kind, state, config or released_config(name))
-    found = official_state(Path(path_or_name)) if Path(path_or_name).is_file() else None
-    return None if found is None else load_official(Path(path_or_name), *found, config)
+    path = fetch_released(name)
+    ckpt = read_checkpoint(path)
+    if kind_of(ckpt) is None:
+        raise UserError(f"{path} is not the {name} checkpoint; remove it and download it again")
+    return load_official(path, ckpt, config or released_config(name))

@@ -44,10 +44,13 @@ def released_config(name: str) -> dict:
     return {"arch": {"hparams": hparams, "ddconfig": {**dd, "ch_mult": [1, 1, 2, 2, 4, 4]}}}
 
 
+def cache() -> Path:
+    return Path(torch.hub.get_dir()) / "checkpoints"  # where torch.hub keeps downloaded weights
+
+
 def released_path(name: str) -> Path:
     """Where a released model's checkpoint is kept in torch.hub's cache (it may not be there yet)."""
-    folder = Path(torch.hub.get_dir()) / "checkpoints"
-    return folder / (f"{name}.ckpt" if RELEASED[name][0] == "taming" else f"{name}/stage1/model.pt")
+    return cache() / (f"{name}.ckpt" if RELEASED[name][0] == "taming" else f"{name}/stage1/model.pt")
 
 
 def fetch_released(name: str) -> Path:
@@ -62,8 +65,7 @@ def fetch_released(name: str) -> Path:
     path = released_path(name)
     if path.exists():
         return path
-    folder = path.parent if kind == "taming" else path.parent.parent.parent
-    download = path if kind == "taming" else folder / f"{name}.tar.gz"
+    download = path if kind == "taming" else cache() / f"{name}.tar.gz"
     echo(f"tokenizer {name}: downloading {url} into {download} (once)")
     try:
         download.parent.mkdir(parents=True, exist_ok=True)

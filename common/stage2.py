@@ -16,7 +16,7 @@ import torch
 import torch.nn as nn
 
 from . import official
-from .checkpoints import load_checkpoint, load_state
+from .checkpoints import lessons_checkpoint, load_checkpoint, load_state, read_checkpoint
 from .cli import lesson
 from .conditioning import PriorConfig, candidates, check_prior_flags, prompt_classes, prompt_colours, reject
 from .datasets import default_image_size
@@ -24,6 +24,7 @@ from .device import echo, get_device, seed_everything
 from .dist import barrier, distributed
 from .errors import UserError
 from .loading import load_data
+from .released import RELEASED
 from .runs import Run, read_log
 from .samples import centre_square, decode, draw_rows, prompts_png, samples_png
 from .text import text_encoder
@@ -50,12 +51,14 @@ def load_tokenizer(path, device="cpu", config=None):
     model.encoder, model.quantizer (with .codebook (K, d) and .quantize) and model.decoder are
     the pieces stage 2 needs; cfg is the Config the checkpoint was trained with.
     """
-    released = official.load(path, config)  # the authors' released tokenizers, or None
-    if released is not None:
-        model, cfg = released
+    if str(path) in RELEASED:  # a released tokenizer by name
+        model, cfg = official.load_released(str(path), config)
         return model.to(device), cfg
-    ckpt = load_checkpoint(path)
-    name = ckpt.get("lesson")
+    ckpt = read_checkpoint(path)
+    if official.kind_of(ckpt):  # the authors' own file format
+        model, cfg = official.load_official(Path(path), ckpt, config)
+        return model.to(device), cfg
+    name = lessons_checkpoint(ckpt, path).get("lesson")
     if name not in ("02_rq", "03_vqgan"):
         raise UserError(
             f"checkpoint {path} was written by {name or 'an unknown script'}, not by 02_rq.py or 03_vqgan.py: it holds no RQ tokenizer"

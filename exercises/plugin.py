@@ -113,10 +113,8 @@ def replaced(patches: dict[str, str]):
             setattr(owner, attr, old)
 
 
-@contextmanager
-def traced(item, results: dict):
-    """Record which exercise functions the test calls, by their code objects (so that a call
-    through an alias or a default argument counts too): row["reached"]."""
+def exercise_codes() -> dict:
+    """The code object of every exercise's function -> its name (what `traced` watches for)."""
     from . import grading
     from .catalog import EXERCISES
 
@@ -124,6 +122,13 @@ def traced(item, results: dict):
     for e in EXERCISES:
         owner, attr = grading.owner_of(e.name)
         codes[inspect.unwrap(owner.__dict__[attr]).__code__] = e.name
+    return codes
+
+
+@contextmanager
+def traced(item, results: dict, codes: dict):
+    """Record which exercise functions the test calls, by their code objects (so that a call
+    through an alias or a default argument counts too): row["reached"]."""
     reached = set()
 
     def hook(frame, event, arg):
@@ -162,9 +167,10 @@ def pytest_runtestloop(session):
         items = selected(session.items, variant, all_results)
         session.config._exercise_variant = variant["id"]
         results = all_results.setdefault(variant["id"], {})
+        codes = exercise_codes() if variant.get("trace") else None  # once per variant, not per test
         with replaced(variant.get("patches", {})):
             for n, item in enumerate(items):
-                with traced(item, results) if variant.get("trace") else nullcontext():
+                with traced(item, results, codes) if codes else nullcontext():
                     runtestprotocol(item, nextitem=items[n + 1] if n + 1 < len(items) else None, log=False)
                 item._initrequest()  # the same test runs again in the next variant
     return True
