@@ -200,6 +200,22 @@ def test_filters_agree_with_a_row_by_row_oracle(ar, K, top_k, top_p, seed):
     assert kept.gather(1, logits.argmax(1, keepdim=True)).all()  # the most likely code always stays
 
 
+@pytest.mark.exercise("04_rq_transformer.filter_logits")
+def test_top_p_over_many_codes_agrees_with_the_oracle_on_both_paths(ar):
+    """K = 1024: peaked rows keep a few codes (decided within their 64 largest), flat rows keep
+    hundreds (decided over all K); both agree with the row-by-row oracle (float64: no rounding)."""
+    g = torch.Generator().manual_seed(3)
+    scales = torch.tensor([8.0, 4.0, 0.1, 0.5, 2.0, 0.05]).double()[:, None]
+    logits = torch.randn(6, 1024, generator=g, dtype=torch.float64) * scales
+    kept = torch.isfinite(ar.filter_logits(logits, top_p=0.9))
+    sizes = kept.sum(1)
+    assert sizes.min() < 64 < sizes.max()  # both paths taken
+    assert torch.equal(kept, torch.isfinite(oracles.filter_logits(logits, top_p=0.9)))
+    assert torch.equal(
+        torch.isfinite(ar.filter_logits(logits[None], top_p=0.9))[0], kept
+    )  # any leading shape
+
+
 @pytest.fixture
 def plain_filters(ar, monkeypatch):
     """sample_logits runs filter_logits, an exercise of its own: the oracle's instead."""
