@@ -190,12 +190,32 @@ def log_q_posterior(log_x0: torch.Tensor, x_t: torch.Tensor, sched: Schedule, t,
     """
     s = t - 1 if s is None else s
     log_x0 = log_x0.clamp_min(LOG_EPS)  # every possible x0 keeps some weight
-    lik = log_q_xt_given_xs(x_t, sched, 0, t, log_x0.dtype, exact=True)[..., : sched.K]
-    ratio = torch.where(lik > LOG_ZERO, log_x0 - lik, LOG_ZERO)  # p(x0) / q(x_t | x0), or 0
+    # A row of q(x_t | x_j) holds three values (at j = x_t, at the other codes, at [MASK]), so it
+    # is added as such instead of as a (..., K+1) tensor: lik = log_q_xt_given_xs(x_t, 0, t)[:K].
+    own, other, _ = likelihood_row(x_t, sched, 0, t, log_x0.dtype)
+    at = x_t.clamp_max(sched.K - 1)[..., None]  # the column of x_t (any column when [MASK])
+    ratio = torch.where(other > LOG_ZERO, log_x0 - other, LOG_ZERO)  # p(x0) / q(x_t | x0), or 0
+    ratio = ratio.scatter(-1, at, torch.where(own > LOG_ZERO, log_x0.gather(-1, at) - own, LOG_ZERO))
     log_xs = log_q_xt_given_x0(ratio, sched, s, exact=True)  # Qbar_s (p(x0) / q(x_t | x0))
-    log_post = log_q_xt_given_xs(x_t, sched, s, t, log_x0.dtype, exact=True) + log_xs
+    own, other, mask = likelihood_row(x_t, sched, s, t, log_x0.dtype)  # log q(x_t | x_s = j)
+    log_post = log_xs.gather(-1, at) + own  # log_post = log_q_xt_given_xs(x_t, s, t) + log_xs:
+    log_post = torch.cat([log_xs[..., :-1] + other, log_xs[..., -1:] + mask], -1).scatter(-1, at, log_post)
     log_post = log_post.clamp_min(100 * LOG_EPS)  # an x_t that no x0 leads to: uniform, not NaN
     return (log_post - torch.logsumexp(log_post, -1, keepdim=True)).clamp_min(LOG_EPS)
+
+
+def likelihood_row(x_t: torch.Tensor, sched: Schedule, s, t, dtype):
+    """The three values of row x_t of Qbar_{t|s} (`log_q_xt_given_xs`, exact): log q(x_t | x_s = j)
+    at j = x_t, at every other code, at j = [MASK]; each (..., 1). For x_t = [MASK] the first two
+    are the same (gamma): every code can be masked."""
+    alpha, beta, gamma = (c.to(x_t.device, dtype) for c in transition(sched, s, t))
+    if torch.is_tensor(t) and t.dim():
+        alpha, beta, gamma = alpha[..., None], beta[..., None], gamma[..., None]
+    is_mask = (x_t == sched.K)[..., None]  # (..., 1)
+    own = torch.where(is_mask, gamma, alpha + beta)  # x_t = m from j = m: kept, or redrawn as m
+    other = torch.where(is_mask, gamma, beta)  # from another code: redrawn as m
+    mask = torch.where(is_mask, 1.0, 0.0).to(dtype)  # [MASK] stays [MASK], never becomes a code
+    return _log(own, True), _log(other, True), _log(mask, True)
 
 
 def log_prior(sched: Schedule) -> torch.Tensor:

@@ -122,6 +122,23 @@ def bayes_posterior(vqd, sched, x0, x_t, t, s):
     return p / p.sum()
 
 
+@pytest.mark.parametrize("noise", NOISES)
+@pytest.mark.parametrize("t, s", [(1, 0), (4, 3), (6, 2)])
+def test_likelihood_row_holds_the_three_values_of_the_matrix_row(vqd, noise, t, s):
+    """The posterior adds row x_t of Qbar_{t|s} as three values: at j = x_t, at other codes, at [MASK]."""
+    sched = schedule(vqd, noise)
+    Q = vqd.transition_matrix(sched, t, s)  # [m, n] = q(x_t = m | x_s = n)
+    x_t = torch.arange(K + 1)
+    own, other, mask = (v.squeeze(-1).exp() for v in vqd.likelihood_row(x_t, sched, s, t, torch.float64))
+    torch.testing.assert_close(own[:K], Q.diagonal()[:K], atol=1e-12, rtol=1e-9)
+    torch.testing.assert_close(other[:K], Q[x_t[:K], (x_t[:K] + 1) % K], atol=1e-12, rtol=1e-9)
+    torch.testing.assert_close(own[K].expand(K), Q[K, :K], atol=1e-12, rtol=1e-9)  # [MASK] from any code
+    torch.testing.assert_close(other[K].expand(K), Q[K, :K], atol=1e-12, rtol=1e-9)
+    torch.testing.assert_close(mask, Q[:, K], atol=1e-12, rtol=1e-9)  # [MASK] stays [MASK]
+    per_image = vqd.likelihood_row(x_t[None].expand(2, -1), sched, s, torch.tensor([[t], [t]]), torch.float64)
+    torch.testing.assert_close(per_image[0][0], own.log()[..., None].clamp_min(vqd.LOG_ZERO))  # tensor t
+
+
 @pytest.mark.exercise("05_vq_diffusion.log_q_posterior")
 @pytest.mark.parametrize("noise", NOISES)
 @pytest.mark.parametrize("t, s", [(1, 0), (2, 1), (4, 3), (6, 5), (6, 3), (5, 0), (6, 0)])
