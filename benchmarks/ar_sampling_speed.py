@@ -120,6 +120,39 @@ def where_time_goes(rqt, flat, K: int, B: int, args) -> None:
         f" ms per layer-step: spatial {per_step['spatial stack']:.2f}, depth {per_step['depth stack']:.2f},"
         f" flat {per_step['flat stack']:.2f} (the flat GPT's longer caches cost it in attention)"
     )
+    bound = {"RQ": matmul_bound(rqt, [(rqt.spatial, T), (rqt.depth, T * D)], B, T * D, n),
+             "flat": matmul_bound(flat, [(flat.gpt, T * D)], B, T * D, n)}  # fmt: skip
+    print(
+        f"        matmul bound (each layer-step's four weight products and each code's head, nothing else):"
+        f" RQ {bound['RQ']:.3f} s = {rq_total / bound['RQ']:.2f}x below its time, flat {bound['flat']:.3f} s ="
+        f" {flat_total / bound['flat']:.2f}x below; ratio at the bounds {bound['flat'] / bound['RQ']:.2f}x"
+    )
+
+
+def matmul_bound(model, stacks, B: int, codes: int, repeats: int) -> float:
+    """Seconds of the matrix products a sampling call cannot avoid: for each layer-step of each
+    stack (stack, steps), the block's qkv, proj and two MLP products of B rows with the model's own
+    weights, plus one head product per code, into preallocated outputs (no attention, no
+    LayerNorm, GELU, draw or Python around them)."""
+    weights = [[b.qkv.weight.t(), b.proj.weight.t(), b.mlp[0].weight.t(), b.mlp[2].weight.t()]
+               for stack, _ in stacks for b in stack.blocks]  # fmt: skip
+    ins = {w.shape[0]: torch.randn(B, w.shape[0]) for ws in weights for w in ws}
+    outs = {w.shape[1]: torch.empty(B, w.shape[1]) for ws in weights for w in ws}
+    head = model.head[1].weight.t()
+    x_head, out_head = torch.randn(B, head.shape[0]), torch.empty(B, head.shape[1])
+
+    def run():
+        i = 0
+        for stack, steps in stacks:
+            for _ in range(steps):
+                for ws in weights[i : i + len(stack.blocks)]:
+                    for w in ws:
+                        torch.mm(ins[w.shape[0]], w, out=outs[w.shape[1]])
+            i += len(stack.blocks)
+        for _ in range(codes):
+            torch.mm(x_head, head, out=out_head)
+
+    return median_seconds(run, repeats)
 
 
 if __name__ == "__main__":
