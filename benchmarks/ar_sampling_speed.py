@@ -124,8 +124,8 @@ def where_time_goes(rqt, flat, K: int, B: int, args) -> None:
              "flat": matmul_bound(flat, [(flat.gpt, T * D)], B, T * D, n)}  # fmt: skip
     print(
         f"        matmul bound (each layer-step's four weight products and each code's head, nothing else):"
-        f" RQ {bound['RQ']:.3f} s = {rq_total / bound['RQ']:.2f}x below its time, flat {bound['flat']:.3f} s ="
-        f" {flat_total / bound['flat']:.2f}x below; ratio at the bounds {bound['flat'] / bound['RQ']:.2f}x"
+        f" RQ {bound['RQ']:.3f} s (its time is {rq_total / bound['RQ']:.2f}x that), flat {bound['flat']:.3f} s"
+        f" ({flat_total / bound['flat']:.2f}x); ratio of the bounds {bound['flat'] / bound['RQ']:.2f}x"
     )
 
 
