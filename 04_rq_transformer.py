@@ -80,19 +80,20 @@ def filter_logits(logits: torch.Tensor, top_k: int = 0, top_p: float = 1.0) -> t
         kth = logits.topk(top_k, dim=-1).values[..., -1:]  # (B, 1)
         logits = logits.masked_fill(logits < kth, -math.inf)
     if top_p < 1.0:  # keep a code iff the mass of the codes before it (descending) is < top_p
-        rows = logits.reshape(-1, logits.shape[-1])  # (N, K)
+        rows, K = logits.reshape(-1, logits.shape[-1]), logits.shape[-1]  # (N, K)
         keep = torch.zeros_like(rows, dtype=torch.bool)
         top1 = rows.amax(-1, keepdim=True)  # p = exp(l - max) / sum exp(l - max), as softmax does
         z = (rows - top1).exp().sum(-1, keepdim=True)  # (N, 1)
-        todo, k = torch.arange(len(rows), device=rows.device), 64  # the rows still undecided
-        while len(todo):  # the kept set is usually short: the k largest, not a sort of all K,
-            k = min(k, rows.shape[-1])  # and all K for the rows whose top 64 are still short of p
+        # the kept set is usually short: sort only the 64 largest (a partial selection), and all
+        # K for the rows whose 64 largest are still short of top_p
+        todo, k = torch.arange(len(rows), device=rows.device), min(64, K)  # the undecided rows
+        while len(todo):
             top, order = rows[todo].topk(k, dim=-1)  # (n, k), descending
             p = (top - top1[todo]).exp() / z[todo]
             before = p.cumsum(-1) - p  # the mass before each code
-            done = (before[:, -1] >= top_p) | (k == rows.shape[-1])  # the cut falls inside the top k
+            done = (before[:, -1] >= top_p) | (k == K)  # the cut falls inside the top k
             keep[todo[done]] = keep[todo[done]].scatter(-1, order[done], before[done] < top_p)
-            todo, k = todo[~done], rows.shape[-1]
+            todo, k = todo[~done], K
         logits = logits.masked_fill(~keep.view_as(logits), -math.inf)
     return logits
 

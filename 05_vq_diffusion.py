@@ -158,20 +158,28 @@ def log_q_xt_given_x0(log_x0: torch.Tensor, sched: Schedule, t, exact: bool = Fa
     return out if exact else out.clamp_min(LOG_EPS)
 
 
-def log_q_xt_given_xs(x_t: torch.Tensor, sched: Schedule, s, t, dtype=torch.float32, exact=False):
-    """The likelihood q(x_t | x_s = j) for every state j, i.e. row x_t of Qbar_{t|s}.
-    x_t: (...) long in [0, K]; s, t: ints or long (...) -> (..., K+1) log-probabilities
-    (exact=True: LOG_ZERO where x_t cannot follow from j)."""
+def likelihood_row(x_t: torch.Tensor, sched: Schedule, s, t, dtype=torch.float32, exact=True):
+    """Row x_t of Qbar_{t|s} holds three values: log q(x_t | x_s = j) at j = x_t, at every other
+    code, at j = [MASK]; each (..., 1). x_t: (...) long in [0, K]; s, t: ints or long (...).
+    For x_t = [MASK] the first two are the same (gamma): every code can be masked.
+    exact=True: LOG_ZERO where x_t cannot follow from j."""
     alpha, beta, gamma = (c.to(x_t.device, dtype) for c in transition(sched, s, t))
     if torch.is_tensor(t) and t.dim():
         alpha, beta, gamma = alpha[..., None], beta[..., None], gamma[..., None]
-    K = sched.K
-    is_code = F.one_hot(x_t, K + 1).bool()
-    from_code = torch.where(is_code, alpha + beta, beta)  # x_t a code m: reached from j = m or redrawn
-    from_code[..., K] = 0.0  # [MASK] never becomes a code
-    ones = torch.ones(*x_t.shape, 1, dtype=dtype, device=x_t.device)
-    from_mask = torch.cat([gamma.expand(*x_t.shape, K), ones], -1)  # x_t = [MASK]
-    return _log(torch.where((x_t == K)[..., None], from_mask, from_code), exact)
+    is_mask = (x_t == sched.K)[..., None]  # (..., 1)
+    own = torch.where(is_mask, gamma, alpha + beta)  # x_t = m from j = m: kept, or redrawn as m
+    other = torch.where(is_mask, gamma, beta)  # from another code: redrawn as m
+    mask = torch.where(is_mask, 1.0, 0.0).to(dtype)  # [MASK] stays [MASK], never becomes a code
+    return _log(own, exact), _log(other, exact), _log(mask, exact)
+
+
+def log_q_xt_given_xs(x_t: torch.Tensor, sched: Schedule, s, t, dtype=torch.float32, exact=False):
+    """The likelihood q(x_t | x_s = j) for every state j, i.e. row x_t of Qbar_{t|s}, written out:
+    x_t (...) -> (..., K+1) log-probabilities. The posterior adds `likelihood_row`'s three values
+    instead of this row."""
+    own, other, mask = likelihood_row(x_t, sched, s, t, dtype, exact)
+    row = torch.cat([other.expand(*x_t.shape, sched.K), mask], -1)
+    return row.scatter(-1, x_t.clamp_max(sched.K - 1)[..., None], own)  # (any code's column for [MASK])
 
 
 def log_q_posterior(log_x0: torch.Tensor, x_t: torch.Tensor, sched: Schedule, t, s=None):
@@ -190,8 +198,7 @@ def log_q_posterior(log_x0: torch.Tensor, x_t: torch.Tensor, sched: Schedule, t,
     """
     s = t - 1 if s is None else s
     log_x0 = log_x0.clamp_min(LOG_EPS)  # every possible x0 keeps some weight
-    # A row of q(x_t | x_j) holds three values (at j = x_t, at the other codes, at [MASK]), so it
-    # is added as such instead of as a (..., K+1) tensor: lik = log_q_xt_given_xs(x_t, 0, t)[:K].
+    # lik = log_q_xt_given_xs(x_t, 0, t)[:K], added as its values at x_t and elsewhere (no (..., K) row)
     own, other, _ = likelihood_row(x_t, sched, 0, t, log_x0.dtype)
     at = x_t.clamp_max(sched.K - 1)[..., None]  # the column of x_t (any column when [MASK])
     ratio = torch.where(other > LOG_ZERO, log_x0 - other, LOG_ZERO)  # p(x0) / q(x_t | x0), or 0
@@ -202,20 +209,6 @@ def log_q_posterior(log_x0: torch.Tensor, x_t: torch.Tensor, sched: Schedule, t,
     log_post = torch.cat([log_xs[..., :-1] + other, log_xs[..., -1:] + mask], -1).scatter(-1, at, log_post)
     log_post = log_post.clamp_min(100 * LOG_EPS)  # an x_t that no x0 leads to: uniform, not NaN
     return (log_post - torch.logsumexp(log_post, -1, keepdim=True)).clamp_min(LOG_EPS)
-
-
-def likelihood_row(x_t: torch.Tensor, sched: Schedule, s, t, dtype):
-    """The three values of row x_t of Qbar_{t|s} (`log_q_xt_given_xs`, exact): log q(x_t | x_s = j)
-    at j = x_t, at every other code, at j = [MASK]; each (..., 1). For x_t = [MASK] the first two
-    are the same (gamma): every code can be masked."""
-    alpha, beta, gamma = (c.to(x_t.device, dtype) for c in transition(sched, s, t))
-    if torch.is_tensor(t) and t.dim():
-        alpha, beta, gamma = alpha[..., None], beta[..., None], gamma[..., None]
-    is_mask = (x_t == sched.K)[..., None]  # (..., 1)
-    own = torch.where(is_mask, gamma, alpha + beta)  # x_t = m from j = m: kept, or redrawn as m
-    other = torch.where(is_mask, gamma, beta)  # from another code: redrawn as m
-    mask = torch.where(is_mask, 1.0, 0.0).to(dtype)  # [MASK] stays [MASK], never becomes a code
-    return _log(own, True), _log(other, True), _log(mask, True)
 
 
 def log_prior(sched: Schedule) -> torch.Tensor:

@@ -211,9 +211,7 @@ def test_top_p_over_many_codes_agrees_with_the_oracle_on_both_paths(ar):
     sizes = kept.sum(1)
     assert sizes.min() < 64 < sizes.max()  # both paths taken
     assert torch.equal(kept, torch.isfinite(oracles.filter_logits(logits, top_p=0.9)))
-    assert torch.equal(
-        torch.isfinite(ar.filter_logits(logits[None], top_p=0.9))[0], kept
-    )  # any leading shape
+    assert torch.equal(torch.isfinite(ar.filter_logits(logits[None], top_p=0.9))[0], kept)  # (1, 6, K)
 
 
 @pytest.fixture

@@ -137,6 +137,8 @@ def test_likelihood_row_holds_the_three_values_of_the_matrix_row(vqd, noise, t, 
     torch.testing.assert_close(mask, Q[:, K], atol=1e-12, rtol=1e-9)  # [MASK] stays [MASK]
     per_image = vqd.likelihood_row(x_t[None].expand(2, -1), sched, s, torch.tensor([[t], [t]]), torch.float64)
     torch.testing.assert_close(per_image[0][0], own.log()[..., None].clamp_min(vqd.LOG_ZERO))  # tensor t
+    row = vqd.log_q_xt_given_xs(x_t, sched, s, t, torch.float64, exact=True).exp()  # written out
+    torch.testing.assert_close(row, Q, atol=1e-12, rtol=1e-9)
 
 
 @pytest.mark.exercise("05_vq_diffusion.log_q_posterior")
