@@ -59,7 +59,7 @@ def nearest_code(z: torch.Tensor, codebook: torch.Tensor, chunk: int = 512) -> t
         rows = flat[i : i + chunk]
         d = dist[: len(rows)]
         torch.addmm(e_sq, rows, codebook.t(), alpha=-2, out=d)  # (n, K): ||e||^2 - 2 z.e
-        idx[i : i + chunk] = d.min(1).indices  # .min(1) beats .argmin(1) on CPU, same result
+        idx[i : i + chunk] = common.argmin_rows(d)  # = d.min(1).indices, vectorised on CPU
     return idx.view(z.shape[:-1])
 
 
@@ -166,7 +166,8 @@ class VectorQuantizer(nn.Module):
         B, d, H, W = z_e.shape
         assert d == self.d, f"expected {self.d} channels, got {d}"
         with common.exact_float32(z_e.device.type):  # distances and EMA in true float32
-            z = rearrange(z_e.float(), "b d h w -> (b h w) d")  # (N, d)
+            # (N, d), contiguous: as a view of z_e its d axis is strided, which slows every op below
+            z = rearrange(z_e.float(), "b d h w -> (b h w) d").contiguous()
             idx = nearest_code(z, self.codebook)  # (N,)  RQ Eq. 1
             z_q = F.embedding(idx, self.codebook)  # (N, d)  RQ Eq. 2: Z^_hw = e(M_hw)
             commit = commitment_loss(z, z_q)

@@ -47,17 +47,19 @@ def residual_quantize(z: torch.Tensor, codebooks, depth: int, pick=vq.nearest_co
     z: (..., d); codebooks: one (K, d) tensor shared by every depth, or a list of D tensors
     -> codes (..., D) long, partial sums Z^(1..D): (..., D, d) float (RQ Eq. 5).
     pick(r, codebook) -> k chooses each code: the nearest (Q, RQ Eq. 1) unless lesson 04 draws it.
-    The outputs are allocated once and r and Z^(d) updated in place: on a CPU every fresh large
-    tensor costs page faults, and this loop runs at every training step.
+    The outputs and e(k_d) are allocated once and r and Z^(d) updated in place: on a CPU every fresh
+    large tensor costs page faults, and this loop runs at every training step (F.embedding's fresh
+    (N, d) output per depth made the loop without its search 4-6x slower).
     """
     books = [codebooks] * depth if torch.is_tensor(codebooks) else list(codebooks)
     assert len(books) == depth, f"{len(books)} codebooks for depth {depth}"
     codes = torch.empty(*z.shape[:-1], depth, dtype=torch.long, device=z.device)
     partial = torch.empty(*z.shape[:-1], depth, z.shape[-1], dtype=z.dtype, device=z.device)
     r, z_hat = z.clone(), torch.zeros_like(z)  # r_0 = z, Z^(0) = 0
+    e = torch.empty(z.shape, dtype=z.dtype, device=z.device)  # e(k_d): (..., d), one buffer
     for d, book in enumerate(books):
         k = pick(r, book)  # k_d = Q(r_{d-1}; C)          RQ Eq. 4
-        e = F.embedding(k, book)  # e(k_d): (..., d)
+        torch.index_select(book, 0, k.flatten(), out=e.view(-1, e.shape[-1]))  # e = F.embedding(k, book)
         r -= e  # r_d = r_{d-1} - e(k_d)
         z_hat += e  # Z^(d) = sum_{d' <= d} e(k_d')      RQ Eq. 5
         codes[..., d], partial[..., d, :] = k, z_hat
@@ -77,7 +79,7 @@ def rq_commitment_loss(z: torch.Tensor, partial: torch.Tensor) -> torch.Tensor:
     # through an (N, d) tensor instead of an (N, D, d) one (4x faster forward+backward at d = 256)
     p = partial.detach()
     z_bar = p.mean(1)  # (N, d)
-    spread = F.mse_loss(p, z_bar[:, None].expand_as(p))  # no gradient: sg[] covers every Z^(d)
+    spread = (p - z_bar[:, None]).square_().mean()  # no gradient: sg[] covers every Z^(d)
     return F.mse_loss(z, z_bar) + spread  # a mean over N, D and d
 
 
@@ -121,12 +123,15 @@ class ResidualQuantizer(nn.Module):
     def forward(self, z_e: torch.Tensor):
         B, d, H, W = z_e.shape
         with common.exact_float32(z_e.device.type):  # distances and EMA in true float32
-            z = rearrange(z_e.float(), "b d h w -> (b h w) d")  # (N, d)
+            z = rearrange(z_e.float(), "b d h w -> (b h w) d").contiguous()  # (N, d), as in lesson 01
             codes, partial = self.quantize(z)  # (N, D), (N, D, d)  RQ Eq. 3-5
             commit = rq_commitment_loss(z, partial)  # RQ Eq. 7
             loss = self.beta * commit
-            # r_{d-1} = z - Z^(d-1), the vector that depth d quantized: (N, D, d)
-            residuals = z.detach()[:, None, :] - F.pad(partial[:, :-1], (0, 0, 1, 0))
+            # r_{d-1} = z - Z^(d-1), the vector that depth d quantized: (N, D, d), with Z^(0) = 0;
+            # written into one buffer: z[:, None] - F.pad(partial[:, :-1], (0, 0, 1, 0)) without the pad
+            residuals = torch.empty_like(partial)
+            residuals[:, 0] = z.detach()
+            torch.sub(z.detach()[:, None], partial[:, :-1], out=residuals[:, 1:])
             if not self.books[0].ema:  # codebook loss at every depth: e(k_d) moves towards r_{d-1}
                 loss = loss + vq.codebook_loss(residuals, F.embedding(codes, self.codebook))
             if self.training:

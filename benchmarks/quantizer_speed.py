@@ -4,7 +4,10 @@ Ours: lesson 01's VectorQuantizer and lesson 02's ResidualQuantizer (D = 4, one 
 EMA codebook and dead-code restarts on, in training mode. Theirs: `VectorQuantize` and
 `ResidualVQ(shared_codebook=True)` with the same K, d, D, EMA decay 0.99 and dead-code expiry
 (`threshold_ema_dead_code=1`). The lower bound is the distance matmuls alone: D products
-(N x d) @ (d x K) into a preallocated output. The other package is needed only here:
+(N x d) @ (d x K) into a preallocated output. "search" is the part of our RQ step that the bound
+models: D calls of lesson 01's `nearest_code` (the distance matmuls and each row's argmin), and
+"rest" is everything else in the step (partial sums, commitment loss, EMA over the N x D residuals,
+dead-code restarts, backward): the two columns say where the time above the bound goes. The other package is needed only here:
     pip install --no-deps vector-quantize-pytorch einx loguru torch-einops-utils frozendict
 (--no-deps: its requirements would replace the CPU torch with a CUDA build.)
 
@@ -58,6 +61,16 @@ def bound(z, K: int, D: int):
     return step
 
 
+def search(z, K: int, D: int):
+    codebook = torch.randn(K, z.shape[1])
+
+    def step():
+        for _ in range(D):
+            vq.nearest_code(z, codebook)
+
+    return step
+
+
 def main():
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--N", type=int, nargs="+", default=[4096], help="vectors per call")
@@ -75,7 +88,7 @@ def main():
     print(
         f"torch {torch.__version__}, {torch.get_num_threads()} threads; forward+backward, median of {args.repeats}, ms"
     )
-    print("\n    N |   d |     K || VQ ours | VectorQuantize | speed-up || RQ D=4 ours | ResidualVQ | speed-up || bound | ours/bound")  # fmt: skip
+    print("\n    N |   d |     K || VQ ours | VectorQuantize | speed-up || RQ D=4 ours | ResidualVQ | speed-up || bound | ours/bound | search/bound | rest/bound")  # fmt: skip
     for N in args.N:
         for d in args.d:
             for K in args.K:
@@ -89,10 +102,12 @@ def main():
                     "RQ": 1000 * median_seconds(theirs(ResidualVQ(dim=d, codebook_size=K, num_quantizers=args.D,
                                                       shared_codebook=True, **kw).train(), z), args.repeats),
                     "bound": 1000 * median_seconds(bound(z, K, args.D), args.repeats),
+                    "search": 1000 * median_seconds(search(z, K, args.D), args.repeats),
                 }  # fmt: skip
+                rest = t["rq"] - t["search"]
                 print(f"{N:5d} | {d:3d} | {K:5d} || {t['vq']:7.1f} | {t['VQ']:14.1f} | {t['VQ'] / t['vq']:7.1f}x || "
                       f"{t['rq']:11.1f} | {t['RQ']:10.1f} | {t['RQ'] / t['rq']:7.1f}x || {t['bound']:5.1f} | "
-                      f"{t['rq'] / t['bound']:9.2f}x", flush=True)  # fmt: skip
+                      f"{t['rq'] / t['bound']:9.2f}x | {t['search'] / t['bound']:11.2f}x | {rest / t['bound']:9.2f}x", flush=True)  # fmt: skip
 
 
 if __name__ == "__main__":

@@ -343,3 +343,19 @@ def test_a_local_dataset_defaults_to_its_own_image_size_and_small_images_to_the_
     assert common.preset_name(rq.Config(dataset=str(mixed))) == "large"
     parquet = write_parquet(tmp_path / "d.parquet")  # 36 x 24 images: their short side
     assert common.default_image_size(data_cfg(dataset=str(parquet), image_column="picture")) == 24
+
+
+# --- the row argmin ---
+
+
+@pytest.mark.parametrize("K", [7, 100, 128, 512, 1000, 2048])
+def test_the_blocked_argmin_is_the_first_minimal_index_of_each_row(K):
+    g = torch.Generator().manual_seed(K)
+    ties = torch.randint(0, 4, (257, K), generator=g).float()  # many equal minima per row
+    rows = torch.randn(257, K, generator=g)
+    rows[5, :] = 3.0  # a constant row: the answer is 0
+    rows[6, -1] = -1e9  # the minimum in the last entry of the last block
+    for x in (ties, rows):
+        first = torch.stack([torch.nonzero(r == r.min())[0, 0] for r in x])  # independent oracle
+        assert torch.equal(common.argmin_rows(x), first)
+    assert common.argmin_rows(rows)[5] == 0 and common.argmin_rows(rows)[6] == K - 1
