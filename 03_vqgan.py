@@ -133,9 +133,9 @@ def reconstruction_loss(x_hat, x, lpips, cfg: Config):
     return pixel + cfg.perceptual_weight * perceptual, pixel, perceptual
 
 
-def discriminator_step(d_ddp, opt_d, x, x_hat, d_loss_fn, run, step: int) -> dict:
+def discriminator_step(d_ddp, opt_d, x, x_hat, d_loss_fn, run, step: int, precision="auto") -> dict:
     """One step of D on real images and DETACHED reconstructions: none of its loss reaches G."""
-    with common.autocast(x.device):
+    with common.autocast(x.device, precision):
         logits_real, logits_fake = d_ddp(x).float(), d_ddp(x_hat.detach()).float()
         d_loss = d_loss_fn(logits_real, logits_fake)
     run.check_finite(d_loss, step, "--lr")
@@ -165,7 +165,7 @@ def train(cfg: Config) -> nn.Module:
         # before --disc-start a plain autoencoder; then D trains; --disc-warmup steps later its
         # loss also reaches G, so that G is never pushed by an untrained D (taming issue #44)
         d_on, g_on = step >= cfg.disc_start, step >= cfg.disc_start + cfg.disc_warmup
-        with common.autocast(device):  # bf16 on CUDA, float32 elsewhere
+        with common.autocast(device, cfg.precision):  # bf16 on CUDA unless --precision says otherwise
             x_hat, codes, q = g_ddp(x)
             rec, pixel, perceptual = reconstruction_loss(x_hat.float(), x, lpips, cfg)  # L_rec
             loss = rec + q["loss"]  # + L_VQ (commitment; codebook by EMA)
@@ -179,7 +179,7 @@ def train(cfg: Config) -> nn.Module:
         loss.backward()
         opt.step()
         if d_on:
-            d_log = discriminator_step(d_ddp, opt_d, x, x_hat, d_loss_fn, run, step + 1)
+            d_log = discriminator_step(d_ddp, opt_d, x, x_hat, d_loss_fn, run, step + 1, cfg.precision)
         if (step + 1) % cfg.log_every == 0:
             g_log = {"pixel": pixel, "perceptual": perceptual, "commit": q["commit"], "lam": lam}
             log = {"step": step + 1, **{k: v.item() for k, v in {**d_log, **g_log}.items()}}

@@ -14,6 +14,11 @@ Q_tau(. | r) and on codes drawn from Q_tau instead of the argmin (RQ Eq. 15), wh
 targets where two codes are almost equally close. Sampling caches keys and values in both stacks,
 so an image costs T spatial steps of one position and T*D tiny depth steps.
 
+From the VQGAN paper (Esser et al., arXiv:2012.09841): --order visits the positions in one of the
+six orders of its Fig. 47 instead of raster order (the permutation is a buffer of the checkpoint),
+and --canvas H W draws images larger than the training grid with its sliding window (Sec. 3.2):
+each code is predicted from the training-sized window of codes around it.
+
 Text (--condition text, the paper's CC-3M model): the caption's L text tokens are a PREFIX of the
 spatial sequence, [text_1..text_L, u_1, ..., u_T]; attention stays causal, so every position reads
 the whole caption and no code leaks backwards; the sampler fills its cache with the prompt first.
@@ -30,6 +35,7 @@ Notation (T is the sequence length here, as in the RQ paper):
     Q_tau      soft_codes      (N, D, K)      soft labels from squared distances, RQ Eq. 15
 
 Run: python 04_rq_transformer.py               (CPU, built-in shapes-plain, about 10 minutes)
+     python 04_rq_transformer.py --sample-only --canvas 16 16   (then: 16x16-code scenes, under a minute)
      python 04_rq_transformer.py --condition text   (its captions; about 13 minutes)
 Next: 05_vq_diffusion.py
 """
@@ -38,6 +44,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import Literal
 
 import torch
 import torch.nn as nn
@@ -130,6 +137,66 @@ def unconditional(model, c: torch.Tensor) -> torch.Tensor:
     return torch.full_like(c, model.null)
 
 
+# --- the order of the positions (Taming App. F, Fig. 47) ---
+
+ORDERS = ("row-major", "spiral-out", "spiral-in", "z-curve", "subsample", "alternate")
+
+
+def code_order(name: str, T: int) -> torch.Tensor:
+    """The order in which a prior visits the T = H x H positions: (T,) long, the raster index of
+    each step. Attention is permutation invariant, next-code prediction is not (Taming Fig. 47).
+        row-major   row by row, left to right (RQ Eq. 8)
+        alternate   row by row, every second row right to left
+        spiral-in   the border first, clockwise from the top-left corner, ring by ring to the centre
+        spiral-out  the spiral-in path backwards: from the centre out
+        z-curve     the Morton curve: row and column bits interleaved, 2 x 2 blocks inside 4 x 4 ...
+        subsample   the Morton key read from its lowest bits: every second row and column first
+                    (a 2x-subsampled image), then the other three phases, recursively
+    """
+    H = math.isqrt(T)
+    grid = torch.arange(T).view(H, H) if H * H == T else None
+    assert name == "row-major" or grid is not None, f"--order {name} needs a square code grid, not T = {T}"
+    if name == "row-major":
+        return torch.arange(T)
+    if name == "alternate":
+        grid[1::2] = grid[1::2].flip(1)
+        return grid.flatten()
+    if name in ("spiral-in", "spiral-out"):
+        path, ring = [], grid
+        while ring.numel():  # peel the top row, then turn what is left a quarter to the left
+            path.append(ring[0])
+            ring = ring[1:].rot90(1)  # its right column becomes the next top row: clockwise
+        path = torch.cat(path)
+        return path if name == "spiral-in" else path.flip(0)
+    bits = max(H - 1, 1).bit_length()
+    i, j = (g.flatten() for g in torch.meshgrid(torch.arange(H), torch.arange(H), indexing="ij"))
+    if name == "subsample":  # reverse the bits of i and j: the lowest bit decides first
+        i, j = (sum(((x >> b) & 1) << (bits - 1 - b) for b in range(bits)) for x in (i, j))
+    morton = sum((((i >> b) & 1) << (2 * b + 1)) | (((j >> b) & 1) << (2 * b)) for b in range(bits))
+    return grid.flatten()[morton.argsort()]
+
+
+class Ordered(nn.Module):
+    """What both priors share about the order: the permutation, a buffer, so that the checkpoint
+    holds it. Codes and logits outside a prior are always in raster order."""
+
+    def __init__(self, order: str, T: int):
+        super().__init__()
+        self.register_buffer("order", code_order(order, T))  # (T,) raster index of each step
+
+    def sequence(self, x: torch.Tensor) -> torch.Tensor:
+        """(B, T, ...) in raster order -> in the prior's order."""
+        return x[:, self.order]
+
+    def raster(self, x: torch.Tensor) -> torch.Tensor:
+        """(B, T, ...) in the prior's order -> in raster order."""
+        return x[:, self.order.argsort()]
+
+    def _load_from_state_dict(self, state, prefix, *args):
+        state.setdefault(prefix + "order", torch.arange(len(self.order)))  # saved before --order: raster
+        super()._load_from_state_dict(state, prefix, *args)
+
+
 # --- transformers with a key/value cache ---
 
 
@@ -203,7 +270,7 @@ class Transformer(nn.Module):
 # --- the RQ-Transformer ---
 
 
-class RQTransformer(nn.Module):
+class RQTransformer(Ordered):
     """p(S) = prod_t prod_d p(S_td | S_<t, S_t,<d) (RQ Eq. 9). codes (B, T, D), c (B,) -> logits (B, T, D, K).
 
     Code embeddings are the tokenizer's frozen code vectors e(k) (a buffer) through learned linear
@@ -211,7 +278,7 @@ class RQTransformer(nn.Module):
     """
 
     def __init__(self, codebook: torch.Tensor, T: int, D: int, cfg: Config, num_classes: int, text=None):
-        super().__init__()
+        super().__init__(cfg.order, T)  # --order: the positions' order (row-major: RQ Eq. 8)
         K, d_code = codebook.shape
         self.T, self.D, self.K = T, D, K
         self.register_buffer("codebook", codebook.clone())  # frozen e(k): (K, d_code)
@@ -239,6 +306,7 @@ class RQTransformer(nn.Module):
 
     def forward(self, codes: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
         B, T, D = codes.shape
+        codes = self.sequence(codes)  # raster -> --order (row-major: unchanged)
         e = self.codebook[codes]  # (B, T, D, d_code)
         prefix, label = self.prefix(c), c if c.dim() == 1 else c.new_zeros(B)  # text: one start token
         # RQ Eq. 10: u_1 = PE_T(1) + start(c), u_t = PE_T(t) + sum_d e(S_{t-1,d}) for t > 1
@@ -252,7 +320,7 @@ class RQTransformer(nn.Module):
             torch.cat([h[:, :, None], self.embed_depth(e[:, :, :-1]).cumsum(2)], 2) + self.pos_d
         )  # (B, T, D, W)
         out = self.depth(rearrange(v, "b t d w -> (b t) d w"))  # RQ Eq. 13, causal over depth
-        return rearrange(self.head(out), "(b t) d k -> b t d k", b=B)
+        return self.raster(rearrange(self.head(out), "(b t) d k -> b t d k", b=B))
 
     @torch.no_grad()
     def sample(self, c: torch.Tensor, temperature=1.0, top_k=0, top_p=1.0, guidance=1.0):
@@ -282,15 +350,15 @@ class RQTransformer(nn.Module):
             if t + 1 < self.T:
                 e_sum = self.codebook[codes[:, t]].sum(1).repeat(pair, 1)  # sum_d e(S_td)
                 u = (self.embed_spatial(e_sum) + self.pos_t[t + 1])[:, None]
-        return codes, logits
+        return self.raster(codes), self.raster(logits)  # drawn in --order
 
 
-class FlatTransformer(nn.Module):
+class FlatTransformer(Ordered):
     """The baseline: one causal GPT over the T*D codes unfolded in raster order (position-major,
     depth-minor), as wide as the RQ-Transformer and spatial + depth layers deep. Same interface."""
 
     def __init__(self, codebook: torch.Tensor, T: int, D: int, cfg: Config, num_classes: int, text=None):
-        super().__init__()
+        super().__init__(cfg.order, T)
         assert text is None, "the flat baseline is class-conditional only (Config refuses --condition text)"
         K, d_code = codebook.shape
         self.T, self.D, self.K = T, D, K
@@ -304,9 +372,9 @@ class FlatTransformer(nn.Module):
 
     def forward(self, codes: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
         B, T, D = codes.shape
-        seq = codes.reshape(B, T * D)  # (B, T*D)
+        seq = self.sequence(codes).reshape(B, T * D)  # (B, T*D), positions in --order
         x = torch.cat([self.start(c)[:, None], self.embed(self.codebook[seq[:, :-1]])], 1) + self.pos
-        return self.head(self.gpt(x)).view(B, T, D, self.K)
+        return self.raster(self.head(self.gpt(x)).view(B, T, D, self.K))
 
     @torch.no_grad()
     def sample(self, c: torch.Tensor, temperature=1.0, top_k=0, top_p=1.0, guidance=1.0):
@@ -321,7 +389,44 @@ class FlatTransformer(nn.Module):
             seq[:, i] = sample_logits(logits[:, i], temperature, top_k, top_p)
             if i + 1 < L:
                 x = (self.embed(self.codebook[seq[:, i].repeat(pair)]) + self.pos[i + 1])[:, None]
-        return seq.view(B, self.T, self.D), logits.view(B, self.T, self.D, self.K)
+        return self.raster(seq.view(B, self.T, self.D)), self.raster(logits.view(B, self.T, self.D, self.K))
+
+
+# --- beyond the training canvas: sliding-window sampling (Taming Sec. 3.2, Fig. 3) ---
+
+
+def window_start(i: int, size: int, n: int) -> int:
+    """Where a window of n codes along an axis of `size` codes starts so that it holds position i:
+    centred on i where the canvas allows, against the border near the edges (as taming places it)."""
+    return min(max(i - n // 2, 0), size - n)
+
+
+@torch.no_grad()
+def sample_window(model, c: torch.Tensor, canvas, temperature=1.0, top_k=0, top_p=1.0, guidance=1.0):
+    """A canvas of Hc x Wc positions, larger than the h x w grid the prior was trained on (either
+    model: anything with forward(codes (B, h*w, D), c) -> logits (B, h*w, D, K)). Codes are drawn in
+    raster order over the canvas; the one at (i, j, d) from the prior's logits at its place in the
+    h x w window around (i, j). Causal attention in the window's raster order reads only codes of
+    rows above and of the row's earlier columns, all drawn already, so the prior never sees more
+    than it was trained on. No cache: the window moves with j, so every code runs the prior on its
+    window, as taming does. On the training grid this is the plain sampler: the same codes from
+    the same seed. c: (B,) or (B, L) -> codes (B, Hc, Wc, D), logits (B, Hc, Wc, D, K)."""
+    h = w = math.isqrt(model.T)  # the training grid is square
+    (Hc, Wc), B, D, pair = canvas, len(c), model.D, 1 + (guidance != 1.0)
+    assert Hc >= h and Wc >= w, f"canvas {Hc}x{Wc} is smaller than the training grid {h}x{w}"
+    c = torch.cat([c, unconditional(model, c)]) if pair == 2 else c
+    codes = torch.zeros(B, Hc, Wc, D, dtype=torch.long, device=c.device)
+    logits = torch.zeros(B, Hc, Wc, D, model.K, device=c.device)
+    for i in common.progress(range(Hc), desc="canvas rows", leave=False):
+        i0 = window_start(i, Hc, h)
+        for j in range(Wc):
+            j0 = window_start(j, Wc, w)
+            t = (i - i0) * w + (j - j0)  # (i, j) in the window's raster order
+            for d in range(D):
+                window = codes[:, i0 : i0 + h, j0 : j0 + w].reshape(B, h * w, D)  # (B, T, D)
+                logits[:, i, j, d] = guide(model(window.repeat(pair, 1, 1), c)[:, t, d], guidance)
+                codes[:, i, j, d] = sample_logits(logits[:, i, j, d], temperature, top_k, top_p)
+    return codes, logits
 
 
 def nll(logits: torch.Tensor, codes: torch.Tensor, soft: torch.Tensor | None = None) -> torch.Tensor:
@@ -353,6 +458,7 @@ def encode(tok, x: torch.Tensor, tau: float = 0.5, stochastic: bool = False):
 def train(cfg: Config) -> nn.Module:
     """Fit the prior on the frozen tokenizer's codes; write ckpt.pt, metrics.jsonl and samples.png."""
     s = stage2.setup(cfg)  # run folder, frozen tokenizer (trained once if none), data, classes
+    stage2.check_canvas(cfg.canvas, s.H)  # a --canvas smaller than the code grid: refused now
     Model = FlatTransformer if cfg.flatten else RQTransformer
     q = s.tok.quantizer
     model = Model(q.codebook, s.H * s.H, q.depth, cfg, s.num_classes, s.text).to(s.device)
@@ -371,7 +477,9 @@ def train(cfg: Config) -> nn.Module:
             c = s.condition_of(y, text, cfg.label_dropout)  # class or caption; "none" at times (CFG)
             codes, probs = encode(s.tok, x.to(s.device), cfg.tau, cfg.stochastic_codes)
             with common.accumulating(ddp, micro, cfg.grad_accum):  # DDP syncs on the last one
-                with common.autocast(s.device):  # bf16 on CUDA, float32 elsewhere
+                with common.autocast(
+                    s.device, cfg.precision
+                ):  # bf16 on CUDA unless --precision says otherwise
                     logits = ddp(codes, c)
                 loss = nll(logits, codes, probs if cfg.soft_labels else None)  # RQ Eq. 14
                 (loss / cfg.grad_accum).backward()
@@ -391,8 +499,9 @@ def train(cfg: Config) -> nn.Module:
 
 def finish(model, s: stage2.Stage2, cfg: Config) -> None:
     """The validation NLL, samples.png (one row per class) judged for sample quality, the final
-    record of metrics.jsonl, and prompts.png for --prompt. --sample-only: prompts.png for --prompt,
-    else samples.png again (with this command's sampling flags), nothing else."""
+    record of metrics.jsonl, prompts.png for --prompt and canvas.png for --canvas. --sample-only:
+    prompts.png and canvas.png for those flags, else samples.png again (with this command's
+    sampling flags), nothing else."""
     draw = lambda c: model.sample(c, cfg.temperature, cfg.top_k, cfg.top_p, cfg.guidance)[0]
     if not cfg.sample_only:
         val_nll = evaluate(model, s, cfg)
@@ -400,10 +509,13 @@ def finish(model, s: stage2.Stage2, cfg: Config) -> None:
         quality = stage2.samples_png(s, cfg, draw)  # one row per class (or per caption naming it)
         record = {"val_nll": val_nll, "val_bits_per_code": val_nll / math.log(2), **quality}
         s.run.log({"step": cfg.steps, "final": True, **record})
-    elif not cfg.prompt:
+    elif not (cfg.prompt or cfg.canvas):
         stage2.samples_png(s, cfg, draw)
     if cfg.prompt:
         stage2.prompts_png(s, cfg, draw)
+    if cfg.canvas:  # images larger than the training size, by the sliding window
+        args = (cfg.canvas, cfg.temperature, cfg.top_k, cfg.top_p, cfg.guidance)
+        stage2.canvas_png(s, cfg, lambda c: sample_window(model, c, *args)[0])
 
 
 @torch.no_grad()
@@ -445,6 +557,10 @@ class Config(stage2.PriorConfig):
     label_dropout: float = 0.1  # training: the class is replaced by "no class" this often (CFG)
     guidance: float = 2.0  # sampling: classifier-free guidance scale s (1 = plain conditional)
     samples_per_class: int = 16  # images per row of samples.png (all judged for sample quality)
+    order: Literal[ORDERS] = "row-major"  # the order the prior visits the code grid in (Taming Fig. 47)
+    canvas: tuple[
+        int, ...
+    ] = ()  # H W: also draw canvas.png, H x W codes (>= the training grid) by a sliding window
     batch_size: int = 32  # images per step (per process under torchrun)
     steps: int = 3000  # optimizer steps
     lr: float = 2e-3  # peak AdamW lr: a 100-step warm-up ramp times a cosine decay (paper: 5e-4)
@@ -456,6 +572,14 @@ class Config(stage2.PriorConfig):
             (min(self.spatial_layers, self.depth_layers) >= 1, "--spatial-layers, --depth-layers >= 1"),
             (min(self.tau, self.temperature) > 0, "--tau and --temperature must be > 0"),
             (0 < self.top_p <= 1 and self.top_k >= 0, "--top-p must be in (0, 1] and --top-k >= 0"),
+            (
+                len(self.canvas) in (0, 2) and min(self.canvas, default=1) >= 1,
+                f"--canvas takes two positive numbers of codes, H W (got {' '.join(map(str, self.canvas))})",
+            ),
+            (
+                not self.canvas or self.order == "row-major",
+                "--canvas needs --order row-major: the window slides in raster order",
+            ),
             (
                 not (self.flatten and self.condition == "text"),
                 "--flatten is class-conditional only; drop --condition text",

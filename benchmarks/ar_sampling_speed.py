@@ -16,7 +16,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from timing import median_seconds, paired_seconds
+from timing import median_seconds, paired_seconds, use_device
 
 import common
 
@@ -34,7 +34,9 @@ def main():
     p.add_argument("--depth-layers", type=int, default=2, help="RQ depth layers (flat GPT: spatial + depth)")
     p.add_argument("--repeats", type=int, default=3, help="timed repeats (median)")
     p.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
+    p.add_argument("--device", default="cpu", help="cpu, cuda or auto (cuda when there is one)")
     args = p.parse_args()
+    device = use_device(args.device)
     if args.threads:
         torch.set_num_threads(args.threads)
     torch.manual_seed(0)
@@ -46,7 +48,7 @@ def main():
         dropout=0.0,
     )
     print(
-        f"torch {torch.__version__}, {torch.get_num_threads()} threads; T={args.T} D={args.D} width {args.width}, "
+        f"torch {torch.__version__}, {device}, {torch.get_num_threads()} threads; T={args.T} D={args.D} width {args.width}, "
         f"RQ {args.spatial_layers}+{args.depth_layers} layers vs flat {args.spatial_layers + args.depth_layers}"
     )
     print("\n   K | batch | RQ img/s | flat img/s | ratio || train step ms (batch 64): RQ | flat")

@@ -19,7 +19,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from timing import median_seconds
+from timing import median_seconds, use_device
 
 import common
 
@@ -38,15 +38,17 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--layers", type=int, default=8, help="layers: diffusion and flat; RQ: layers-2 + 2")
     p.add_argument("--steps-T", type=int, default=100, help="diffusion steps T")
     p.add_argument("--repeats", type=int, default=1, help="timed repeats per cell (median)")
+    p.add_argument("--device", default="cpu", help="cpu, cuda or auto (cuda when there is one)")
     return p.parse_args()
 
 
 def main():
     args = parse_args()
+    device = use_device(args.device)
     torch.manual_seed(0)
     B, K, D, H = args.batch, args.K, args.D, args.H
     c = torch.zeros(B, dtype=torch.long)
-    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads; batch {B}, {H}x{H}x{D} codes, K={K}, "
+    print(f"torch {torch.__version__}, {device}, {torch.get_num_threads()} threads; batch {B}, {H}x{H}x{D} codes, K={K}, "
           f"width {args.width}, {args.layers} layers (RQ: {args.layers - 2}+2), T={args.steps_T}")  # fmt: skip
 
     dcfg = vqd.Config(width=args.width, heads=8, layers=args.layers, steps_T=args.steps_T)

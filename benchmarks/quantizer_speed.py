@@ -16,13 +16,14 @@ The full grid of the issue: --N 4096 16384 --K 512 2048 16384 (about an hour on 
 """
 
 import argparse
+import math
 import sys
 from pathlib import Path
 
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from timing import median_seconds
+from timing import median_seconds, use_device
 
 import common
 
@@ -78,15 +79,21 @@ def main():
     p.add_argument("--K", type=int, nargs="+", default=[512, 2048], help="codebook sizes")
     p.add_argument("--D", type=int, default=4, help="RQ depth")
     p.add_argument("--repeats", type=int, default=5, help="timed calls per cell (median)")
+    p.add_argument("--device", default="cpu", help="cpu, cuda or auto (cuda when there is one)")
+    p.add_argument("--theirs", action=argparse.BooleanOptionalAction, default=True,
+                   help="also time vector-quantize-pytorch (--no-theirs: ours and the bound only)")  # fmt: skip
     args = p.parse_args()
-    try:
-        from vector_quantize_pytorch import ResidualVQ, VectorQuantize
-    except ImportError:
-        raise SystemExit(
-            "needs vector-quantize-pytorch: see the install line at the top of this file"
-        ) from None
+    device = use_device(args.device)
+    ResidualVQ = VectorQuantize = None
+    if args.theirs:
+        try:
+            from vector_quantize_pytorch import ResidualVQ, VectorQuantize
+        except ImportError:
+            raise SystemExit(
+                "needs vector-quantize-pytorch: see the install line at the top of this file (or pass --no-theirs)"
+            ) from None
     print(
-        f"torch {torch.__version__}, {torch.get_num_threads()} threads; forward+backward, median of {args.repeats}, ms"
+        f"torch {torch.__version__}, {device}, {torch.get_num_threads()} threads; forward+backward, median of {args.repeats}, ms"
     )
     print("\n    N |   d |     K || VQ ours | VectorQuantize | speed-up || RQ D=4 ours | ResidualVQ | speed-up || bound | ours/bound | search/bound | rest/bound")  # fmt: skip
     for N in args.N:
@@ -97,10 +104,12 @@ def main():
                 kw = dict(decay=0.99, threshold_ema_dead_code=1)
                 t = {
                     "vq": 1000 * median_seconds(ours(vq.VectorQuantizer(K, d).train(), z), args.repeats),
-                    "VQ": 1000 * median_seconds(theirs(VectorQuantize(dim=d, codebook_size=K, **kw).train(), z), args.repeats),
+                    "VQ": 1000 * median_seconds(theirs(VectorQuantize(dim=d, codebook_size=K, **kw).train(), z), args.repeats)
+                          if args.theirs else math.nan,
                     "rq": 1000 * median_seconds(ours(rq.ResidualQuantizer(K, d, args.D).train(), z), args.repeats),
                     "RQ": 1000 * median_seconds(theirs(ResidualVQ(dim=d, codebook_size=K, num_quantizers=args.D,
-                                                      shared_codebook=True, **kw).train(), z), args.repeats),
+                                                      shared_codebook=True, **kw).train(), z), args.repeats)
+                          if args.theirs else math.nan,
                     "bound": 1000 * median_seconds(bound(z, K, args.D), args.repeats),
                     "search": 1000 * median_seconds(search(z, K, args.D), args.repeats),
                 }  # fmt: skip

@@ -7,11 +7,32 @@ sides of a ratio alternately rather than one block after the other.
 
 import time
 
+import torch
+
+
+def use_device(name: str) -> torch.device:
+    """--device of a speed benchmark: every tensor and model it makes from here on lives there."""
+    device = torch.device(
+        "cuda" if name == "auto" and torch.cuda.is_available() else "cpu" if name == "auto" else name
+    )
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise SystemExit("error: --device cuda: no CUDA device on this machine")
+    torch.set_default_device(device)
+    return device
+
+
+def sync() -> None:
+    """Wait for queued GPU work (CUDA runs asynchronously: a timer must not stop before it ends)."""
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        torch.cuda.synchronize()
+
 
 def seconds(fn) -> float:
     """Seconds one call of fn takes."""
+    sync()
     start = time.perf_counter()
     fn()
+    sync()
     return time.perf_counter() - start
 
 

@@ -19,6 +19,7 @@ import textwrap
 import tokenize
 import types
 import typing
+from typing import Literal
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -67,6 +68,7 @@ class TrainConfig:
     batch_size: int = 64  # images per step (per process under torchrun)
     grad_accum: int = 1  # micro-batches of --batch-size per optimizer step (gradient accumulation)
     compile: bool = False  # torch.compile the network (on a CPU it needs a C++ compiler)
+    precision: Literal["auto", "bf16", "fp32"] = "auto"  # autocast: auto is bf16 on CUDA, fp32 elsewhere
     steps: int = 1500  # optimizer steps
     lr: float = 1e-3  # Adam learning rate
     seed: int = 0  # seeds data order, initialisation and code restarts

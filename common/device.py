@@ -48,10 +48,12 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-def autocast(device: torch.device):
-    """bf16 autocast on CUDA; full precision elsewhere. Quantizers switch it off for their math."""
-    if device.type == "cuda":
-        return torch.autocast("cuda", dtype=torch.bfloat16)
+def autocast(device: torch.device, precision: str = "auto"):
+    """bf16 autocast on CUDA, full precision elsewhere (--precision auto); --precision bf16 turns
+    it on for any device (on a CPU: slower, but it runs the mixed-precision code paths), fp32 off.
+    Quantizers switch it off for their math."""
+    if precision == "bf16" or (precision == "auto" and device.type == "cuda"):
+        return torch.autocast(device.type, dtype=torch.bfloat16)
     return nullcontext()
 
 

@@ -33,10 +33,10 @@ class Run:
     """
 
     RESUMABLE = frozenset(  # flags that may change between a run and its --resume
-        {"steps", "compile", "resume", "overwrite", "log_every", "ckpt_every", "ckpt_minutes"}
+        {"steps", "compile", "precision", "resume", "overwrite", "log_every", "ckpt_every", "ckpt_minutes"}
         | {"num_workers", "device", "eval_images", "out"}  # the folder may have moved
         | {"sample_only", "prompt", "reject_keep", "samples_per_class", "guidance", "temperature"}  # sampling
-        | {"top_k", "top_p", "stride", "truncation", "purity", "inpaint_renoise"}
+        | {"top_k", "top_p", "stride", "truncation", "purity", "inpaint_renoise", "canvas"}
     )
 
     def __init__(self, cfg):
@@ -56,8 +56,14 @@ class Run:
             raise UserError(f"cannot create run folder {self.dir}: {e.strerror}") from None
         self.fresh_log = not cfg.resume  # the first log() of a fresh run replaces the old file
         self.saved_step, self.saved_at, self.signalled = None, time.monotonic(), None
+        self.began = self.saved_at
 
     def log(self, record: dict) -> None:
+        """Append a record to metrics.jsonl with the seconds since this Run began and, on CUDA,
+        the peak GPU memory so far (GiB): what throughput and memory are read from."""
+        record = {**record, "seconds": round(time.monotonic() - self.began, 3)}
+        if torch.cuda.is_available() and torch.cuda.is_initialized():
+            record["peak_mem_gib"] = round(torch.cuda.max_memory_allocated() / 2**30, 3)
         if is_main():  # under torchrun, rank 0 writes for everyone
             with open(self.dir / "metrics.jsonl", "w" if self.fresh_log else "a") as f:
                 f.write(json.dumps(record) + "\n")
@@ -144,10 +150,13 @@ class Run:
                 f"--resume: {self.ckpt_path} was written by {ckpt.get('lesson') or 'another script'}, not {mine}; pass another --out"
             )
         saved, now = ckpt["config"], dataclasses.asdict(self.cfg)
+        # a flag newer than the checkpoint: it was made with what is now that flag's default
+        defaults = {f.name: f.default for f in dataclasses.fields(self.cfg)}
+        saved = {k: saved.get(k, defaults[k]) for k in now}
         diff = [
-            f"--{k.replace('_', '-')} {saved.get(k)} (now {now[k]})"
+            f"--{k.replace('_', '-')} {saved[k]} (now {now[k]})"
             for k in now
-            if k not in self.RESUMABLE and saved.get(k) != now[k]
+            if k not in self.RESUMABLE and saved[k] != now[k]
         ]
         if diff:
             raise UserError(f"--resume: {self.ckpt_path} was made with different flags: {'; '.join(diff)}")

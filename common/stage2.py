@@ -26,13 +26,15 @@ from .errors import UserError
 from .loading import load_data
 from .released import RELEASED
 from .runs import Run, read_log
-from .samples import centre_square, decode, draw_rows, prompts_png, samples_png
+from .samples import canvas_png, centre_square, check_canvas, decode, draw_rows, prompts_png, samples_png
 from .text import text_encoder
 
 __all__ = [  # defined next door, reached through stage2 by the lessons, benchmarks and tests
     "PriorConfig",
     "candidates",
+    "canvas_png",
     "centre_square",
+    "check_canvas",
     "check_prior_flags",
     "decode",
     "draw_rows",

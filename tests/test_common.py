@@ -307,6 +307,17 @@ def test_resume_with_different_model_flags_is_refused(tmp_path):
         run.load()
 
 
+def test_a_flag_newer_than_the_checkpoint_counts_as_its_default_on_resume(tmp_path):
+    common.Run(data_cfg(out=str(tmp_path))).save(1, model={})
+    ckpt = common.load_checkpoint(tmp_path / "ckpt.pt")
+    del ckpt["config"]["seed"]  # as if written before --seed existed
+    torch.save(ckpt, tmp_path / "ckpt.pt")
+    assert common.Run(data_cfg(out=str(tmp_path), resume=True)).load()["step"] == 1  # the default: fine
+    run = common.Run(data_cfg(out=str(tmp_path), seed=3, resume=True))
+    with pytest.raises(common.UserError, match="--seed 0 \\(now 3\\)"):
+        run.load()
+
+
 def test_psnr_of_known_error():
     x = torch.zeros(2, 3, 4, 4)
     torch.testing.assert_close(
