@@ -85,7 +85,7 @@ def execute(name: str, cmd: list[str], timeout: int) -> dict:
 
 
 def table(rows: list[dict]) -> str:
-    fmt = lambda v, spec: "-" if v is None else format(v, spec)  # noqa: E731
+    fmt = lambda v, spec: "-" if v is None else format(v, spec)
     lines = [
         "| run | exit | seconds | steps/s | images/s | peak GPU GiB | error |",
         "|---|---|---|---|---|---|---|",

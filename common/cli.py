@@ -19,9 +19,9 @@ import textwrap
 import tokenize
 import types
 import typing
-from typing import Literal
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Literal
 
 from .datasets import DATASETS, dataset_choices, default_image_size
 from .dist import teardown

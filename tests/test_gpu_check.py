@@ -2,7 +2,6 @@
 one-call GPU check still works on the day a GPU is at hand."""
 
 import importlib.util
-import sys
 from pathlib import Path
 
 import pytest
