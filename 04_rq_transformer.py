@@ -183,18 +183,20 @@ class Ordered(nn.Module):
     def __init__(self, order: str, T: int):
         super().__init__()
         self.register_buffer("order", code_order(order, T))  # (T,) raster index of each step
+        self.is_raster = order == "row-major"  # then no copies: logits can be (B, T, D, 16384)
 
     def sequence(self, x: torch.Tensor) -> torch.Tensor:
         """(B, T, ...) in raster order -> in the prior's order."""
-        return x[:, self.order]
+        return x if self.is_raster else x[:, self.order]
 
     def raster(self, x: torch.Tensor) -> torch.Tensor:
         """(B, T, ...) in the prior's order -> in raster order."""
-        return x[:, self.order.argsort()]
+        return x if self.is_raster else x[:, self.order.argsort()]
 
     def _load_from_state_dict(self, state, prefix, *args):
         state.setdefault(prefix + "order", torch.arange(len(self.order)))  # saved before --order: raster
         super()._load_from_state_dict(state, prefix, *args)
+        self.is_raster = torch.equal(self.order.cpu(), torch.arange(len(self.order)))  # what was loaded
 
 
 # --- transformers with a key/value cache ---

@@ -192,7 +192,13 @@ def test_the_order_is_in_the_checkpoint_and_an_older_checkpoint_loads_as_row_maj
     old = {k: v for k, v in model(ar, T=9).state_dict().items() if k != "order"}
     fresh = model(ar, T=9, order="z-curve")
     fresh.load_state_dict(old)
-    assert torch.equal(fresh.order, torch.arange(9))
+    assert torch.equal(fresh.order, torch.arange(9)) and fresh.is_raster
+    codes, c = torch.randint(7, (2, 9, 3)), torch.tensor([0, 1])
+    row_major = model(ar, T=9)
+    row_major.load_state_dict(m.state_dict())  # a z-curve checkpoint into a row-major model
+    assert not row_major.is_raster
+    with torch.no_grad():
+        torch.testing.assert_close(row_major(codes, c), m(codes, c))  # it follows the loaded order
 
 
 def test_orders_other_than_row_major_need_a_square_grid_and_refuse_the_canvas(ar):
