@@ -97,7 +97,7 @@ def filter_logits(logits: torch.Tensor, top_k: int = 0, top_p: float = 1.0) -> t
         while len(todo):
             top, order = rows[todo].topk(k, dim=-1)  # (n, k), descending
             p = (top - top1[todo]).exp() / z[todo]
-            before = p.cumsum(-1) - p  # the mass before each code
+            before = F.pad(p.cumsum(-1)[:, :-1], (1, 0))  # the mass before each code (no p - p rounding)
             done = (before[:, -1] >= top_p) | (k == K)  # the cut falls inside the top k
             keep[todo[done]] = keep[todo[done]].scatter(-1, order[done], before[done] < top_p)
             todo, k = todo[~done], K
