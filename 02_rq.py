@@ -261,7 +261,7 @@ def train(cfg: Config) -> nn.Module:
         for micro in range(cfg.grad_accum):
             x = next(data)[0].to(device, non_blocking=True)
             with common.accumulating(ddp, micro, cfg.grad_accum):  # DDP syncs on the last one
-                with common.autocast(device, cfg.precision):  # bf16 on CUDA unless --precision says otherwise
+                with common.autocast(device, cfg.precision):  # bf16 on CUDA (see --precision)
                     x_hat, codes, q = ddp(x)  # codes: (B, h, w, D)
                 rec = F.mse_loss(x_hat.float(), x)  # RQ Eq. 6
                 loss = rec + q["loss"]  # + beta L_commit, every depth's partial sum (RQ Eq. 7)

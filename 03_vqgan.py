@@ -165,7 +165,7 @@ def train(cfg: Config) -> nn.Module:
         # before --disc-start a plain autoencoder; then D trains; --disc-warmup steps later its
         # loss also reaches G, so that G is never pushed by an untrained D (taming issue #44)
         d_on, g_on = step >= cfg.disc_start, step >= cfg.disc_start + cfg.disc_warmup
-        with common.autocast(device, cfg.precision):  # bf16 on CUDA unless --precision says otherwise
+        with common.autocast(device, cfg.precision):  # bf16 on CUDA (see --precision)
             x_hat, codes, q = g_ddp(x)
             rec, pixel, perceptual = reconstruction_loss(x_hat.float(), x, lpips, cfg)  # L_rec
             loss = rec + q["loss"]  # + L_VQ (commitment; codebook by EMA)

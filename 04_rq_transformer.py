@@ -479,9 +479,7 @@ def train(cfg: Config) -> nn.Module:
             c = s.condition_of(y, text, cfg.label_dropout)  # class or caption; "none" at times (CFG)
             codes, probs = encode(s.tok, x.to(s.device), cfg.tau, cfg.stochastic_codes)
             with common.accumulating(ddp, micro, cfg.grad_accum):  # DDP syncs on the last one
-                with common.autocast(
-                    s.device, cfg.precision
-                ):  # bf16 on CUDA unless --precision says otherwise
+                with common.autocast(s.device, cfg.precision):  # bf16 on CUDA (see --precision)
                     logits = ddp(codes, c)
                 loss = nll(logits, codes, probs if cfg.soft_labels else None)  # RQ Eq. 14
                 (loss / cfg.grad_accum).backward()
@@ -560,9 +558,7 @@ class Config(stage2.PriorConfig):
     guidance: float = 2.0  # sampling: classifier-free guidance scale s (1 = plain conditional)
     samples_per_class: int = 16  # images per row of samples.png (all judged for sample quality)
     order: Literal[ORDERS] = "row-major"  # the order the prior visits the code grid in (Taming Fig. 47)
-    canvas: tuple[
-        int, ...
-    ] = ()  # H W: also draw canvas.png, H x W codes (>= the training grid) by a sliding window
+    canvas: tuple[int, ...] = ()  # H W: also draw canvas.png, H x W codes by a sliding window
     batch_size: int = 32  # images per step (per process under torchrun)
     steps: int = 3000  # optimizer steps
     lr: float = 2e-3  # peak AdamW lr: a 100-step warm-up ramp times a cosine decay (paper: 5e-4)

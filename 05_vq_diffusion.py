@@ -437,9 +437,7 @@ def train(cfg: Config) -> nn.Module:
             t = torch.randint(1, sched.T + 1, (len(x0),), device=s.device)  # uniform in 1..T
             x_t = q_sample(x0, sched, t)  # corrupt every code at once (VQD closed form)
             with common.accumulating(ddp, micro, cfg.grad_accum):  # DDP syncs on the last one
-                with common.autocast(
-                    s.device, cfg.precision
-                ):  # bf16 on CUDA unless --precision says otherwise
+                with common.autocast(s.device, cfg.precision):  # bf16 on CUDA (see --precision)
                     logits = ddp(x_t, t, c)  # p_theta(x_0 | x_t)
                 l_vlb, l_x0 = losses(logits, x0, x_t, sched, t)
                 # L_vlb's unbiased estimate is T * L_{t-1}; the constant T is left out (Adam ignores it)
