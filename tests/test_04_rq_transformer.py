@@ -170,8 +170,10 @@ def test_the_z_curve_and_subsample_orders_of_a_4x4_grid_are_those_of_taming_fig_
 
 
 @pytest.mark.parametrize("flatten", [False, True])
-@pytest.mark.parametrize("order", ["spiral-out", "z-curve", "subsample"])
-def test_a_prior_in_another_order_is_causal_in_that_order_and_samples_in_it(ar, flatten, order):
+@pytest.mark.parametrize(
+    "order", ["row-major", "alternate", "spiral-in", "spiral-out", "z-curve", "subsample"]
+)
+def test_a_prior_in_any_order_is_causal_in_that_order_and_samples_in_it(ar, flatten, order):
     m, c = model(ar, flatten, T=9, order=order), torch.tensor([0, 2])
     steps = ar.code_order(order, 9)  # raster index of each step
     codes = torch.randint(7, (2, 9, 3))
