@@ -167,6 +167,8 @@ def main(argv=None) -> int:
         rows = [r for r in rows if r["name"] in args.only]
     done = []
     for row in rows:
+        if row["run"] is not None:  # a row that fails before it logs must not show an older run's speed
+            (row["run"] / "metrics.jsonl").unlink(missing_ok=True)
         result = execute(row["name"], row["cmd"], 300 if dry else 240)
         if row["run"] is not None:
             result.update(throughput(row["run"], row["batch"]))
