@@ -5,18 +5,22 @@ This machine is shared and its speed drifts from minute to minute, so a benchmar
 sides of a ratio alternately rather than one block after the other.
 """
 
+import sys
 import time
 
 import torch
 
 
 def use_device(name: str) -> torch.device:
-    """--device of a speed benchmark: every tensor and model it makes from here on lives there."""
-    device = torch.device(
-        "cuda" if name == "auto" and torch.cuda.is_available() else "cpu" if name == "auto" else name
-    )
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise SystemExit("error: --device cuda: no CUDA device on this machine")
+    """--device of a speed benchmark, picked as the lessons pick theirs (common.get_device: auto,
+    and TF32 matmuls on CUDA); every tensor and model made from here on lives there."""
+    import common  # the benchmarks put the repository root on sys.path before importing this file
+
+    try:
+        device = common.get_device(name)
+    except common.UserError as e:  # one line and exit 2, as the lessons report a bad flag
+        print(f"error: {e}", file=sys.stderr)
+        raise SystemExit(2) from None
     torch.set_default_device(device)
     return device
 

@@ -2,9 +2,12 @@
 one-call GPU check still works on the day a GPU is at hand."""
 
 import importlib.util
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
+import torch
 
 import common
 
@@ -62,3 +65,13 @@ def test_the_dry_version_runs_and_writes_one_table_with_the_failures_named(
     assert "## quantizer_speed" in report and "RQ D=4 ours" in report  # the benchmark's own table
     with pytest.raises(SystemExit, match="--only nope: the rows are 01_vq"):
         check.main(["--dry", "--out", str(tmp_path), "--only", "nope"])
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has CUDA: --device cuda is no error here")
+@pytest.mark.parametrize("bench", ["quantizer_speed", "ar_sampling_speed", "diffusion_sampling_speed"])
+def test_a_speed_benchmark_on_a_missing_device_is_a_one_line_error_exit_2(bench):
+    r = subprocess.run([sys.executable, f"benchmarks/{bench}.py", "--device", "cuda"], cwd=ROOT,
+                       capture_output=True, text=True, timeout=120)  # fmt: skip
+    assert r.returncode == 2 and r.stderr.strip().splitlines() == [
+        "error: --device cuda is not available on this machine; use --device auto or cpu"
+    ]
