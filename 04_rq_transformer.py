@@ -147,8 +147,9 @@ def code_order(name: str, T: int) -> torch.Tensor:
     each step. Attention is permutation invariant, next-code prediction is not (Taming Fig. 47).
         row-major   row by row, left to right (RQ Eq. 8)
         alternate   row by row, every second row right to left
-        spiral-in   the border first, clockwise from the top-left corner, ring by ring to the centre
-        spiral-out  the spiral-in path backwards: from the centre out
+        spiral-in   the border first: from the bottom-right corner up, then anticlockwise ring by
+                    ring to the centre (taming's SpiralIn)
+        spiral-out  the spiral-in path backwards: from the centre out (taming's SpiralOut)
         z-curve     the Morton curve: row and column bits interleaved, 2 x 2 blocks inside 4 x 4 ...
         subsample   the Morton key read from its lowest bits: every second row and column first
                     (a 2x-subsampled image), then the other three phases, recursively
@@ -162,10 +163,12 @@ def code_order(name: str, T: int) -> torch.Tensor:
         grid[1::2] = grid[1::2].flip(1)
         return grid.flatten()
     if name in ("spiral-in", "spiral-out"):
-        path, ring = [], grid
-        while ring.numel():  # peel the top row, then turn what is left a quarter to the left
+        # mirrored across the anti-diagonal, the right column read upwards is the top row; peel
+        # the top row, then turn what is left a quarter to the left: anticlockwise in the grid
+        path, ring = [], grid.flip(0, 1).t()
+        while ring.numel():
             path.append(ring[0])
-            ring = ring[1:].rot90(1)  # its right column becomes the next top row: clockwise
+            ring = ring[1:].rot90(1)
         path = torch.cat(path)
         return path if name == "spiral-in" else path.flip(0)
     bits = max(H - 1, 1).bit_length()
@@ -486,8 +489,9 @@ def train(cfg: Config) -> nn.Module:
             s.run.check_finite(loss, step + 1)  # stop at a NaN loss, before it is saved
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         opt.step()
-        if (step + 1) % cfg.log_every == 0:
-            stage2.log_step(s.run, step + 1, loss=loss, bits_per_code=loss / math.log(2))
+        if (step + 1) % cfg.log_every == 0:  # bits per code against the argmin codes, as evaluate()
+            hard = nll(logits.detach(), codes) if cfg.soft_labels else loss  # soft: loss is CE to Q_tau
+            stage2.log_step(s.run, step + 1, loss=loss, bits_per_code=hard / math.log(2))
         if s.run.save_due(step + 1):  # every --ckpt-every steps or --ckpt-minutes, on a signal
             states = dict(model=model.state_dict(), opt=opt.state_dict())
             s.run.save(step + 1, **states, tokenizer=str(s.tokenizer_path))  # the prior names its tokenizer

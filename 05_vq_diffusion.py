@@ -353,7 +353,9 @@ def sample(
     arXiv:2205.16007): log p_u + s (log p_c - log p_u), renormalised; each call is then on 2B.
     Inpainting: known (B, N, D) holds the given codes and -1 where a code is to be generated; the
     given ones are held clean at every step, or with renoise=True re-noised to x_s ~ q(x_s | x_0 =
-    known) (RePaint: the known region as corrupted as in training). purity: `reveal_purest`.
+    known) (RePaint: the known region as corrupted as in training). purity: `reveal_purest`,
+    from all [MASK] as improved VQ-Diffusion starts (the uniform codes of a mask-and-replace
+    p(x_T) would never be revisited).
     """
     N, K, T, B = model.H * model.H, sched.K, sched.T, len(c)
 
@@ -364,8 +366,11 @@ def sample(
         given = q_sample(given, sched, torch.full((B,), s)) if renoise and s > 0 else given
         return torch.where(known >= 0, given, x)
 
-    x = ar.sample_logits(log_prior(sched).to(c.device).expand(B * N * model.D, K + 1))
-    x = hold(x.view(B, N, model.D), T)
+    if purity:  # all [MASK]: the purity sampler only ever reveals [MASK] codes
+        x = torch.full((B, N, model.D), K, device=c.device)
+    else:  # x_T ~ p(x_T)
+        x = ar.sample_logits(log_prior(sched).to(c.device).expand(B * N * model.D, K + 1)).view(B, N, model.D)
+    x = hold(x, T)
     pair = 1 + (guidance != 1.0)  # a second half without the class, for guidance
     c_in = torch.cat([c, ar.unconditional(model, c)]) if pair == 2 else c
     for t in common.progress(range(T, 0, -stride), desc="sampling", leave=False):
@@ -374,9 +379,9 @@ def sample(
         log_x0 = model(x.repeat(pair, 1, 1), t_in, c_in).float().log_softmax(-1)
         log_x0 = ar.guide(log_x0, guidance).log_softmax(-1)  # (B, N, D, K)
         logits = ar.filter_logits(log_x0, top_p=truncation)
-        if purity:  # reveal the codes the network is surest of; the rest stays as it is
-            x0 = ar.sample_logits(logits.reshape(-1, K)).view_as(x)
-            x = hold(reveal_purest(x, x0, logits, sched, t, s), s)
+        if purity:  # reveal the codes the network is surest of (untruncated); the rest stays
+            x0 = ar.sample_logits(logits.reshape(-1, K)).view_as(x)  # drawn from the truncated p
+            x = hold(reveal_purest(x, x0, log_x0, sched, t, s), s)
             continue
         log_p = log_q_posterior(logits.log_softmax(-1), x, sched, t, s)  # (B, N, D, K+1)
         if s == 0:
@@ -393,7 +398,8 @@ def reveal_purest(x_t, x0, logits, sched: Schedule, t: int, s: int) -> torch.Ten
     codes still masked at s is what the forward chain gives, round(n_masked * gammabar_s /
     gammabar_t) (0 at s = 0), but WHICH codes are revealed is decided by their purity
     max_k p_theta(x_0 = k | x_t): the purest first. Revealed codes take their draw x0 from
-    p_theta(x_0 | x_t); codes that are not [MASK] are kept.
+    p_theta(x_0 | x_t); codes that are not [MASK] are kept. Purity is read from the untruncated
+    logits (truncated to mass r, every code whose top probability is >= r would have purity 1).
     x_t, x0: (B, N, D); logits (B, N, D, K) of p_theta(x_0 | x_t) -> x_s (B, N, D).
     """
     masked = (x_t == sched.K).flatten(1)  # (B, N*D)
@@ -521,7 +527,7 @@ def inpaint(model, sched: Schedule, s, cfg: Config, completions: int = 2) -> Non
     rows = [x, hidden]
     for _ in range(completions):
         filled = sample(
-            model, sched, c, cfg.stride, cfg.truncation, known, cfg.inpaint_renoise, purity=cfg.purity
+            model, sched, c, cfg.stride, cfg.truncation, known, cfg.inpaint_renoise, guidance=cfg.guidance, purity=cfg.purity
         )
         rows.append(stage2.decode(s.tok, filled, s.H))
     common.save_grid(rows, s.run.dir / "inpaint.png")
@@ -582,8 +588,8 @@ class Config(stage2.PriorConfig):
             (positive, "--layers, --steps-T, --eval-timesteps and --stride must be >= 1"),
             (0 < self.truncation <= 1, f"--truncation must be in (0, 1], got {self.truncation}"),
             (
-                not self.purity or self.noise != "uniform",
-                "--purity needs [MASK] codes; --noise uniform has none",
+                not self.purity or g > 0,
+                f"--purity reveals [MASK] codes; --noise {self.noise} --gamma-end {g} has none",
             ),
         )
 

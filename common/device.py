@@ -59,15 +59,18 @@ def autocast(device: torch.device, precision: str = "auto"):
 
 @contextmanager
 def exact_float32(device_type: str):
-    """Inside: matmuls in true float32, neither bf16 autocast nor TF32 (whose 10-bit mantissa can
-    make a distance matmul pick another nearest code than float32 does). For code distances."""
-    before = torch.get_float32_matmul_precision()
+    """Inside: matmuls and convolutions in true float32, neither bf16 autocast nor TF32 (whose
+    10-bit mantissa can make a distance matmul pick another nearest code than float32 does, and
+    an encoder's convolutions give other features). For code distances and the codes of stage 2."""
+    before = torch.get_float32_matmul_precision(), torch.backends.cudnn.allow_tf32
     torch.set_float32_matmul_precision("highest")
+    torch.backends.cudnn.allow_tf32 = False  # cuDNN convolutions (get_device turns TF32 on for CUDA)
     try:
         with torch.autocast(device_type, enabled=False):
             yield
     finally:
-        torch.set_float32_matmul_precision(before)
+        torch.set_float32_matmul_precision(before[0])
+        torch.backends.cudnn.allow_tf32 = before[1]
 
 
 def progress(iterable, **kw):

@@ -122,6 +122,10 @@ class Run:
         Rank 0 only under torchrun (every rank holds the same weights). Weights that are not
         finite never replace a checkpoint."""
         self.saved_at = time.monotonic()
+        rng = [rng_state()]
+        if dist_on():  # every rank draws its own noise (see restore): rank 0 saves them all
+            rng = [None] * torch.distributed.get_world_size()
+            torch.distributed.all_gather_object(rng, rng_state())
         if not is_main():
             return
         model = state.get("model", {})
@@ -133,7 +137,8 @@ class Run:
             "step": step,
             "lesson": lesson_name(self.cfg),  # whose Config and build() rebuild the model
             "config": dataclasses.asdict(self.cfg),
-            "rng": rng_state(),
+            "rng": rng[0],
+            **({"rng_ranks": rng} if len(rng) > 1 else {}),  # torchrun: each rank's own stream
             **state,
         }
         save_atomic(payload, self.ckpt_path)
@@ -164,14 +169,24 @@ class Run:
             raise UserError(
                 f"--resume: {self.ckpt_path} is at step {ckpt['step']}, past --steps {self.cfg.steps}; pass --steps above {ckpt['step']} to train on"
             )
-        set_rng_state(ckpt["rng"])
+        rank, world = distributed()
+        ranks = ckpt.get("rng_ranks", [ckpt["rng"]])
+        if len(ranks) == world:
+            set_rng_state(ranks[rank])
+        else:  # another number of processes than the run had: fresh streams, exact no more
+            seed_everything(rank_seed(self.cfg.seed + ckpt["step"], rank))
         return ckpt
 
     def restore(self, **state) -> int:
-        """With --resume, load every named module or optimizer from ckpt.pt (and the RNG state),
-        and drop the metrics.jsonl lines after its step (they are about to be redone); return the
-        step to continue from (0 for a fresh run)."""
+        """With --resume, load every named module or optimizer from ckpt.pt (and this rank's RNG
+        state), and drop the metrics.jsonl lines after its step (they are about to be redone);
+        return the step to continue from (0 for a fresh run). Called once the model is built: under
+        torchrun a fresh run then seeds each rank apart (DDP copies rank 0's weights to all), so
+        that W ranks draw W different timesteps, masks and dropped labels, not one draw W times."""
         if not self.cfg.resume:
+            rank, world = distributed()
+            if world > 1:
+                seed_everything(rank_seed(self.cfg.seed, rank))
             return 0
         ckpt = self.load()
         for key, obj in state.items():
@@ -188,6 +203,11 @@ class Run:
             kept = [r for r in read_log(self.dir) if r.get("step", 0) <= ckpt["step"] and not r.get("final")]
             (self.dir / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in kept))
         return ckpt["step"]
+
+
+def rank_seed(seed: int, rank: int) -> int:
+    """The seed of one rank's random stream under torchrun."""
+    return seed * 100_003 + rank
 
 
 def read_log(run_dir) -> list[dict]:

@@ -187,6 +187,7 @@ def setup(cfg) -> Stage2:
     trained = adopt_trained_flags(cfg)  # --sample-only: the checkpoint in --out (else None)
     run = Run(cfg)
     text = None
+    seed_everything(cfg.seed)  # the text encoder's initial weights too
     if cfg.condition == "text":  # before the tokenizer: an unreachable CLIP fails before minutes of training
         text = text_encoder(cfg.text_encoder, cfg.width, cfg.text_length).to(device)
     path = (
@@ -206,6 +207,10 @@ def setup(cfg) -> Stage2:
     train_set, val_set, classes = load_data(cfg, rank, world)
     condition = cfg.condition or ("class" if classes is not None else "none")
     num_classes = len(classes) if condition == "class" and classes else 1
+    if condition == "none" and cfg.guidance != 1:  # no class to contrast "no class" with
+        if cfg.guidance != type(cfg).guidance:  # a value the user chose, not the default
+            echo(f"--guidance {cfg.guidance}: the prior is unconditional, so it samples without guidance (1)")
+        cfg.guidance = 1.0
     H, plain = size // tok_cfg.downsample, cfg.dataset == "shapes-plain" and cfg.hf_id is None
     return Stage2(
         device, rank, world, run, path, tok, train_set, val_set, num_classes, H, size,
@@ -232,10 +237,24 @@ def adamw(model: nn.Module, cfg, betas: tuple[float, float]) -> torch.optim.Adam
 
 
 def set_lr(opt: torch.optim.Optimizer, cfg, step: int) -> None:
-    """lr = --lr x a linear warm-up over the first 100 steps x a cosine decay over --steps."""
-    warm = min(1.0, (step + 1) / 100)
+    """lr = --lr x a linear warm-up over the first 100 steps x a cosine decay to 0 at --steps.
+
+    The cosine is kept in the optimizer's state as [first step, its lr, last step]. A run resumed
+    with another --steps does not re-stretch it (the lr would jump back up): from the step it
+    resumes at, a new cosine falls from the lr reached there to 0 at the new --steps. A finished
+    run has reached lr ~0, so extending it trains little; its log line says so."""
+
+    def lr(first, lr0, last, at):  # the cosine, with the warm-up of a fresh run's first 100 steps
+        warm = min(1.0, (at + 1) / 100) if first == 0 else 1.0
+        return lr0 * warm * 0.5 * (1 + math.cos(math.pi * min(at - first, last - first) / (last - first)))
+
     for group in opt.param_groups:
-        group["lr"] = cfg.lr * warm * 0.5 * (1 + math.cos(math.pi * step / cfg.steps))
+        cosine = group.setdefault("cosine", [0, cfg.lr, cfg.steps])
+        if cosine[2] != cfg.steps:  # --resume with another --steps: go on from where the lr is
+            group["cosine"] = cosine = [step, lr(*cosine, step), cfg.steps]
+            if group is opt.param_groups[0]:
+                echo(f"--steps {cfg.steps}: the lr goes on from {cosine[1]:.3g} at step {step}, a new cosine to 0")
+        group["lr"] = lr(*cosine, step)
 
 
 def log_step(run: Run, step: int, **values: torch.Tensor) -> None:

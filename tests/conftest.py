@@ -57,8 +57,11 @@ def tokenizer(tmp_path_factory):
 
 @pytest.fixture
 def tf32_on():
-    """TF32 matmuls on, as common.get_device turns them on for CUDA; restored afterwards."""
-    before = torch.get_float32_matmul_precision()
+    """TF32 matmuls and cuDNN convolutions on, as common.get_device turns them on for CUDA;
+    restored afterwards."""
+    before = torch.get_float32_matmul_precision(), torch.backends.cudnn.allow_tf32
     torch.set_float32_matmul_precision("high")
+    torch.backends.cudnn.allow_tf32 = True
     yield
-    torch.set_float32_matmul_precision(before)
+    torch.set_float32_matmul_precision(before[0])
+    torch.backends.cudnn.allow_tf32 = before[1]

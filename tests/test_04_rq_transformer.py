@@ -1,6 +1,7 @@
 """Lesson 04: causality, cached sampling, soft and stochastic codes, sampling filters, NLL, checkpoints."""
 
 import json
+import math
 from pathlib import Path
 
 import oracles
@@ -153,7 +154,8 @@ def test_every_order_is_a_permutation_and_the_paths_move_one_step_at_a_time(ar, 
     for name in ("alternate", "spiral-in", "spiral-out"):  # a path of grid neighbours
         i, j = ar.code_order(name, H * H).div(H, rounding_mode="floor"), ar.code_order(name, H * H) % H
         assert ((i.diff().abs() + j.diff().abs()) == 1).all(), name
-    assert ar.code_order("spiral-in", H * H)[0] == 0 and ar.code_order("spiral-out", H * H)[-1] == 0
+    last = H * H - 1  # taming's spirals meet the border at the bottom-right corner
+    assert ar.code_order("spiral-in", H * H)[0] == last and ar.code_order("spiral-out", H * H)[-1] == last
     spiral_in = ar.code_order("spiral-in", H * H)
     border = torch.tensor([r in (0, H - 1) or c in (0, H - 1) for r in range(H) for c in range(H)])
     assert border[spiral_in[: int(border.sum())]].all()  # the border before anything inside it
@@ -167,6 +169,17 @@ def test_the_z_curve_and_subsample_orders_of_a_4x4_grid_are_those_of_taming_fig_
     first = ar.code_order("subsample", 64)  # 8 x 8: a 2x-subsampled grid first, then 4x inside it
     assert all(p // 8 % 2 == 0 and p % 8 % 2 == 0 for p in first[:16].tolist())
     assert all(p // 8 % 4 == 0 and p % 8 % 4 == 0 for p in first[:4].tolist())
+
+
+def test_the_spirals_of_4x4_and_8x8_grids_are_those_of_tamings_permuters(ar):
+    """taming's SpiralIn (its SpiralOut is the same path backwards): the raster index of each step."""
+    spiral_in_4 = [15, 11, 7, 3, 2, 1, 0, 4, 8, 12, 13, 14, 10, 6, 5, 9]
+    spiral_in_8 = [63, 55, 47, 39, 31, 23, 15, 7, 6, 5, 4, 3, 2, 1, 0, 8, 16, 24, 32, 40, 48, 56, 57,
+                   58, 59, 60, 61, 62, 54, 46, 38, 30, 22, 14, 13, 12, 11, 10, 9, 17, 25, 33, 41, 49,
+                   50, 51, 52, 53, 45, 37, 29, 21, 20, 19, 18, 26, 34, 42, 43, 44, 36, 28, 27, 35]  # fmt: skip
+    for table in (spiral_in_4, spiral_in_8):
+        assert ar.code_order("spiral-in", len(table)).tolist() == table
+        assert ar.code_order("spiral-out", len(table)).tolist() == table[::-1]
 
 
 @pytest.mark.parametrize("flatten", [False, True])
@@ -411,6 +424,17 @@ def test_code_distances_run_in_true_float32_also_where_tf32_is_on(ar, tokenizer,
     assert seen == ["highest"] and torch.get_float32_matmul_precision() == "high"
 
 
+def test_the_tokenizers_convolutions_in_encode_run_without_tf32(ar, tokenizer, tf32_on):
+    tok, _ = stage2.load_tokenizer(tokenizer)
+    seen = []
+    hook = lambda module, args: seen.append((torch.backends.cudnn.allow_tf32, torch.get_float32_matmul_precision()))
+    handle = tok.encoder.register_forward_pre_hook(hook)
+    ar.encode(tok, torch.zeros(2, 3, 32, 32))
+    handle.remove()
+    assert seen == [(False, "highest")]  # inside: cuDNN convolutions and matmuls in true float32
+    assert torch.backends.cudnn.allow_tf32 and torch.get_float32_matmul_precision() == "high"  # restored
+
+
 # --- training, sampling and checkpoints end to end ---
 
 
@@ -594,3 +618,49 @@ def test_the_code_order_benchmark_trains_one_prior_per_order_and_tables_them(tok
         assert torch.equal(ckpt["model"]["order"], common.lesson("04_rq_transformer").code_order(order, 64))
         final = bench.final_record(tmp_path / order)
         assert f"| {final['val_bits_per_code']:.4f} |" in row
+
+
+def test_an_unconditional_prior_samples_the_same_with_the_default_guidance_and_with_1(ar, tokenizer, tmp_path):
+    """Its "no class" start token never trained (no label ever dropped): guidance must not act."""
+    ar.train(small(ar, tokenizer, tmp_path, condition="none"))
+    pictures = []
+    for guidance in (ar.Config.guidance, 1.0):
+        ar.train(small(ar, tokenizer, tmp_path, condition="none", sample_only=True, guidance=guidance, canvas=(9, 9)))
+        pictures.append([(tmp_path / f).read_bytes() for f in ("samples.png", "canvas.png")])
+    assert ar.Config.guidance != 1.0 and pictures[0] == pictures[1]
+
+
+def test_with_soft_labels_the_log_gives_the_hard_nll_beside_the_soft_loss(ar, tokenizer, tmp_path, monkeypatch):
+    """bits_per_code is -log2 p(argmin code), comparable with a hard-label run and the validation
+    NLL; loss is the cross-entropy against Q_tau that soft labels train on."""
+    calls, nll = [], ar.nll
+    monkeypatch.setattr(ar, "nll", lambda *a: calls.append((len(a) > 2 and a[2] is not None, nll(*a).item())) or nll(*a))
+    ar.train(small(ar, tokenizer, tmp_path, steps=1, log_every=1, soft_labels=True, samples_per_class=1))
+    record = common.read_log(tmp_path)[0]
+    (soft, soft_value), (hard, hard_value) = calls[:2]  # the step's loss, then what the log reads
+    assert soft and not hard and soft_value != pytest.approx(hard_value)
+    assert record["loss"] == pytest.approx(soft_value) and record["bits_per_code"] == pytest.approx(hard_value / math.log(2))
+
+
+def lr_schedule(ar, steps: int, at, state=None) -> tuple[list[float], dict]:
+    """The lr at each step of `at` of a run with --steps `steps` (resumed from an optimizer state)."""
+    opt = torch.optim.AdamW(torch.nn.Linear(2, 2).parameters())
+    if state:
+        opt.load_state_dict(state)
+    lrs = []
+    for step in at:
+        stage2.set_lr(opt, ar.Config(steps=steps, lr=1.0), step)
+        lrs.append(opt.param_groups[0]["lr"])
+    return lrs, opt.state_dict()
+
+
+def test_an_extended_resume_goes_on_from_the_lr_reached_with_a_new_cosine(ar):
+    """--resume with --steps 2000 at step 600 of a 1000-step run: no jump back up, 0 at the new end,
+    the same curve when the extended run is resumed again; the same --steps: the planned cosine."""
+    cosine = lambda f: 0.5 * (1 + math.cos(math.pi * f))
+    plain, state = lr_schedule(ar, 1000, range(600))
+    after, extended = lr_schedule(ar, 2000, range(600, 2000), state)
+    assert after[0] == pytest.approx(cosine(0.6)) and after[0] < plain[-1]  # re-stretched: cosine(0.3) = 0.79
+    assert all(a > b for a, b in zip(after, after[1:])) and after[-1] < 1e-5
+    assert lr_schedule(ar, 2000, [1500], extended)[0] == pytest.approx([after[900]])
+    assert lr_schedule(ar, 1000, [600, 999], state)[0] == pytest.approx([cosine(0.6), cosine(0.999)])

@@ -247,6 +247,17 @@ def test_q_sample_takes_each_images_own_step(vqd):
     assert torch.equal(x_t[[0, 2]], x0[[0, 2]]) and (x_t[1] == K).all()
 
 
+def test_kl_is_p_against_q_in_that_order_as_a_hand_computed_sum():
+    """KL(p || q) = sum_k p_k log(p_k / q_k), with p the true posterior and q the model's (L_{t-1})."""
+    import math
+
+    vqd = common.lesson("05_vq_diffusion")
+    p, q = [0.7, 0.2, 0.1], [0.2, 0.5, 0.3]
+    want = sum(a * math.log(a / b) for a, b in zip(p, q))  # 0.5838...; KL(q || p) is 0.5372...
+    got = vqd.kl(torch.tensor(p, dtype=torch.float64).log(), torch.tensor(q, dtype=torch.float64).log())
+    assert got.item() == pytest.approx(want, rel=1e-12)
+
+
 # --- network, sampling ---
 
 
@@ -347,10 +358,12 @@ def test_guided_sampling_equals_sampling_a_model_that_outputs_the_guided_distrib
         assert torch.equal(guided, plain), s
 
 
-def test_a_mask_only_model_that_knows_x0_samples_it(vqd):
-    """With mask-only noise and a network that always predicts one fixed x_0, the reverse chain
-    must end exactly at that x_0, at any stride, with the posterior draw or the purity sampler."""
-    target = torch.randint(K, (1, 9, 2))
+@pytest.mark.parametrize("noise", ["mask", "mask-replace"])
+def test_a_model_that_knows_x0_samples_it(vqd, noise):
+    """With a network that always predicts one fixed x_0, the reverse chain must end exactly at
+    that x_0, at any stride, with the posterior draw or the purity sampler (which starts from all
+    [MASK]: from p(x_T), mask-and-replace's uniform codes would never be revisited)."""
+    target = torch.randint(K, (1, 9, 2), generator=torch.Generator().manual_seed(3))
 
     class Oracle(torch.nn.Module):
         H, D = 3, 2
@@ -359,8 +372,34 @@ def test_a_mask_only_model_that_knows_x0_samples_it(vqd):
             return (F.one_hot(target, K).float() * 50).expand(len(c), -1, -1, -1)
 
     for stride, purity in ((1, False), (3, False), (1, True), (4, True)):  # also the purity sampler
-        x = vqd.sample(Oracle(), schedule(vqd, "mask"), torch.tensor([0, 0]), stride, purity=purity)
-        assert (x == target).all()
+        torch.manual_seed(stride)
+        x = vqd.sample(Oracle(), schedule(vqd, noise), torch.zeros(8, dtype=torch.long), stride, purity=purity)
+        assert (x == target).all(), (stride, purity, (x != target).float().mean().item())
+
+
+def test_the_purity_sampler_ranks_by_the_untruncated_probabilities(vqd):
+    """Top probabilities 0.87 / 0.90 / 0.95 / 0.999 at four [MASK] codes, one to reveal in the
+    first step: the 0.999 one, though truncation to r = 0.86 leaves each of them a lone code of
+    probability 1 (the first of a tie would be position 0)."""
+    top = torch.tensor([0.87, 0.90, 0.95, 0.999])
+    p = torch.stack([top, *(((1 - top) / (K - 1)),) * (K - 1)], -1)  # (4, K): code 0 on top
+    seen = []
+
+    class Net(torch.nn.Module):
+        H, D = 2, 1
+
+        def forward(self, x_t, t, c):
+            seen.append(x_t.clone())
+            return p.log()[None, :, None].expand(len(c), -1, -1, -1)
+
+    vqd.sample(Net(), schedule(vqd, "mask", T=4), torch.tensor([0]), truncation=0.86, purity=True)
+    assert (seen[0] == K).all()  # from all [MASK]: round(4 * 3/4) = 3 stay masked at s = 3
+    assert (seen[1][0, :, 0] != K).tolist() == [False, False, False, True]
+
+
+def test_purity_without_masks_is_refused_also_by_a_zero_gamma_end(vqd):
+    with pytest.raises(ValueError, match="--purity reveals \\[MASK\\] codes"):
+        vqd.Config(noise="mask-replace", gamma_end=0.0, beta_end=1.0, purity=True)
 
 
 @pytest.mark.exercise("05_vq_diffusion.reveal_purest")
@@ -474,3 +513,21 @@ def test_command_line_help_and_a_contradicting_noise_flag(tmp_path):
     r = run("--noise", "mask", "--beta-end", "0.1")
     assert r.returncode == 2 and "--noise mask fixes --gamma-end 1.0 --beta-end 0.0" in r.stderr
     assert "Traceback" not in r.stderr and not (tmp_path / "runs").exists()
+
+
+def tiny(vqd, tokenizer, tmp_path, **kw):
+    base = dict(tokenizer=str(tokenizer), steps=2, batch_size=8, eval_images=8, width=16, heads=2,
+                layers=1, steps_T=4, stride=2, samples_per_class=1, out=str(tmp_path))  # fmt: skip
+    return vqd.Config(**{**base, **kw})
+
+
+@pytest.mark.parametrize("condition, used", [("class", 2.5), ("none", 1.0)])
+def test_samples_and_inpainting_use_one_guidance_and_none_without_a_condition(
+    vqd, tokenizer, tmp_path, monkeypatch, condition, used
+):
+    """samples.png and inpaint.png both sample at --guidance; an unconditional prior (whose "no
+    class" row never trained) at 1, whatever --guidance says."""
+    seen, sample = [], vqd.sample
+    monkeypatch.setattr(vqd, "sample", lambda *a, **k: seen.append(k.get("guidance", 1.0)) or sample(*a, **k))
+    vqd.train(tiny(vqd, tokenizer, tmp_path, condition=condition, guidance=2.5))
+    assert len(seen) == 3 and set(seen) == {used}  # samples.png, then two inpaint.png completions

@@ -14,14 +14,20 @@ import common
 WORKER = Path(__file__).resolve().parent / "ddp_worker.py"
 
 
-def torchrun(lesson: str, out: Path, **flags) -> tuple[dict, dict]:
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+def torchrun(lesson: str, out: Path, stop_at: int = 0, **flags) -> tuple[dict, dict]:
+    """Both ranks' state dicts after training; stop_at = n: SIGTERM during step n (then None)."""
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "STOP_AT": str(stop_at)}
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
            str(WORKER), lesson, str(out), json.dumps(flags)]  # fmt: skip
     out.mkdir(parents=True, exist_ok=True)  # also the working folder: no runs/ to reuse there
     r = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env=env, cwd=out)
     assert r.returncode == 0, r.stderr[-3000:]
-    return tuple(torch.load(out / f"rank{i}.pt") for i in (0, 1))
+    return None if stop_at else tuple(torch.load(out / f"rank{i}.pt") for i in (0, 1))
+
+
+def timesteps(out: Path) -> tuple[list, list]:
+    """The t that lesson 05's q_sample drew at each step, on rank 0 and rank 1."""
+    return tuple(torch.load(out / f"rank{i}_t.pt") for i in (0, 1))
 
 
 SMALL = dict(steps=3, batch_size=8, eval_images=8, log_every=1)
@@ -74,3 +80,19 @@ def test_stage_two_priors_stay_in_sync(tokenizer, tmp_path):
     for k in a:
         assert torch.equal(a[k], b[k]), k
     assert (tmp_path / "05" / "samples.png").exists() and (tmp_path / "05" / "inpaint.png").exists()
+
+
+def test_each_rank_draws_its_own_noise_and_a_resumed_run_is_bit_identical(tokenizer, tmp_path):
+    """05 under torchrun: rank 1 draws other timesteps than rank 0 (W ranks, W*B noise draws per
+    step); stopped by SIGTERM at step 2 and resumed, both ranks end with the uninterrupted run's
+    weights exactly (each rank's RNG state is in the checkpoint)."""
+    flags = dict(SMALL, steps=4, tokenizer=str(tokenizer), width=16, heads=2, layers=1, steps_T=50)
+    whole = torchrun("05_vq_diffusion", tmp_path / "whole", **flags)
+    t0, t1 = timesteps(tmp_path / "whole")
+    assert not torch.equal(t0[0], t1[0]) and not torch.equal(torch.stack(t0[:4]), torch.stack(t1[:4]))
+    torchrun("05_vq_diffusion", tmp_path / "cut", stop_at=2, **flags)
+    assert common.load_checkpoint(tmp_path / "cut" / "ckpt.pt")["step"] == 2
+    resumed = torchrun("05_vq_diffusion", tmp_path / "cut", **flags, resume=True)
+    for rank in (0, 1):
+        for k in whole[rank]:
+            assert torch.equal(whole[rank][k], resumed[rank][k]), (rank, k)

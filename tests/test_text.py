@@ -232,6 +232,17 @@ def test_text_guidance_in_05_is_the_guided_mix_of_caption_and_empty_caption(vqd)
     assert all(torch.equal(cc, c) for cc in calls)  # scale 1: the conditional model alone
 
 
+def test_the_small_text_encoder_starts_from_the_seed_not_from_what_ran_before(vqd, tokenizer, tmp_path):
+    """stage2.setup builds it after seeding with --seed: the same weights whatever the RNG held."""
+    weights = []
+    for before in (1, 2):
+        torch.manual_seed(before)  # what a notebook or an earlier run left behind
+        cfg = vqd.Config(tokenizer=str(tokenizer), condition="text", out=str(tmp_path / str(before)))
+        weights.append(stage2.setup(cfg).text.state_dict())
+    for k in weights[0]:
+        assert torch.equal(weights[0][k], weights[1][k]), k
+
+
 def test_caption_dropout_uses_the_empty_caption_at_its_rate():
     s = stage2.Stage2(*[None] * 8, 1, 8, 32, "text", SmallTextEncoder(8, 4, 1, 2), None, True)
     s.device = torch.device("cpu")
