@@ -559,7 +559,7 @@ class Config(stage2.PriorConfig):
     top_k: int = 0  # sample among the k most likely codes (0 = all)
     top_p: float = 1.0  # then among the smallest set of mass >= p (1 = all)
     label_dropout: float = 0.1  # training: the class is replaced by "no class" this often (CFG)
-    guidance: float = 2.0  # sampling: classifier-free guidance scale s (1 = plain conditional)
+    guidance: float = 2.0  # sampling: classifier-free guidance scale s (1 = off, as for unconditional priors)
     samples_per_class: int = 16  # images per row of samples.png (all judged for sample quality)
     order: Literal[ORDERS] = "row-major"  # the order the prior visits the code grid in (Taming Fig. 47)
     canvas: tuple[int, ...] = ()  # H W: also draw canvas.png, H x W codes by a sliding window

@@ -526,9 +526,8 @@ def inpaint(model, sched: Schedule, s, cfg: Config, completions: int = 2) -> Non
     hidden = x * (1 - F.interpolate(square[None, None].float(), size=x.shape[-2:]))  # shown as grey
     rows = [x, hidden]
     for _ in range(completions):
-        filled = sample(
-            model, sched, c, cfg.stride, cfg.truncation, known, cfg.inpaint_renoise, guidance=cfg.guidance, purity=cfg.purity
-        )
+        args = (cfg.stride, cfg.truncation, known, cfg.inpaint_renoise, cfg.guidance, cfg.purity)
+        filled = sample(model, sched, c, *args)
         rows.append(stage2.decode(s.tok, filled, s.H))
     common.save_grid(rows, s.run.dir / "inpaint.png")
 
@@ -559,7 +558,7 @@ class Config(stage2.PriorConfig):
     stride: int = 1  # dt: sampling jumps from t to t - dt (fast inference); 1 = all T steps
     truncation: float = 0.86  # r: sample x_0 only from its smallest top set of mass >= r (1 = off)
     label_dropout: float = 0.1  # training: the class is replaced by "no class" this often (CFG)
-    guidance: float = 3.0  # sampling: classifier-free guidance scale s (1 = plain conditional)
+    guidance: float = 3.0  # sampling: classifier-free guidance scale s (1 = off, as for unconditional priors)
     purity: bool = False  # sampling: reveal the purest [MASK] codes first (improved VQD)
     inpaint_renoise: bool = False  # inpainting re-noises the known codes to q(x_t | x_0) (RePaint)
     samples_per_class: int = 16  # images per row of samples.png (all judged for sample quality)

@@ -253,7 +253,9 @@ def set_lr(opt: torch.optim.Optimizer, cfg, step: int) -> None:
         if cosine[2] != cfg.steps:  # --resume with another --steps: go on from where the lr is
             group["cosine"] = cosine = [step, lr(*cosine, step), cfg.steps]
             if group is opt.param_groups[0]:
-                echo(f"--steps {cfg.steps}: the lr goes on from {cosine[1]:.3g} at step {step}, a new cosine to 0")
+                echo(
+                    f"--steps {cfg.steps}: the lr goes on from {cosine[1]:.3g} at step {step}, a new cosine to 0"
+                )
         group["lr"] = lr(*cosine, step)
 
 

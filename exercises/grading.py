@@ -2,12 +2,17 @@
 
 The tests, the helpers and this package come from the grader's own repository; from the
 student's folder only the five lesson files are taken, so that editing a test cannot raise a grade.
+The verdict is this process's, not the test process's (where the student's code runs): the tests
+to expect come from collecting the grader's own copy, and each outcome is read from a signed
+stream written as each test ends (plugin.signed_outcomes); a test with no signed outcome scores 0.
 """
 
 from __future__ import annotations
 
+import hmac
 import json
 import os
+import secrets
 import shutil
 import subprocess
 import sys
@@ -77,6 +82,51 @@ def run_tests(folder: Path, names: list[str], extra: list[str] = (), timeout: fl
         return json.loads(report.read_text())
 
 
+def run_graded(folder: Path, names: list[str], timeout: float = 1800) -> dict:
+    """Run the tests of `names` on the student's code in `folder` -> {nodeid: row} for every test
+    that collecting the grader's own repository finds; each outcome comes signed from the test
+    process as the test ends (the first one counts), and a test without one has failed."""
+    expected = run_tests(ROOT, names, ["--collect-only"]).get("", {})
+    key = secrets.token_bytes(32)
+    with tempfile.TemporaryDirectory(prefix="grade-") as tmp:
+        stream = Path(tmp) / "outcomes.jsonl"
+        stream.touch()
+        read_key, write_key = os.pipe()  # the key reaches the plugin before any lesson is imported
+        os.write(write_key, key)
+        os.close(write_key)
+        cmd = [sys.executable, "-m", "pytest", "-q", "--tb=short", "-p", "no:cacheprovider"]
+        cmd += ["--exercise-stream", str(stream), "--exercise-key-fd", str(read_key)]
+        cmd += [arg for n in names for arg in ("--exercise", n)] + test_files(names, folder)
+        env = {**os.environ, "PYTHONDONTWRITEBYTECODE": "1", "HYPOTHESIS_PROFILE": "grading"}
+        try:
+            done = subprocess.run(cmd, cwd=folder, env=env, capture_output=True, text=True,
+                                  timeout=timeout, pass_fds=(read_key,))  # fmt: skip
+        finally:
+            os.close(read_key)
+        lines = stream.read_text(errors="replace").splitlines()
+    rows = {}
+    for line in lines:
+        try:
+            got = json.loads(line)
+            signed = f"{got['nodeid']}\t{got['outcome']}".encode()
+            genuine = hmac.compare_digest(got["mac"], hmac.new(key, signed, "sha256").hexdigest())
+        except (ValueError, KeyError, TypeError, AttributeError):
+            continue
+        if genuine and got["nodeid"] in expected and got["nodeid"] not in rows:
+            name = got["nodeid"].rsplit("::", 1)[-1]
+            rows[got["nodeid"]] = {
+                **expected[got["nodeid"]],
+                "outcome": got["outcome"],
+                "output": f"{name}: {got['output']}",
+            }
+    ended = f"the test process ended before it reported this test (exit {done.returncode})"
+    for nodeid, row in expected.items():
+        rows.setdefault(
+            nodeid, {**row, "outcome": "failed", "output": f"{nodeid.rsplit('::', 1)[-1]}: {ended}"}
+        )
+    return rows
+
+
 @dataclass
 class Score:
     name: str
@@ -129,9 +179,9 @@ def grade(folder: Path, names: list[str]) -> tuple[list[Score], float]:
         for f in found:
             shutil.copyfile(folder / f, work / f)
         start = time.perf_counter()
-        results = run_tests(work, names)
+        results = run_graded(work, names)
         seconds = time.perf_counter() - start
-    rows = score(results.get("", {}), names)
+    rows = score(results, names)
     for r in rows:
         if f"{BY_NAME[r.name].lesson}.py" not in found:
             r.passed, r.points, r.output = 0, 0.0, f"no {BY_NAME[r.name].lesson}.py in {folder}"

@@ -12,7 +12,7 @@ from common.errors import UserError
 
 from . import source
 from .catalog import BY_NAME
-from .grading import MANIFEST, ROOT, copy_tree
+from .grading import MANIFEST, ROOT, SKIP, copy_tree
 
 
 def message(name: str) -> str:
@@ -44,14 +44,14 @@ def blank_notebooks(folder: Path, names: list[str]) -> int:
 
 
 def make(names: list[str], out: Path) -> int:
-    """Write the student version of this repository with `names` blanked into `out` -> the number
-    of notebook cells blanked. `out` must not exist yet or be empty: nothing is overwritten."""
+    """Write the student version of this repository with `names` blanked into `out` (without
+    exercises/mistakes.py) -> the number of notebook cells blanked. `out` must not exist yet or be empty: nothing is overwritten."""
     out = out.resolve()
     if out == ROOT or ROOT in out.parents:
         raise UserError(f"--out {out} lies inside the repository it copies; choose a folder outside it")
     if out.exists() and (not out.is_dir() or any(out.iterdir())):
         raise UserError(f"--out {out} exists and is not empty; choose a new folder")
-    copy_tree(ROOT, out)
+    copy_tree(ROOT, out, (*SKIP, "mistakes.py"))  # near-misses of every answer: the grader's only
     blank_lessons(out, names)
     cells = blank_notebooks(out, names)
     (out / MANIFEST).write_text(json.dumps({"exercises": names}, indent=1) + "\n")

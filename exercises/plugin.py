@@ -10,14 +10,26 @@
 - `--exercise-variants FILE` (used by `python -m exercises selfcheck`): run the selected tests once
   per variant, each with some lesson functions replaced by other source (a blanked or a wrong
   implementation), in one process.
+- `--exercise-stream FILE --exercise-key-fd FD` (used by `python -m exercises grade`): the verdict
+  for a student's code, which runs in this process. Each test's outcome is appended to FILE as it
+  ends, signed with a key read from FD before any lesson is imported; the grader (the parent
+  process) keeps the first signed outcome of each test. A test whose outcome is never written
+  (the process exited early) scores nothing, and so does every test after the student's code
+  replaced a function or class the verdict rests on (pytest's runner and reports, torch's
+  comparisons, builtins: `GUARDED`). Code that reads this process's memory to find the key is
+  out of scope: run grading in a container (docs/teaching.md).
 """
 
 from __future__ import annotations
 
+import _hashlib
+import importlib
 import inspect
 import json
+import os
 import re
 import sys
+import types
 from contextlib import contextmanager, nullcontext
 
 import pytest
@@ -42,10 +54,80 @@ def pytest_addoption(parser):
     group.addoption(
         "--exercise-variants", metavar="FILE", help="run the tests once per variant in FILE (JSON)"
     )
+    group.addoption("--exercise-stream", metavar="FILE", help="grading: append each signed outcome to FILE")
+    group.addoption("--exercise-key-fd", type=int, metavar="FD", help="grading: read the signing key from FD")
 
 
 def pytest_configure(config):
     config._exercise_results = {}  # variant -> nodeid -> {"exercises", "outcome", "output"}
+    if config.getoption("--exercise-stream"):  # before collection imports a lesson
+        config.pluginmanager.register(signed_outcomes(config), "exercise-stream")
+
+
+GUARDED = (  # modules whose functions and classes the verdict rests on
+    "builtins", "math", "json", "os", "_pytest.runner", "_pytest.reports", "_pytest.python",
+    "_pytest.python_api", "_pytest.raises", "_pytest.main", "_pytest.outcomes", "_pytest.fixtures",
+    "_pytest.skipping", "_pytest.nodes", "_pytest.assertion.rewrite", "pluggy._callers",
+    "pluggy._hooks", "pluggy._manager", "torch", "torch._C", "torch._tensor", "torch.testing",
+    "torch.testing._comparison", "exercises.plugin",
+)  # fmt: skip
+
+
+DESCRIPTORS = (property, staticmethod, classmethod, types.GetSetDescriptorType, types.MemberDescriptorType)
+
+
+def guarded() -> list[tuple]:
+    """(namespace, name, object, its dotted name) for every function and class of GUARDED and
+    every method or property of the classes they define: what `signed_outcomes` checks is still in
+    place after each test."""
+    found = []
+    for name in GUARDED:
+        try:
+            module = importlib.import_module(name)
+        except ImportError:  # e.g. an older pytest without _pytest.raises
+            continue
+        for key, value in vars(module).items():
+            if callable(value):
+                found.append((vars(module), key, value, f"{name}.{key}"))
+            if isinstance(value, type) and value.__module__ == name:  # its methods and properties
+                methods = [
+                    (k, v) for k, v in vars(value).items() if callable(v) or isinstance(v, DESCRIPTORS)
+                ]
+                found += [(vars(value), k, v, f"{name}.{key}.{k}") for k, v in methods]
+    return found
+
+
+def signed_outcomes(config):
+    """The plugin that writes each test's outcome, signed, to --exercise-stream as it ends. What
+    it calls is bound here, before any lesson is imported; nothing of it is reachable by name."""
+    fd = config.getoption("--exercise-key-fd")
+    key, sign, write, dumps = os.read(fd, 64), _hashlib.hmac_digest, os.write, json.dumps
+    os.close(fd)
+    out = os.open(config.getoption("--exercise-stream"), os.O_WRONLY | os.O_APPEND)
+    watched, open_tests = guarded(), {}
+
+    def pytest_runtest_logreport(report):
+        outcome, why = open_tests.setdefault(report.nodeid, ("passed", ""))
+        if report.failed or (report.skipped and outcome == "passed"):
+            crash = getattr(report.longrepr, "reprcrash", None)
+            outcome, why = (
+                "failed" if report.failed else "skipped",
+                crash.message if crash else str(report.longrepr),
+            )
+            open_tests[report.nodeid] = outcome, why
+        if report.when != "teardown":
+            return
+        del open_tests[report.nodeid]
+        changed = [name for space, k, v, name in watched if space.get(k) is not v]
+        if changed:
+            outcome, why = "failed", f"the tested code replaced {changed[0]}, which grading relies on"
+        mac = sign(key, f"{report.nodeid}\t{outcome}".encode(), "sha256").hex()
+        line = dumps({"nodeid": report.nodeid, "outcome": outcome, "output": why[:800], "mac": mac})
+        write(out, (line + "\n").encode())
+
+    plugin = types.ModuleType("exercise_stream")  # a plugin object that holds only this hook
+    plugin.pytest_runtest_logreport = pytest_runtest_logreport
+    return plugin
 
 
 def pytest_collection_modifyitems(config, items):

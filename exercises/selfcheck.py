@@ -17,10 +17,23 @@ import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from common.errors import UserError
+
 from . import grading, source
 from .catalog import BY_NAME, EXERCISES
 from .handout import message
-from .mistakes import MISTAKES
+
+
+def mistakes() -> dict:
+    """exercises/mistakes.py's plausible mistakes; a student's copy leaves that file out."""
+    try:
+        from .mistakes import MISTAKES
+    except ImportError:
+        raise UserError(
+            "selfcheck needs exercises/mistakes.py, which a student's copy leaves out (it gives answers away); "
+            "run it in the grader's repository"
+        ) from None
+    return MISTAKES
 
 
 def blanked_source(name: str) -> str:
@@ -42,7 +55,7 @@ def variants(names: list[str], full: bool = False) -> list[dict]:
     out += [
         {"id": f"mistake {n} {i}", "patches": {n: src}, "only": [n]}
         for n in names
-        for i, (_, src) in enumerate(MISTAKES.get(n, []))
+        for i, (_, src) in enumerate(mistakes().get(n, []))
     ]
     return out
 
@@ -77,7 +90,7 @@ def run(names: list[str] | None = None, full: bool = False) -> list[Check]:
         others = {m: p for m, p in points[f"blank {n}"].items() if m != n and p < BY_NAME[m].points}
         c.others_full = not others
         c.mistakes = [
-            (what, points[f"mistake {n} {i}"][n]) for i, (what, _) in enumerate(MISTAKES.get(n, []))
+            (what, points[f"mistake {n} {i}"][n]) for i, (what, _) in enumerate(mistakes().get(n, []))
         ]
         if c.reference < full:
             c.problems.append(f"the reference scores {c.reference:g}/{full}")

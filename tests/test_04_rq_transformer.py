@@ -1,5 +1,6 @@
 """Lesson 04: causality, cached sampling, soft and stochastic codes, sampling filters, NLL, checkpoints."""
 
+import itertools
 import json
 import math
 from pathlib import Path
@@ -427,7 +428,9 @@ def test_code_distances_run_in_true_float32_also_where_tf32_is_on(ar, tokenizer,
 def test_the_tokenizers_convolutions_in_encode_run_without_tf32(ar, tokenizer, tf32_on):
     tok, _ = stage2.load_tokenizer(tokenizer)
     seen = []
-    hook = lambda module, args: seen.append((torch.backends.cudnn.allow_tf32, torch.get_float32_matmul_precision()))
+    hook = lambda module, args: seen.append(
+        (torch.backends.cudnn.allow_tf32, torch.get_float32_matmul_precision())
+    )
     handle = tok.encoder.register_forward_pre_hook(hook)
     ar.encode(tok, torch.zeros(2, 3, 32, 32))
     handle.remove()
@@ -620,26 +623,38 @@ def test_the_code_order_benchmark_trains_one_prior_per_order_and_tables_them(tok
         assert f"| {final['val_bits_per_code']:.4f} |" in row
 
 
-def test_an_unconditional_prior_samples_the_same_with_the_default_guidance_and_with_1(ar, tokenizer, tmp_path):
+def test_an_unconditional_prior_samples_the_same_with_the_default_guidance_and_with_1(
+    ar, tokenizer, tmp_path
+):
     """Its "no class" start token never trained (no label ever dropped): guidance must not act."""
     ar.train(small(ar, tokenizer, tmp_path, condition="none"))
     pictures = []
     for guidance in (ar.Config.guidance, 1.0):
-        ar.train(small(ar, tokenizer, tmp_path, condition="none", sample_only=True, guidance=guidance, canvas=(9, 9)))
+        ar.train(
+            small(
+                ar, tokenizer, tmp_path, condition="none", sample_only=True, guidance=guidance, canvas=(9, 9)
+            )
+        )
         pictures.append([(tmp_path / f).read_bytes() for f in ("samples.png", "canvas.png")])
     assert ar.Config.guidance != 1.0 and pictures[0] == pictures[1]
 
 
-def test_with_soft_labels_the_log_gives_the_hard_nll_beside_the_soft_loss(ar, tokenizer, tmp_path, monkeypatch):
+def test_with_soft_labels_the_log_gives_the_hard_nll_beside_the_soft_loss(
+    ar, tokenizer, tmp_path, monkeypatch
+):
     """bits_per_code is -log2 p(argmin code), comparable with a hard-label run and the validation
     NLL; loss is the cross-entropy against Q_tau that soft labels train on."""
     calls, nll = [], ar.nll
-    monkeypatch.setattr(ar, "nll", lambda *a: calls.append((len(a) > 2 and a[2] is not None, nll(*a).item())) or nll(*a))
+    monkeypatch.setattr(
+        ar, "nll", lambda *a: calls.append((len(a) > 2 and a[2] is not None, nll(*a).item())) or nll(*a)
+    )
     ar.train(small(ar, tokenizer, tmp_path, steps=1, log_every=1, soft_labels=True, samples_per_class=1))
     record = common.read_log(tmp_path)[0]
     (soft, soft_value), (hard, hard_value) = calls[:2]  # the step's loss, then what the log reads
     assert soft and not hard and soft_value != pytest.approx(hard_value)
-    assert record["loss"] == pytest.approx(soft_value) and record["bits_per_code"] == pytest.approx(hard_value / math.log(2))
+    assert record["loss"] == pytest.approx(soft_value) and record["bits_per_code"] == pytest.approx(
+        hard_value / math.log(2)
+    )
 
 
 def lr_schedule(ar, steps: int, at, state=None) -> tuple[list[float], dict]:
@@ -661,6 +676,6 @@ def test_an_extended_resume_goes_on_from_the_lr_reached_with_a_new_cosine(ar):
     plain, state = lr_schedule(ar, 1000, range(600))
     after, extended = lr_schedule(ar, 2000, range(600, 2000), state)
     assert after[0] == pytest.approx(cosine(0.6)) and after[0] < plain[-1]  # re-stretched: cosine(0.3) = 0.79
-    assert all(a > b for a, b in zip(after, after[1:])) and after[-1] < 1e-5
+    assert all(a > b for a, b in itertools.pairwise(after)) and after[-1] < 1e-5
     assert lr_schedule(ar, 2000, [1500], extended)[0] == pytest.approx([after[900]])
     assert lr_schedule(ar, 1000, [600, 999], state)[0] == pytest.approx([cosine(0.6), cosine(0.999)])

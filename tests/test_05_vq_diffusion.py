@@ -373,7 +373,9 @@ def test_a_model_that_knows_x0_samples_it(vqd, noise):
 
     for stride, purity in ((1, False), (3, False), (1, True), (4, True)):  # also the purity sampler
         torch.manual_seed(stride)
-        x = vqd.sample(Oracle(), schedule(vqd, noise), torch.zeros(8, dtype=torch.long), stride, purity=purity)
+        x = vqd.sample(
+            Oracle(), schedule(vqd, noise), torch.zeros(8, dtype=torch.long), stride, purity=purity
+        )
         assert (x == target).all(), (stride, purity, (x != target).float().mean().item())
 
 
@@ -528,6 +530,7 @@ def test_samples_and_inpainting_use_one_guidance_and_none_without_a_condition(
     """samples.png and inpaint.png both sample at --guidance; an unconditional prior (whose "no
     class" row never trained) at 1, whatever --guidance says."""
     seen, sample = [], vqd.sample
-    monkeypatch.setattr(vqd, "sample", lambda *a, **k: seen.append(k.get("guidance", 1.0)) or sample(*a, **k))
+    guidance = lambda *a, **k: k.get("guidance", a[7] if len(a) > 7 else 1.0)  # sample()'s 8th argument
+    monkeypatch.setattr(vqd, "sample", lambda *a, **k: seen.append(guidance(*a, **k)) or sample(*a, **k))
     vqd.train(tiny(vqd, tokenizer, tmp_path, condition=condition, guidance=2.5))
     assert len(seen) == 3 and set(seen) == {used}  # samples.png, then two inpaint.png completions

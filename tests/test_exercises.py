@@ -17,13 +17,15 @@ import pytest
 
 from exercises import catalog, grading, handout, selfcheck, source
 from exercises.__main__ import main as exercises_main
-from exercises.mistakes import MISTAKES
 
 ROOT = Path(__file__).resolve().parent.parent
 WALKTHROUGHS = ["01_vq", "02_rq", "03_vqgan", "04_rq_transformer", "05_vq_diffusion"]
 # in a student's copy (made by `make`) the lessons' answers are blank: no reference to grade
 needs_answers = pytest.mark.skipif(
     (ROOT / grading.MANIFEST).exists(), reason="a student's copy: the reference answers are blanked"
+)
+needs_mistakes = pytest.mark.skipif(
+    not (ROOT / "exercises" / "mistakes.py").exists(), reason="a student's copy: no exercises/mistakes.py"
 )
 
 
@@ -47,13 +49,18 @@ def marked_names() -> set[str]:
     return names
 
 
-def test_at_least_15_exercises_across_the_five_lessons_each_with_tests_and_a_mistake():
+def test_at_least_15_exercises_across_the_five_lessons_each_with_tests():
     names = [e.name for e in catalog.EXERCISES]
     assert len(names) >= 15 and len(set(names)) == len(names)
     assert {e.lesson for e in catalog.EXERCISES} == set(WALKTHROUGHS)
     assert marked_names() == set(names)  # every exercise has tests, every marker a catalog entry
-    assert all(MISTAKES.get(n) for n in names) and set(MISTAKES) <= set(names)
     assert all(isinstance(e.points, int) and e.points > 0 and "\n" not in e.hint for e in catalog.EXERCISES)
+
+
+@needs_mistakes
+def test_every_exercise_has_a_plausible_mistake():
+    mistakes = selfcheck.mistakes()
+    assert all(mistakes.get(e.name) for e in catalog.EXERCISES) and set(mistakes) <= set(catalog.BY_NAME)
 
 
 def test_the_marker_is_registered_and_markers_are_strict():
@@ -180,6 +187,7 @@ def test_a_command_line_error_exits_2_with_one_line(tmp_path):
 
 
 @needs_answers
+@needs_mistakes
 def test_every_exercise_scores_full_as_written_zero_when_blanked_and_less_for_each_mistake():
     checks = selfcheck.run()
     for c in checks:
@@ -203,6 +211,11 @@ def test_make_all_then_grade_scores_zero_everywhere_in_gradescope_format(tmp_pat
             f"raise NotImplementedError('exercise {e.name}:" in text
             or f'NotImplementedError("exercise {e.name}:' in text
         )
+    assert not (student / "exercises" / "mistakes.py").exists()  # near-misses of every answer
+    r = run("-m", "pytest", "--collect-only", "-q", "tests/test_exercises.py", cwd=student)
+    assert r.returncode == 0 and "ERROR" not in r.stdout, r.stdout[-2000:]  # the copy's suite loads
+    r = run("-m", "exercises", "selfcheck", cwd=student)
+    assert r.returncode == 2 and r.stderr.count("\n") == 1 and "mistakes.py" in r.stderr, r.stderr
     cells = [c for w in WALKTHROUGHS for c in nbformat.read(student / "notebooks" / f"{w}.ipynb", 4).cells]
     blanked = [c for c in cells if c.metadata.get("exercise")]
     assert len(blanked) >= 10 and all(f"exercise {c.metadata.exercise}:" in c.source for c in blanked)
@@ -287,3 +300,31 @@ def test_grading_takes_only_the_lesson_files_and_a_missing_one_scores_zero(tmp_p
 def test_the_students_requirements_include_jupyter():
     requirements = (ROOT / "requirements-dev.txt").read_text()
     assert "jupyterlab" in requirements and "-r requirements.txt" in requirements
+
+
+FORGERIES = {  # what a student's lesson file could add to rewrite its own grade
+    "atexit rewrites the outcomes": (
+        "import atexit, sys\n"
+        "def _forge():\n"
+        "    for flag in ('--exercise-report', '--exercise-stream'):\n"
+        "        if flag in sys.argv:\n"
+        "            path = sys.argv[sys.argv.index(flag) + 1]\n"
+        "            text = open(path).read().replace('\"failed\"', '\"passed\"')\n"
+        "            open(path, 'w').write(text)\n"
+        "atexit.register(_forge)\n"
+    ),
+    "sys.exit(0) at import": "import sys\nsys.exit(0)\n",
+    "os._exit(0) at import": "import os\nos._exit(0)\n",
+    "pytest's runner patched": "import _pytest.python\n_pytest.python.Function.runtest = lambda self: None\n",
+}
+
+
+@needs_answers
+@pytest.mark.parametrize("forgery", FORGERIES)
+def test_a_lesson_file_cannot_rewrite_its_own_grade(tmp_path, forgery):
+    """01_vq.straight_through blanked (its body only raises) plus a forgery: still 0 points."""
+    name = "01_vq.straight_through"
+    text = source.blank((ROOT / "01_vq.py").read_text(), "straight_through", handout.message(name))
+    (tmp_path / "01_vq.py").write_text(text + "\n" + FORGERIES[forgery])
+    (row,) = grading.grade(tmp_path, [name])[0]
+    assert (row.passed, row.total, row.points) == (0, 2, 0), row.output
