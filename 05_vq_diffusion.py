@@ -13,7 +13,7 @@ the forward chain turns that prediction into p_theta(x_{t-1} | x_t). Sampling st
 prior p(x_T) and runs the chain backwards; because every position is predicted at every step, it
 can also jump dt steps at a time (fast inference) and fill in a masked region (inpainting).
 
-CPU defaults (README, lesson 05, says what each changed): a depth-1 VQ tokenizer, K = 128 (the
+CPU defaults (docs/lessons.md, Lesson 05, says what each changed): a depth-1 VQ tokenizer, K = 128 (the
 paper's kind); mask-only noise (the paper's mask-and-replace is --noise mask-replace); lambda = 1 on
 L_x0 (official 5e-4: at this scale the x_0 cross-entropy is what teaches); guidance 3.
 
