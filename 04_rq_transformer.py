@@ -14,11 +14,6 @@ Q_tau(. | r) and on codes drawn from Q_tau instead of the argmin (RQ Eq. 15), wh
 targets where two codes are almost equally close. Sampling caches keys and values in both stacks,
 so an image costs T spatial steps of one position and T*D tiny depth steps.
 
-From the VQGAN paper (Esser et al., arXiv:2012.09841): --order visits the positions in one of the
-six orders of its Fig. 47 instead of raster order (the permutation is a buffer of the checkpoint),
-and --canvas H W draws images larger than the training grid with its sliding window (Sec. 3.2):
-each code is predicted from the training-sized window of codes around it.
-
 Text (--condition text, the paper's CC-3M model): the caption's L text tokens are a PREFIX of the
 spatial sequence, [text_1..text_L, u_1, ..., u_T]; attention stays causal, so every position reads
 the whole caption and no code leaks backwards; the sampler fills its cache with the prompt first.
@@ -35,8 +30,8 @@ Notation (T is the sequence length here, as in the RQ paper):
     Q_tau      soft_codes      (N, D, K)      soft labels from squared distances, RQ Eq. 15
 
 Run: python 04_rq_transformer.py               (CPU, built-in shapes-plain, about 10 minutes)
-     python 04_rq_transformer.py --sample-only --canvas 16 16   (then: 16x16-code scenes, under a minute)
      python 04_rq_transformer.py --condition text   (its captions; about 13 minutes)
+Beyond it: beyond/code_orders.py and beyond/sliding_window.py (Taming), beyond/flat_gpt.py (the baseline)
 Next: 05_vq_diffusion.py
 """
 
@@ -44,7 +39,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Literal
+from typing import ClassVar
 
 import torch
 import torch.nn as nn
@@ -86,22 +81,11 @@ def filter_logits(logits: torch.Tensor, top_k: int = 0, top_p: float = 1.0) -> t
     if 0 < top_k < logits.shape[-1]:
         kth = logits.topk(top_k, dim=-1).values[..., -1:]  # (B, 1)
         logits = logits.masked_fill(logits < kth, -math.inf)
-    if top_p < 1.0:  # keep a code iff the mass of the codes before it (descending) is < top_p
-        rows, K = logits.reshape(-1, logits.shape[-1]), logits.shape[-1]  # (N, K)
-        keep = torch.zeros_like(rows, dtype=torch.bool)
-        top1 = rows.amax(-1, keepdim=True)  # p = exp(l - max) / sum exp(l - max), as softmax does
-        z = (rows - top1).exp().sum(-1, keepdim=True)  # (N, 1)
-        # the kept set is usually short: sort only the 64 largest (a partial selection), and all
-        # K for the rows whose 64 largest are still short of top_p
-        todo, k = torch.arange(len(rows), device=rows.device), min(64, K)  # the undecided rows
-        while len(todo):
-            top, order = rows[todo].topk(k, dim=-1)  # (n, k), descending
-            p = (top - top1[todo]).exp() / z[todo]
-            before = F.pad(p.cumsum(-1)[:, :-1], (1, 0))  # the mass before each code (no p - p rounding)
-            done = (before[:, -1] >= top_p) | (k == K)  # the cut falls inside the top k
-            keep[todo[done]] = keep[todo[done]].scatter(-1, order[done], before[done] < top_p)
-            todo, k = todo[~done], K
-        logits = logits.masked_fill(~keep.view_as(logits), -math.inf)
+    if top_p < 1.0:  # keep a code iff the mass of the codes before it (most likely first) is < top_p
+        probs, order = logits.float().softmax(-1).sort(-1, descending=True)  # (B, K)
+        before = F.pad(probs.cumsum(-1)[..., :-1], (1, 0))  # exclusive: no p - p rounding
+        keep = torch.zeros_like(before, dtype=torch.bool).scatter(-1, order, before < top_p)
+        logits = logits.masked_fill(~keep, -math.inf)
     return logits
 
 
@@ -135,71 +119,6 @@ def unconditional(model, c: torch.Tensor) -> torch.Tensor:
     if c.dim() == 2:
         return model.text.tokenize([""]).to(c.device).expand_as(c)
     return torch.full_like(c, model.null)
-
-
-# --- the order of the positions (Taming App. F, Fig. 47) ---
-
-ORDERS = ("row-major", "spiral-out", "spiral-in", "z-curve", "subsample", "alternate")
-
-
-def code_order(name: str, T: int) -> torch.Tensor:
-    """The order in which a prior visits the T = H x H positions: (T,) long, the raster index of
-    each step. Attention is permutation invariant, next-code prediction is not (Taming Fig. 47).
-        row-major   row by row, left to right (RQ Eq. 8)
-        alternate   row by row, every second row right to left
-        spiral-in   the border first: from the bottom-right corner up, then anticlockwise ring by
-                    ring to the centre (taming's SpiralIn)
-        spiral-out  the spiral-in path backwards: from the centre out (taming's SpiralOut)
-        z-curve     the Morton curve: row and column bits interleaved, 2 x 2 blocks inside 4 x 4 ...
-        subsample   the Morton key read from its lowest bits: every second row and column first
-                    (a 2x-subsampled image), then the other three phases, recursively
-    """
-    H = math.isqrt(T)
-    grid = torch.arange(T).view(H, H) if H * H == T else None
-    assert name == "row-major" or grid is not None, f"--order {name} needs a square code grid, not T = {T}"
-    if name == "row-major":
-        return torch.arange(T)
-    if name == "alternate":
-        grid[1::2] = grid[1::2].flip(1)
-        return grid.flatten()
-    if name in ("spiral-in", "spiral-out"):
-        # mirrored across the anti-diagonal, the right column read upwards is the top row; peel
-        # the top row, then turn what is left a quarter to the left: anticlockwise in the grid
-        path, ring = [], grid.flip(0, 1).t()
-        while ring.numel():
-            path.append(ring[0])
-            ring = ring[1:].rot90(1)
-        path = torch.cat(path)
-        return path if name == "spiral-in" else path.flip(0)
-    bits = max(H - 1, 1).bit_length()
-    i, j = (g.flatten() for g in torch.meshgrid(torch.arange(H), torch.arange(H), indexing="ij"))
-    if name == "subsample":  # reverse the bits of i and j: the lowest bit decides first
-        i, j = (sum(((x >> b) & 1) << (bits - 1 - b) for b in range(bits)) for x in (i, j))
-    morton = sum((((i >> b) & 1) << (2 * b + 1)) | (((j >> b) & 1) << (2 * b)) for b in range(bits))
-    return grid.flatten()[morton.argsort()]
-
-
-class Ordered(nn.Module):
-    """What both priors share about the order: the permutation, a buffer, so that the checkpoint
-    holds it. Codes and logits outside a prior are always in raster order."""
-
-    def __init__(self, order: str, T: int):
-        super().__init__()
-        self.register_buffer("order", code_order(order, T))  # (T,) raster index of each step
-        self.is_raster = order == "row-major"  # then no copies: logits can be (B, T, D, 16384)
-
-    def sequence(self, x: torch.Tensor) -> torch.Tensor:
-        """(B, T, ...) in raster order -> in the prior's order."""
-        return x if self.is_raster else x[:, self.order]
-
-    def raster(self, x: torch.Tensor) -> torch.Tensor:
-        """(B, T, ...) in the prior's order -> in raster order."""
-        return x if self.is_raster else x[:, self.order.argsort()]
-
-    def _load_from_state_dict(self, state, prefix, *args):
-        state.setdefault(prefix + "order", torch.arange(len(self.order)))  # saved before --order: raster
-        super()._load_from_state_dict(state, prefix, *args)
-        self.is_raster = torch.equal(self.order.cpu(), torch.arange(len(self.order)))  # what was loaded
 
 
 # --- transformers with a key/value cache ---
@@ -275,7 +194,7 @@ class Transformer(nn.Module):
 # --- the RQ-Transformer ---
 
 
-class RQTransformer(Ordered):
+class RQTransformer(nn.Module):
     """p(S) = prod_t prod_d p(S_td | S_<t, S_t,<d) (RQ Eq. 9). codes (B, T, D), c (B,) -> logits (B, T, D, K).
 
     Code embeddings are the tokenizer's frozen code vectors e(k) (a buffer) through learned linear
@@ -283,7 +202,7 @@ class RQTransformer(Ordered):
     """
 
     def __init__(self, codebook: torch.Tensor, T: int, D: int, cfg: Config, num_classes: int, text=None):
-        super().__init__(cfg.order, T)  # --order: the positions' order (row-major: RQ Eq. 8)
+        super().__init__()
         K, d_code = codebook.shape
         self.T, self.D, self.K = T, D, K
         self.register_buffer("codebook", codebook.clone())  # frozen e(k): (K, d_code)
@@ -311,7 +230,6 @@ class RQTransformer(Ordered):
 
     def forward(self, codes: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
         B, T, D = codes.shape
-        codes = self.sequence(codes)  # raster -> --order (row-major: unchanged)
         e = self.codebook[codes]  # (B, T, D, d_code)
         prefix, label = self.prefix(c), c if c.dim() == 1 else c.new_zeros(B)  # text: one start token
         # RQ Eq. 10: u_1 = PE_T(1) + start(c), u_t = PE_T(t) + sum_d e(S_{t-1,d}) for t > 1
@@ -325,7 +243,7 @@ class RQTransformer(Ordered):
             torch.cat([h[:, :, None], self.embed_depth(e[:, :, :-1]).cumsum(2)], 2) + self.pos_d
         )  # (B, T, D, W)
         out = self.depth(rearrange(v, "b t d w -> (b t) d w"))  # RQ Eq. 13, causal over depth
-        return self.raster(rearrange(self.head(out), "(b t) d k -> b t d k", b=B))
+        return rearrange(self.head(out), "(b t) d k -> b t d k", b=B)
 
     @torch.no_grad()
     def sample(self, c: torch.Tensor, temperature=1.0, top_k=0, top_p=1.0, guidance=1.0):
@@ -355,83 +273,7 @@ class RQTransformer(Ordered):
             if t + 1 < self.T:
                 e_sum = self.codebook[codes[:, t]].sum(1).repeat(pair, 1)  # sum_d e(S_td)
                 u = (self.embed_spatial(e_sum) + self.pos_t[t + 1])[:, None]
-        return self.raster(codes), self.raster(logits)  # drawn in --order
-
-
-class FlatTransformer(Ordered):
-    """The baseline: one causal GPT over the T*D codes unfolded in raster order (position-major,
-    depth-minor), as wide as the RQ-Transformer and spatial + depth layers deep. Same interface."""
-
-    def __init__(self, codebook: torch.Tensor, T: int, D: int, cfg: Config, num_classes: int, text=None):
-        super().__init__(cfg.order, T)
-        assert text is None, "the flat baseline is class-conditional only (Config refuses --condition text)"
-        K, d_code = codebook.shape
-        self.T, self.D, self.K = T, D, K
-        self.register_buffer("codebook", codebook.clone())
-        self.embed = nn.Linear(d_code, cfg.width)
-        self.start = nn.Embedding(num_classes + 1, cfg.width)  # one per class + "no class"
-        self.null = num_classes
-        self.pos = nn.Parameter(torch.zeros(T * D, cfg.width))
-        self.gpt = Transformer(cfg.width, cfg.spatial_layers + cfg.depth_layers, cfg.heads, cfg.dropout)
-        self.head = nn.Sequential(nn.LayerNorm(cfg.width), nn.Linear(cfg.width, K))
-
-    def forward(self, codes: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
-        B, T, D = codes.shape
-        seq = self.sequence(codes).reshape(B, T * D)  # (B, T*D), positions in --order
-        x = torch.cat([self.start(c)[:, None], self.embed(self.codebook[seq[:, :-1]])], 1) + self.pos
-        return self.raster(self.head(self.gpt(x)).view(B, T, D, self.K))
-
-    @torch.no_grad()
-    def sample(self, c: torch.Tensor, temperature=1.0, top_k=0, top_p=1.0, guidance=1.0):
-        B, dev, L, pair = len(c), c.device, self.T * self.D, 1 + (guidance != 1.0)
-        c = torch.cat([c, unconditional(self, c)]) if pair == 2 else c
-        seq = torch.zeros(B, L, dtype=torch.long, device=dev)
-        logits = torch.zeros(B, L, self.K, device=dev)
-        cache = self.gpt.caches(len(c), L, dev)
-        x = (self.start(c) + self.pos[0])[:, None]
-        for i in range(L):
-            logits[:, i] = guide(self.head(self.gpt(x, cache))[:, 0], guidance)
-            seq[:, i] = sample_logits(logits[:, i], temperature, top_k, top_p)
-            if i + 1 < L:
-                x = (self.embed(self.codebook[seq[:, i].repeat(pair)]) + self.pos[i + 1])[:, None]
-        return self.raster(seq.view(B, self.T, self.D)), self.raster(logits.view(B, self.T, self.D, self.K))
-
-
-# --- beyond the training canvas: sliding-window sampling (Taming Sec. 3.2, Fig. 3) ---
-
-
-def window_start(i: int, size: int, n: int) -> int:
-    """Where a window of n codes along an axis of `size` codes starts so that it holds position i:
-    centred on i where the canvas allows, against the border near the edges (as taming places it)."""
-    return min(max(i - n // 2, 0), size - n)
-
-
-@torch.no_grad()
-def sample_window(model, c: torch.Tensor, canvas, temperature=1.0, top_k=0, top_p=1.0, guidance=1.0):
-    """A canvas of Hc x Wc positions, larger than the h x w grid the prior was trained on (either
-    model: anything with forward(codes (B, h*w, D), c) -> logits (B, h*w, D, K)). Codes are drawn in
-    raster order over the canvas; the one at (i, j, d) from the prior's logits at its place in the
-    h x w window around (i, j). Causal attention in the window's raster order reads only codes of
-    rows above and of the row's earlier columns, all drawn already, so the prior never sees more
-    than it was trained on. No cache: the window moves with j, so every code runs the prior on its
-    window, as taming does. On the training grid this is the plain sampler: the same codes from
-    the same seed. c: (B,) or (B, L) -> codes (B, Hc, Wc, D), logits (B, Hc, Wc, D, K)."""
-    h = w = math.isqrt(model.T)  # the training grid is square
-    (Hc, Wc), B, D, pair = canvas, len(c), model.D, 1 + (guidance != 1.0)
-    assert Hc >= h and Wc >= w, f"canvas {Hc}x{Wc} is smaller than the training grid {h}x{w}"
-    c = torch.cat([c, unconditional(model, c)]) if pair == 2 else c
-    codes = torch.zeros(B, Hc, Wc, D, dtype=torch.long, device=c.device)
-    logits = torch.zeros(B, Hc, Wc, D, model.K, device=c.device)
-    for i in common.progress(range(Hc), desc="canvas rows", leave=False):
-        i0 = window_start(i, Hc, h)
-        for j in range(Wc):
-            j0 = window_start(j, Wc, w)
-            t = (i - i0) * w + (j - j0)  # (i, j) in the window's raster order
-            for d in range(D):
-                window = codes[:, i0 : i0 + h, j0 : j0 + w].reshape(B, h * w, D)  # (B, T, D)
-                logits[:, i, j, d] = guide(model(window.repeat(pair, 1, 1), c)[:, t, d], guidance)
-                codes[:, i, j, d] = sample_logits(logits[:, i, j, d], temperature, top_k, top_p)
-    return codes, logits
+        return codes, logits
 
 
 def nll(logits: torch.Tensor, codes: torch.Tensor, soft: torch.Tensor | None = None) -> torch.Tensor:
@@ -460,13 +302,16 @@ def encode(tok, x: torch.Tensor, tau: float = 0.5, stochastic: bool = False):
 # --- training ---
 
 
-def train(cfg: Config) -> nn.Module:
+def build(cfg: Config, s: stage2.Stage2, Model=None) -> nn.Module:
+    """The prior (RQTransformer, or another class with its interface: beyond/) on the tokenizer's codes."""
+    q = s.tok.quantizer
+    return (Model or RQTransformer)(q.codebook, s.H * s.H, q.depth, cfg, s.num_classes, s.text).to(s.device)
+
+
+def train(cfg: Config, Model=None) -> nn.Module:
     """Fit the prior on the frozen tokenizer's codes; write ckpt.pt, metrics.jsonl and samples.png."""
     s = stage2.setup(cfg)  # run folder, frozen tokenizer (trained once if none), data, classes
-    stage2.check_canvas(cfg.canvas, s.H)  # a --canvas smaller than the code grid: refused now
-    Model = FlatTransformer if cfg.flatten else RQTransformer
-    q = s.tok.quantizer
-    model = Model(q.codebook, s.H * s.H, q.depth, cfg, s.num_classes, s.text).to(s.device)
+    model = build(cfg, s, Model)
     if cfg.sample_only:  # a trained prior draws samples.png / prompts.png again; no training
         finish(stage2.load_prior(s, model), s, cfg)
         return model
@@ -503,9 +348,8 @@ def train(cfg: Config) -> nn.Module:
 
 def finish(model, s: stage2.Stage2, cfg: Config) -> None:
     """The validation NLL, samples.png (one row per class) judged for sample quality, the final
-    record of metrics.jsonl, prompts.png for --prompt and canvas.png for --canvas. --sample-only:
-    prompts.png and canvas.png for those flags, else samples.png again (with this command's
-    sampling flags), nothing else."""
+    record of metrics.jsonl, and prompts.png for --prompt. --sample-only: prompts.png for --prompt,
+    else samples.png again (with this command's sampling flags), nothing else."""
     draw = lambda c: model.sample(c, cfg.temperature, cfg.top_k, cfg.top_p, cfg.guidance)[0]
     if not cfg.sample_only:
         val_nll = evaluate(model, s, cfg)
@@ -513,13 +357,10 @@ def finish(model, s: stage2.Stage2, cfg: Config) -> None:
         quality = stage2.samples_png(s, cfg, draw)  # one row per class (or per caption naming it)
         record = {"val_nll": val_nll, "val_bits_per_code": val_nll / math.log(2), **quality}
         s.run.log({"step": cfg.steps, "final": True, **record})
-    elif not (cfg.prompt or cfg.canvas):
+    elif not cfg.prompt:
         stage2.samples_png(s, cfg, draw)
     if cfg.prompt:
         stage2.prompts_png(s, cfg, draw)
-    if cfg.canvas:  # images larger than the training size, by the sliding window
-        args = (cfg.canvas, cfg.temperature, cfg.top_k, cfg.top_p, cfg.guidance)
-        stage2.canvas_png(s, cfg, lambda c: sample_window(model, c, *args)[0])
 
 
 @torch.no_grad()
@@ -539,6 +380,7 @@ def evaluate(model, s: stage2.Stage2, cfg: Config) -> float:
 
 @dataclass
 class Config(stage2.PriorConfig):
+    RESUMABLE: ClassVar = stage2.PriorConfig.RESUMABLE | {"temperature", "top_k", "top_p", "guidance"}
     dataset: str = "shapes-plain"  # as lesson 01; by default shapes in flat palette colours
     out: str = "runs/04_rq_transformer"  # run folder: ckpt.pt, metrics.jsonl, samples.png
     tokenizer: str | None = None  # 02/03 checkpoint or a released one (default: runs/02_rq/ckpt.pt, or train)
@@ -549,7 +391,6 @@ class Config(stage2.PriorConfig):
     spatial_layers: int = 3  # layers of the spatial transformer
     depth_layers: int = 1  # layers of the depth transformer
     dropout: float = 0.0  # dropout in the residual branches (paper: 0.1, at scale)
-    flatten: bool = False  # baseline: one GPT over all T*D codes, spatial + depth layers deep
     conditional: bool | None = None  # class-conditional (default: when the dataset has labels)
     soft_labels: bool = False  # train on Q_tau(. | r_{t,d-1}) instead of one-hot codes
     stochastic_codes: bool = False  # draw training codes from Q_tau instead of the argmin
@@ -561,8 +402,6 @@ class Config(stage2.PriorConfig):
     label_dropout: float = 0.1  # training: the class is replaced by "no class" this often (CFG)
     guidance: float = 2.0  # sampling: classifier-free guidance scale s (1 = off, as for unconditional priors)
     samples_per_class: int = 16  # images per row of samples.png (all judged for sample quality)
-    order: Literal[ORDERS] = "row-major"  # the order the prior visits the code grid in (Taming Fig. 47)
-    canvas: tuple[int, ...] = ()  # H W: also draw canvas.png, H x W codes by a sliding window
     batch_size: int = 32  # images per step (per process under torchrun)
     steps: int = 3000  # optimizer steps
     lr: float = 2e-3  # peak AdamW lr: a 100-step warm-up ramp times a cosine decay (paper: 5e-4)
@@ -574,18 +413,6 @@ class Config(stage2.PriorConfig):
             (min(self.spatial_layers, self.depth_layers) >= 1, "--spatial-layers, --depth-layers >= 1"),
             (min(self.tau, self.temperature) > 0, "--tau and --temperature must be > 0"),
             (0 < self.top_p <= 1 and self.top_k >= 0, "--top-p must be in (0, 1] and --top-k >= 0"),
-            (
-                len(self.canvas) in (0, 2) and min(self.canvas, default=1) >= 1,
-                f"--canvas takes two positive numbers of codes, H W (got {' '.join(map(str, self.canvas))})",
-            ),
-            (
-                not self.canvas or self.order == "row-major",
-                "--canvas needs --order row-major: the window slides in raster order",
-            ),
-            (
-                not (self.flatten and self.condition == "text"),
-                "--flatten is class-conditional only; drop --condition text",
-            ),
         )
 
 

@@ -50,7 +50,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Literal
+from typing import ClassVar, Literal
 
 import torch
 import torch.nn as nn
@@ -537,6 +537,13 @@ def inpaint(model, sched: Schedule, s, cfg: Config, completions: int = 2) -> Non
 
 @dataclass
 class Config(stage2.PriorConfig):
+    RESUMABLE: ClassVar = stage2.PriorConfig.RESUMABLE | {
+        "guidance",
+        "stride",
+        "truncation",
+        "purity",
+        "inpaint_renoise",
+    }
     dataset: str = "shapes-plain"  # as lesson 01; by default shapes in flat palette colours
     out: str = "runs/05_vq_diffusion"  # run folder: ckpt.pt, metrics.jsonl, samples.png, inpaint.png
     tokenizer: str | None = None  # 02/03 checkpoint or a released tokenizer (default: as lesson 04)

@@ -1,4 +1,4 @@
-"""Sampling speed of the RQ-Transformer against a flattened GPT over the same codes (RQ paper Fig. 4).
+"""Sampling speed of the RQ-Transformer against a flattened GPT over the same codes (beyond/flat_gpt.py).
 
 Both models are lesson 04's, untrained (speed does not depend on the weights), at equal width and
 equal total layers: spatial + depth layers for the RQ-Transformer, as many for the flat GPT, which
@@ -21,6 +21,7 @@ from timing import median_seconds, paired_seconds, use_device
 import common
 
 ar = common.lesson("04_rq_transformer")
+from beyond.flat_gpt import FlatTransformer  # noqa: E402
 
 
 def main():
@@ -55,7 +56,7 @@ def main():
     for K in args.K:
         codebook = torch.randn(K, 64)
         rqt = ar.RQTransformer(codebook, args.T, args.D, cfg, 1).eval()
-        flat = ar.FlatTransformer(codebook, args.T, args.D, cfg, 1).eval()
+        flat = FlatTransformer(codebook, args.T, args.D, cfg, 1).eval()
         train_ms = []
         for m in (rqt, flat):
             m.train()

@@ -1,7 +1,7 @@
-"""Validation NLL and sample quality of lesson 04's prior against --order (Taming App. F, Fig. 47).
+"""Validation NLL and sample quality of lesson 04's prior against its order (beyond/code_orders.py).
 
 One prior per order, all on the same frozen tokenizer with the same seed, data and flags; each is
-trained by lesson 04 itself into <--out>/<order> and judged as lesson 04 judges every run: the
+trained by beyond/code_orders.py (lesson 04's loop) into <--out>/<order> and judged as lesson 04 judges every run: the
 validation NLL against the argmin codes (bits per code) and samples.png by sample_quality.py
 (class accuracy of the shapes classifier, shapes-FD against held-out images and its real-image
 floor). Taming Fig. 47 reports the validation NLL of such orders on ImageNet, row-major lowest.
@@ -17,8 +17,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 import common
-
-ar = common.lesson("04_rq_transformer")
+from beyond import code_orders
 
 
 def final_record(run: Path) -> dict | None:
@@ -29,7 +28,13 @@ def final_record(run: Path) -> dict | None:
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--tokenizer", required=True, help="the lesson 02/03 checkpoint every prior reads")
-    p.add_argument("--orders", nargs="+", default=list(ar.ORDERS), choices=ar.ORDERS, help="orders to train")
+    p.add_argument(
+        "--orders",
+        nargs="+",
+        default=list(code_orders.ORDERS),
+        choices=code_orders.ORDERS,
+        help="orders to train",
+    )
     p.add_argument("--steps", type=int, default=1000, help="optimizer steps of each prior")
     p.add_argument("--out", default="runs/code_order", help="one run folder per order in here")
     p.add_argument("--device", default="auto", help="auto | cpu | cuda | mps")
@@ -42,7 +47,7 @@ def main(argv=None):
         if final_record(run) is None:
             flags = ["--tokenizer", args.tokenizer, "--order", order, "--steps", str(args.steps)]
             flags += ["--out", str(run), "--device", args.device, "--overwrite", *rest]
-            ar.train(common.parse(ar.Config, flags))
+            code_orders.train(common.parse(code_orders.Config, flags))
         rows.append((order, final_record(run)))
     print(f"\n{args.steps} steps each, tokenizer {args.tokenizer}\n")
     print("| order | val NLL (bits per code) | class accuracy | shapes-FD (floor) |")

@@ -5,7 +5,7 @@ on the same code grid (an 8x8 grid of D codes from a K-code tokenizer):
   - VQ-Diffusion (lesson 05): T = 100 steps, ceil(T / dt) calls of a bidirectional transformer
     over all 64 positions, truncation r = 0.86;
   - RQ-Transformer (lesson 04): 64 spatial steps + 64*D depth steps, with KV caches;
-  - flattened GPT (lesson 04 --flatten, "VQ-AR" in the paper): 64*D steps, with a KV cache.
+  - flattened GPT (beyond/flat_gpt.py, "VQ-AR" in the paper): 64*D steps, with a KV cache.
 The paper reports VQ-Diffusion with fast inference 15x faster than a VQ-AR model of the same size.
 
 Run: python benchmarks/diffusion_sampling_speed.py [--strides 1 2 5 10 20] [--batch 16] [--K 1024]
@@ -24,6 +24,8 @@ from timing import median_seconds, use_device
 import common
 
 ar = common.lesson("04_rq_transformer")
+from beyond.flat_gpt import FlatTransformer  # noqa: E402
+
 vqd = common.lesson("05_vq_diffusion")
 
 
@@ -57,7 +59,7 @@ def main():
     acfg = ar.Config(width=args.width, heads=8, spatial_layers=args.layers - 2, depth_layers=2)
     codebook = torch.randn(K, 64)
     rqt = ar.RQTransformer(codebook, H * H, D, acfg, 1).eval()
-    flat = ar.FlatTransformer(codebook, H * H, D, acfg, 1).eval()
+    flat = FlatTransformer(codebook, H * H, D, acfg, 1).eval()
 
     timings = {}
     with torch.no_grad():

@@ -39,8 +39,7 @@ def load_prior(run: Path):
     _, val, classes = common.load_data(cfg)
     n = len(classes) if classes else 1
     if lesson is ar:
-        Model = ar.FlatTransformer if cfg.flatten else ar.RQTransformer
-        model, sched = Model(q.codebook, H * H, q.depth, cfg, n), None
+        model, sched = ar.RQTransformer(q.codebook, H * H, q.depth, cfg, n), None
     else:
         model = vqd.DiffusionTransformer(len(q.codebook), H, q.depth, cfg, n)
         sched = vqd.noise_schedule(cfg.steps_T, len(q.codebook), cfg.gamma_end, cfg.beta_end)

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Literal
+from typing import ClassVar, Literal
 
 import torch
 
@@ -20,6 +20,8 @@ from .shapes import BUILTIN, PLAIN_COLOUR_NAMES, SHAPE_CLASSES, class_prompts
 @dataclass
 class PriorConfig(TrainConfig):
     """Flags lessons 04 and 05 share. Their Configs subclass this."""
+
+    RESUMABLE: ClassVar = frozenset({"sample_only", "prompt", "reject_keep", "samples_per_class"})  # sampling
 
     tokenizer_config: str | None = None  # config of an official --tokenizer file (default: next to it)
     condition: Literal["class", "text", "none"] | None = None  # condition on (default: class when labelled)

@@ -32,11 +32,9 @@ class Run:
     `run.steps(start)`, which turns Ctrl-C / SIGTERM into a checkpoint and exit 130 / 143.
     """
 
-    RESUMABLE = frozenset(  # flags that may change between a run and its --resume
+    RESUMABLE = frozenset(  # flags that may change between a run and its --resume (a Config adds its own)
         {"steps", "compile", "precision", "resume", "overwrite", "log_every", "ckpt_every", "ckpt_minutes"}
         | {"num_workers", "device", "eval_images", "out"}  # the folder may have moved
-        | {"sample_only", "prompt", "reject_keep", "samples_per_class", "guidance", "temperature"}  # sampling
-        | {"top_k", "top_p", "stride", "truncation", "purity", "inpaint_renoise", "canvas"}
     )
 
     def __init__(self, cfg):
@@ -161,7 +159,7 @@ class Run:
         diff = [
             f"--{k.replace('_', '-')} {saved[k]} (now {now[k]})"
             for k in now
-            if k not in self.RESUMABLE and saved[k] != now[k]
+            if k not in resumable(self.cfg) and saved[k] != now[k]
         ]
         if diff:
             raise UserError(f"--resume: {self.ckpt_path} was made with different flags: {'; '.join(diff)}")
@@ -203,6 +201,12 @@ class Run:
             kept = [r for r in read_log(self.dir) if r.get("step", 0) <= ckpt["step"] and not r.get("final")]
             (self.dir / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in kept))
         return ckpt["step"]
+
+
+def resumable(cfg) -> frozenset:
+    """The flags that may change between a run and its --resume: Run's, and the sampling flags
+    that the Config's class declares in its RESUMABLE."""
+    return Run.RESUMABLE | getattr(type(cfg), "RESUMABLE", frozenset())
 
 
 def rank_seed(seed: int, rank: int) -> int:

@@ -1,5 +1,5 @@
 """The pictures lessons 04 and 05 draw from their priors: codes decoded to images, samples.png
-(judged for sample quality), prompts.png, canvas.png, rejection sampling, and the inpainting square.
+(judged for sample quality), prompts.png, rejection sampling, and the inpainting square.
 
 A student may skip this folder: nothing in it is a concept the lessons teach.
 """
@@ -13,7 +13,6 @@ import sample_quality
 
 from .conditioning import candidates, prompt_classes, prompt_colours, reject, sample_conditions
 from .device import echo
-from .errors import UserError
 from .images import save_grid
 
 
@@ -63,28 +62,6 @@ def prompts_png(s, cfg, draw) -> None:
     echo(
         f"wrote {s.run.dir / 'prompts.png'}: "
         + " | ".join(f"row {i + 1}: {p}" for i, p in enumerate(cfg.prompt))
-    )
-
-
-def check_canvas(canvas: tuple[int, ...], H: int) -> None:
-    """--canvas H W must hold the H x H code grid of training (checked before training starts)."""
-    if canvas and min(canvas) < H:
-        raise UserError(
-            f"--canvas {' '.join(map(str, canvas))} is smaller than the {H}x{H} code grid of the prior"
-        )
-
-
-def canvas_png(s, cfg, draw, per_row: int = 4) -> None:
-    """canvas.png: per_row canvases of --canvas H W codes for each row condition of samples.png,
-    drawn by draw(c) -> codes (B, H, W, D)."""
-    H, W = cfg.canvas
-    c, _, _ = sample_conditions(s)
-    codes = draw(c.repeat_interleave(per_row, 0))  # (rows * per_row, H, W, D)
-    images = decode(s.tok, codes.flatten(1, 2), H)
-    save_grid(list(images.view(len(c), per_row, *images.shape[1:])), s.run.dir / "canvas.png")
-    px = images.shape[-2:]
-    echo(
-        f"wrote {s.run.dir / 'canvas.png'}: {len(c)} rows of {per_row} canvases of {H}x{W} codes ({px[0]}x{px[1]} px)"
     )
 
 

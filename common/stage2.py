@@ -18,23 +18,29 @@ import torch.nn as nn
 from . import official
 from .checkpoints import lessons_checkpoint, load_checkpoint, load_state, read_checkpoint
 from .cli import lesson
-from .conditioning import PriorConfig, candidates, check_prior_flags, prompt_classes, prompt_colours, reject
+from .conditioning import (
+    PriorConfig,
+    candidates,
+    check_prior_flags,
+    prompt_classes,
+    prompt_colours,
+    reject,
+    sample_conditions,
+)  # fmt: skip
 from .datasets import default_image_size
 from .device import echo, get_device, seed_everything
 from .dist import barrier, distributed
 from .errors import UserError
 from .loading import load_data
 from .released import RELEASED
-from .runs import Run, read_log
-from .samples import canvas_png, centre_square, check_canvas, decode, draw_rows, prompts_png, samples_png
+from .runs import Run, read_log, resumable
+from .samples import centre_square, decode, draw_rows, prompts_png, samples_png
 from .text import text_encoder
 
 __all__ = [  # defined next door, reached through stage2 by the lessons, benchmarks and tests
     "PriorConfig",
     "candidates",
-    "canvas_png",
     "centre_square",
-    "check_canvas",
     "check_prior_flags",
     "decode",
     "draw_rows",
@@ -42,6 +48,7 @@ __all__ = [  # defined next door, reached through stage2 by the lessons, benchma
     "prompt_colours",
     "prompts_png",
     "reject",
+    "sample_conditions",
     "samples_png",
 ]  # fmt: skip
 
@@ -170,7 +177,7 @@ def adopt_trained_flags(cfg) -> dict | None:
     if not (cfg.sample_only and path.exists()):
         return None  # (a missing checkpoint is Run's one-line error)
     ckpt = load_checkpoint(path)
-    for name in ckpt["config"].keys() - Run.RESUMABLE:
+    for name in ckpt["config"].keys() - resumable(cfg):
         value = ckpt["config"][name]
         setattr(cfg, name, tuple(value) if isinstance(value, list) else value)
     if cfg.prompt and cfg.condition != "text":

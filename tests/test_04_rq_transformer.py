@@ -10,6 +10,7 @@ import pytest
 import torch
 from hypothesis import given
 from hypothesis import strategies as st
+from priors import small_prior
 
 import common
 from common import stage2
@@ -20,20 +21,13 @@ def ar():
     return common.lesson("04_rq_transformer")
 
 
-def model(ar, flatten=False, K=7, d_code=5, T=6, D=3, classes=3, seed=0, order="row-major"):
-    torch.manual_seed(seed)
-    cfg = ar.Config(width=16, heads=2, spatial_layers=2, depth_layers=1, dropout=0.0, order=order)
-    Model = ar.FlatTransformer if flatten else ar.RQTransformer
-    return Model(torch.randn(K, d_code), T, D, cfg, classes).eval()
-
-
 # --- causality and the cache ---
 
 
 @pytest.mark.parametrize("flatten", [False, True])
 @pytest.mark.parametrize("t, d", [(0, 0), (2, 1), (3, 0), (5, 2)])
 def test_later_codes_do_not_change_earlier_logits(ar, flatten, t, d):
-    m = model(ar, flatten)
+    m = small_prior(flatten)
     codes, c = torch.randint(7, (2, 6, 3)), torch.tensor([0, 2])
     changed = codes.clone().view(2, -1)
     changed[:, t * 3 + d :] = torch.randint(7, changed[:, t * 3 + d :].shape)  # at and after (t, d)
@@ -43,7 +37,7 @@ def test_later_codes_do_not_change_earlier_logits(ar, flatten, t, d):
 
 @pytest.mark.parametrize("flatten", [False, True])
 def test_cached_sampling_gives_the_logits_of_a_full_forward_pass(ar, flatten):
-    m = model(ar, flatten)
+    m = small_prior(flatten)
     c = torch.tensor([1, 0, 2])
     torch.manual_seed(3)
     codes, logits = m.sample(c)
@@ -54,7 +48,7 @@ def test_cached_sampling_gives_the_logits_of_a_full_forward_pass(ar, flatten):
 def test_guided_sampling_draws_from_the_guided_logits_of_full_forward_passes(ar, flatten):
     """Classifier-free guidance: every drawn code's logits are l_u + s (l_c - l_u), with l_c and
     l_u the full forward pass on the drawn codes with the class and with "no class"."""
-    m = model(ar, flatten)
+    m = small_prior(flatten)
     c = torch.tensor([0, 2, 1])
     codes, logits = m.sample(c, guidance=2.5)
     with torch.no_grad():
@@ -110,7 +104,7 @@ def test_label_dropout_replaces_the_class_by_no_class_at_its_rate(ar):
 
 
 def test_the_class_changes_the_logits(ar):
-    m = model(ar)
+    m = small_prior()
     codes = torch.randint(7, (1, 6, 3))
     assert not torch.allclose(m(codes, torch.tensor([0])), m(codes, torch.tensor([1])))
 
@@ -119,7 +113,7 @@ def test_the_class_changes_the_logits(ar):
 def test_flat_and_rq_models_compute_the_same_nll_definition(ar):
     codes, c = torch.randint(7, (2, 6, 3)), torch.tensor([0, 1])
     for flatten in (False, True):
-        logits = model(ar, flatten)(codes, c)
+        logits = small_prior(flatten)(codes, c)
         explicit = -torch.stack(
             [
                 logits[b, t, d].log_softmax(-1)[codes[b, t, d]]
@@ -141,136 +135,6 @@ def test_nll_against_soft_labels_is_the_cross_entropy_and_one_hot_labels_give_th
     torch.testing.assert_close(ar.nll(logits, codes, soft), -(soft * logp).sum(-1).mean())
     one_hot = torch.nn.functional.one_hot(codes, 5).float().view(6, 2, 5)
     torch.testing.assert_close(ar.nll(logits, codes, one_hot), ar.nll(logits, codes))
-
-
-# --- the order of the positions (Taming App. F, Fig. 47) ---
-
-
-@pytest.mark.parametrize("H", [1, 2, 3, 4, 5, 8])
-def test_every_order_is_a_permutation_and_the_paths_move_one_step_at_a_time(ar, H):
-    for name in ar.ORDERS:
-        order = ar.code_order(name, H * H)
-        assert torch.equal(order.sort().values, torch.arange(H * H)), name
-    assert torch.equal(ar.code_order("row-major", H * H), torch.arange(H * H))
-    for name in ("alternate", "spiral-in", "spiral-out"):  # a path of grid neighbours
-        i, j = ar.code_order(name, H * H).div(H, rounding_mode="floor"), ar.code_order(name, H * H) % H
-        assert ((i.diff().abs() + j.diff().abs()) == 1).all(), name
-    last = H * H - 1  # taming's spirals meet the border at the bottom-right corner
-    assert ar.code_order("spiral-in", H * H)[0] == last and ar.code_order("spiral-out", H * H)[-1] == last
-    spiral_in = ar.code_order("spiral-in", H * H)
-    border = torch.tensor([r in (0, H - 1) or c in (0, H - 1) for r in range(H) for c in range(H)])
-    assert border[spiral_in[: int(border.sum())]].all()  # the border before anything inside it
-
-
-def test_the_z_curve_and_subsample_orders_of_a_4x4_grid_are_those_of_taming_fig_47(ar):
-    step = lambda name: ar.code_order(name, 16).argsort().view(4, 4)  # the step of each position
-    z = [[0, 1, 4, 5], [2, 3, 6, 7], [8, 9, 12, 13], [10, 11, 14, 15]]
-    sub = [[0, 4, 1, 5], [8, 12, 9, 13], [2, 6, 3, 7], [10, 14, 11, 15]]
-    assert step("z-curve").tolist() == z and step("subsample").tolist() == sub
-    first = ar.code_order("subsample", 64)  # 8 x 8: a 2x-subsampled grid first, then 4x inside it
-    assert all(p // 8 % 2 == 0 and p % 8 % 2 == 0 for p in first[:16].tolist())
-    assert all(p // 8 % 4 == 0 and p % 8 % 4 == 0 for p in first[:4].tolist())
-
-
-def test_the_spirals_of_4x4_and_8x8_grids_are_those_of_tamings_permuters(ar):
-    """taming's SpiralIn (its SpiralOut is the same path backwards): the raster index of each step."""
-    spiral_in_4 = [15, 11, 7, 3, 2, 1, 0, 4, 8, 12, 13, 14, 10, 6, 5, 9]
-    spiral_in_8 = [63, 55, 47, 39, 31, 23, 15, 7, 6, 5, 4, 3, 2, 1, 0, 8, 16, 24, 32, 40, 48, 56, 57,
-                   58, 59, 60, 61, 62, 54, 46, 38, 30, 22, 14, 13, 12, 11, 10, 9, 17, 25, 33, 41, 49,
-                   50, 51, 52, 53, 45, 37, 29, 21, 20, 19, 18, 26, 34, 42, 43, 44, 36, 28, 27, 35]  # fmt: skip
-    for table in (spiral_in_4, spiral_in_8):
-        assert ar.code_order("spiral-in", len(table)).tolist() == table
-        assert ar.code_order("spiral-out", len(table)).tolist() == table[::-1]
-
-
-@pytest.mark.parametrize("flatten", [False, True])
-@pytest.mark.parametrize(
-    "order", ["row-major", "alternate", "spiral-in", "spiral-out", "z-curve", "subsample"]
-)
-def test_a_prior_in_any_order_is_causal_in_that_order_and_samples_in_it(ar, flatten, order):
-    m, c = model(ar, flatten, T=9, order=order), torch.tensor([0, 2])
-    steps = ar.code_order(order, 9)  # raster index of each step
-    codes = torch.randint(7, (2, 9, 3))
-    for k in (0, 4, 8):  # redraw the codes of every position after step k
-        changed = codes.clone()
-        changed[:, steps[k + 1 :]] = torch.randint(7, changed[:, steps[k + 1 :]].shape)
-        with torch.no_grad():
-            a, b = m(codes, c), m(changed, c)
-        torch.testing.assert_close(a[:, steps[: k + 1]], b[:, steps[: k + 1]])  # steps 0..k unchanged
-    torch.manual_seed(3)
-    drawn, logits = m.sample(c)  # raster order out, drawn in --order; the cache agrees with forward
-    torch.testing.assert_close(logits, m(drawn, c), atol=1e-5, rtol=1e-5)
-
-
-def test_the_order_is_in_the_checkpoint_and_an_older_checkpoint_loads_as_row_major(ar):
-    m = model(ar, T=9, order="z-curve")
-    assert torch.equal(m.state_dict()["order"], ar.code_order("z-curve", 9))
-    old = {k: v for k, v in model(ar, T=9).state_dict().items() if k != "order"}
-    fresh = model(ar, T=9, order="z-curve")
-    fresh.load_state_dict(old)
-    assert torch.equal(fresh.order, torch.arange(9)) and fresh.is_raster
-    codes, c = torch.randint(7, (2, 9, 3)), torch.tensor([0, 1])
-    row_major = model(ar, T=9)
-    row_major.load_state_dict(m.state_dict())  # a z-curve checkpoint into a row-major model
-    assert not row_major.is_raster
-    with torch.no_grad():
-        torch.testing.assert_close(row_major(codes, c), m(codes, c))  # it follows the loaded order
-
-
-def test_orders_other_than_row_major_need_a_square_grid_and_refuse_the_canvas(ar):
-    with pytest.raises(AssertionError, match="--order z-curve needs a square code grid, not T = 6"):
-        model(ar, T=6, order="z-curve")
-    with pytest.raises(ValueError, match="--canvas needs --order row-major"):
-        ar.Config(order="spiral-in", canvas=(12, 12))
-
-
-# --- sliding-window sampling beyond the training grid (Taming Sec. 3.2) ---
-
-
-@given(size=st.integers(1, 20), n=st.integers(1, 20), data=st.data())
-def test_the_window_holds_its_position_inside_the_canvas_as_centred_as_it_can(ar, size, n, data):
-    n = min(n, size)
-    i = data.draw(st.integers(0, size - 1))
-    start = ar.window_start(i, size, n)
-    valid = [s for s in range(size - n + 1) if s <= i < s + n]  # windows in the canvas holding i
-    assert start == min(valid, key=lambda s: abs((i - s) - n // 2))  # brute force: most centred
-
-
-@pytest.mark.parametrize("flatten", [False, True])
-@pytest.mark.parametrize("guidance", [1.0, 2.5])
-def test_on_the_training_grid_the_window_sampler_is_the_plain_sampler(ar, flatten, guidance):
-    m, c = model(ar, flatten, T=9), torch.tensor([0, 2, 1, 1])
-    torch.manual_seed(5)
-    codes, logits = m.sample(c, guidance=guidance)
-    torch.manual_seed(5)
-    w_codes, w_logits = ar.sample_window(m, c, (3, 3), guidance=guidance)
-    assert w_codes.shape == (4, 3, 3, 3) and torch.equal(w_codes.flatten(1, 2), codes)
-    torch.testing.assert_close(w_logits.flatten(1, 2), logits, atol=1e-5, rtol=1e-5)
-
-
-@pytest.mark.parametrize("flatten", [False, True])
-def test_every_code_of_a_larger_canvas_is_drawn_from_its_window_of_the_training_size(ar, flatten):
-    """Recomputed from the finished canvas: the logits of each code are the guided logits of the
-    prior on the 3 x 3 window around its position, at its place in that window (causal attention
-    makes the window's later codes irrelevant, so the final canvas gives the same context)."""
-    m, c = model(ar, flatten, T=9, D=2), torch.tensor([1, 0])
-    codes, logits = ar.sample_window(m, c, (5, 4), guidance=2.0)
-    assert codes.shape == (2, 5, 4, 2) and logits.shape == (2, 5, 4, 2, 7)
-    with torch.no_grad():
-        for i in range(5):
-            for j in range(4):
-                i0, j0 = min(max(i - 1, 0), 2), min(max(j - 1, 0), 1)  # the 3 x 3 window's corner
-                window = codes[:, i0 : i0 + 3, j0 : j0 + 3].reshape(2, 9, 2)
-                l_c, l_u = m(window, c), m(window, torch.full_like(c, m.null))
-                t = (i - i0) * 3 + (j - j0)
-                expected = l_u[:, t] + 2.0 * (l_c[:, t] - l_u[:, t])
-                torch.testing.assert_close(logits[:, i, j], expected, atol=1e-4, rtol=1e-4)
-
-
-@pytest.mark.parametrize("canvas", [(5,), (4, 0), (1, 2, 3)])
-def test_a_canvas_that_is_not_two_positive_sizes_is_a_flag_error(ar, canvas):
-    with pytest.raises(ValueError, match="--canvas takes two positive numbers of codes, H W"):
-        ar.Config(canvas=canvas)
 
 
 # --- soft labels and stochastic codes (RQ Eq. 15) ---
@@ -458,19 +322,6 @@ def test_training_writes_samples_and_round_trips_its_checkpoint(ar, tokenizer, t
     torch.testing.assert_close(fresh.eval()(codes, c), trained.eval()(codes, c))
 
 
-def test_a_canvas_larger_than_the_grid_is_drawn_and_a_smaller_one_refused_before_training(
-    ar, tokenizer, tmp_path
-):
-    ar.train(small(ar, tokenizer, tmp_path, canvas=(10, 12), guidance=1.0))
-    from PIL import Image
-
-    # 8 classes x 4 canvases of 10 x 12 codes = 40 x 48 px (4 px per code), pad 2, enlarged 2x
-    assert Image.open(tmp_path / "canvas.png").size == (2 * (4 * 50 + 2), 2 * (8 * 42 + 2))
-    with pytest.raises(common.UserError, match=r"--canvas 12 7 is smaller than the 8x8 code grid"):
-        ar.train(small(ar, tokenizer, tmp_path / "small", canvas=(12, 7)))
-    assert not (tmp_path / "small" / "ckpt.pt").exists()
-
-
 def read_losses(path):
     return torch.tensor([json.loads(line)["loss"] for line in open(path) if '"loss"' in line])
 
@@ -480,18 +331,6 @@ def test_the_training_loss_falls(ar, tokenizer, tmp_path):
     ar.train(cfg)
     losses = read_losses(tmp_path / "metrics.jsonl")
     assert losses[-5:].mean() < 0.8 * losses[:5].mean()
-
-
-def test_soft_labels_and_stochastic_codes_train_the_flat_baseline_too(ar, tokenizer, tmp_path):
-    flags = dict(steps=4, log_every=1, flatten=True, soft_labels=True, stochastic_codes=True)
-    cfg = small(ar, tokenizer, tmp_path, **flags)
-    model = ar.train(cfg)
-    assert (
-        isinstance(model, ar.FlatTransformer)
-        and torch.isfinite(read_losses(tmp_path / "metrics.jsonl")).all()
-    )
-    final = [json.loads(line) for line in open(tmp_path / "metrics.jsonl")][-1]
-    assert final["val_bits_per_code"] > 0
 
 
 def test_wrong_image_size_for_the_tokenizer_is_an_error(ar, tokenizer, tmp_path):
@@ -599,30 +438,6 @@ def test_the_generative_lessons_default_to_the_plain_shapes(ar):
     assert common.lesson("01_vq").Config().dataset == "shapes"
 
 
-def test_the_code_order_benchmark_trains_one_prior_per_order_and_tables_them(tokenizer, tmp_path, capsys):
-    import importlib.util
-
-    path = Path(__file__).resolve().parent.parent / "benchmarks" / "code_order.py"
-    spec = importlib.util.spec_from_file_location("code_order", path)
-    bench = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(bench)
-    tiny = ["--width", "16", "--heads", "2", "--batch-size", "8", "--eval-images", "8"]
-    argv = ["--tokenizer", str(tokenizer), "--orders", "z-curve", "alternate", "--steps", "2"]
-    bench.main([*argv, "--out", str(tmp_path), *tiny, "--samples-per-class", "1"])
-    rows = [
-        line
-        for line in capsys.readouterr().out.splitlines()
-        if line.startswith("| z") or line.startswith("| a")
-    ]
-    assert [r.split(" | ")[0] for r in rows] == ["| z-curve", "| alternate"]
-    for order, row in zip(["z-curve", "alternate"], rows):
-        ckpt = common.load_checkpoint(tmp_path / order / "ckpt.pt")
-        assert ckpt["config"]["order"] == order
-        assert torch.equal(ckpt["model"]["order"], common.lesson("04_rq_transformer").code_order(order, 64))
-        final = bench.final_record(tmp_path / order)
-        assert f"| {final['val_bits_per_code']:.4f} |" in row
-
-
 def test_an_unconditional_prior_samples_the_same_with_the_default_guidance_and_with_1(
     ar, tokenizer, tmp_path
 ):
@@ -630,12 +445,8 @@ def test_an_unconditional_prior_samples_the_same_with_the_default_guidance_and_w
     ar.train(small(ar, tokenizer, tmp_path, condition="none"))
     pictures = []
     for guidance in (ar.Config.guidance, 1.0):
-        ar.train(
-            small(
-                ar, tokenizer, tmp_path, condition="none", sample_only=True, guidance=guidance, canvas=(9, 9)
-            )
-        )
-        pictures.append([(tmp_path / f).read_bytes() for f in ("samples.png", "canvas.png")])
+        ar.train(small(ar, tokenizer, tmp_path, condition="none", sample_only=True, guidance=guidance))
+        pictures.append((tmp_path / "samples.png").read_bytes())
     assert ar.Config.guidance != 1.0 and pictures[0] == pictures[1]
 
 

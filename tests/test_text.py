@@ -192,11 +192,6 @@ def test_cached_text_sampling_draws_from_the_full_forward_logits(ar, guidance):
     torch.testing.assert_close(logits, l_u + guidance * (l_c - l_u), atol=1e-4, rtol=1e-4)
 
 
-def test_flatten_refuses_text(ar):
-    with pytest.raises(ValueError, match="--flatten is class-conditional only"):
-        ar.Config(flatten=True, condition="text")
-
-
 # --- lesson 05: cross-attention ---
 
 
