@@ -44,6 +44,7 @@ Notation:
 
 Run: python 05_vq_diffusion.py                 (CPU, built-in shapes-plain, about 9 minutes)
      python 05_vq_diffusion.py --condition text     (its captions; about 12 minutes)
+Beyond it: beyond/purity_sampler.py (improved VQ-Diffusion), beyond/repaint.py (RePaint inpainting)
 """
 
 from __future__ import annotations
@@ -122,19 +123,6 @@ def transition(sched: Schedule, s, t):
     return alpha, ((keep - alpha) / sched.K).clamp_min(0), 1 - keep
 
 
-def transition_matrix(sched: Schedule, t: int, s: int | None = None) -> torch.Tensor:
-    """The explicit (K+1, K+1) matrix [Q]_{mn} = q(x_t = m | x_s = n), s = t - 1 by default (VQD
-    one step). Each COLUMN is a distribution (sums to 1 over axis 0); the last column, [MASK], is
-    e_{K}: absorbing. For teaching and tests: the lesson never builds it (O(K^2))."""
-    alpha, beta, gamma = transition(sched, t - 1 if s is None else s, t)
-    K = sched.K
-    Q = torch.zeros(K + 1, K + 1, dtype=torch.float64)
-    Q[:K, :K] = alpha * torch.eye(K, dtype=torch.float64) + beta  # stay, or redrawn to m
-    Q[K, :K] = gamma  # masked
-    Q[K, K] = 1.0  # [MASK] stays [MASK]
-    return Q
-
-
 def _log(p: torch.Tensor, exact: bool = False) -> torch.Tensor:
     """log p clamped at LOG_EPS; exact=True clamps only at LOG_ZERO, so that a probability of
     exactly 0 stays 0 (e^-10000) where the posterior divides by it."""
@@ -158,28 +146,21 @@ def log_q_xt_given_x0(log_x0: torch.Tensor, sched: Schedule, t, exact: bool = Fa
     return out if exact else out.clamp_min(LOG_EPS)
 
 
-def likelihood_row(x_t: torch.Tensor, sched: Schedule, s, t, dtype=torch.float32, exact=True):
-    """Row x_t of Qbar_{t|s} holds three values: log q(x_t | x_s = j) at j = x_t, at every other
-    code, at j = [MASK]; each (..., 1). x_t: (...) long in [0, K]; s, t: ints or long (...).
-    For x_t = [MASK] the first two are the same (gamma): every code can be masked.
-    exact=True: LOG_ZERO where x_t cannot follow from j."""
+def log_q_xt_given_xs(x_t: torch.Tensor, sched: Schedule, s, t, dtype=torch.float32, exact=False):
+    """q(x_t | x_s = j) for every state j, i.e. row x_t of Qbar_{t|s}: x_t (...) long -> (..., K+1).
+
+    A code x_t = m comes from j = m (kept, or redrawn as itself: alpha + beta) or from any other code
+    (redrawn as m: beta), never from [MASK]; x_t = [MASK] comes from any code (masked: gamma) or
+    from [MASK] (absorbing: 1). s, t: ints or long (...). exact=True: LOG_ZERO where x_t cannot
+    follow from j (e.g. every code but m under mask-only noise)."""
     alpha, beta, gamma = (c.to(x_t.device, dtype) for c in transition(sched, s, t))
     if torch.is_tensor(t) and t.dim():
         alpha, beta, gamma = alpha[..., None], beta[..., None], gamma[..., None]
     is_mask = (x_t == sched.K)[..., None]  # (..., 1)
-    own = torch.where(is_mask, gamma, alpha + beta)  # x_t = m from j = m: kept, or redrawn as m
-    other = torch.where(is_mask, gamma, beta)  # from another code: redrawn as m
-    mask = torch.where(is_mask, 1.0, 0.0).to(dtype)  # [MASK] stays [MASK], never becomes a code
-    return _log(own, exact), _log(other, exact), _log(mask, exact)
-
-
-def log_q_xt_given_xs(x_t: torch.Tensor, sched: Schedule, s, t, dtype=torch.float32, exact=False):
-    """The likelihood q(x_t | x_s = j) for every state j, i.e. row x_t of Qbar_{t|s}, written out:
-    x_t (...) -> (..., K+1) log-probabilities. The posterior adds `likelihood_row`'s three values
-    instead of this row."""
-    own, other, mask = likelihood_row(x_t, sched, s, t, dtype, exact)
-    row = torch.cat([other.expand(*x_t.shape, sched.K), mask], -1)
-    return row.scatter(-1, x_t.clamp_max(sched.K - 1)[..., None], own)  # (any code's column for [MASK])
+    row = torch.where(is_mask, gamma, beta).expand(*x_t.shape, sched.K)  # from another code
+    own = torch.where(is_mask, gamma, alpha + beta).expand(*x_t.shape, 1)  # from j = x_t itself
+    row = row.scatter(-1, x_t.clamp_max(sched.K - 1)[..., None], own)  # ([MASK]: any column, the same)
+    return _log(torch.cat([row, is_mask.to(dtype)], -1), exact)
 
 
 def log_q_posterior(log_x0: torch.Tensor, x_t: torch.Tensor, sched: Schedule, t, s=None):
@@ -187,27 +168,24 @@ def log_q_posterior(log_x0: torch.Tensor, x_t: torch.Tensor, sched: Schedule, t,
     default, or any s < t for fast sampling (stride dt = t - s, exact for the jump Qbar_{t|s}).
 
     log_x0: (..., K). For a log one-hot x_0 this is the true posterior; for the network's
-    log p_theta(x_0 | x_t) it is the x0-parameterization (VQD):
+    log p_theta(x_0 | x_t) it is the x0-parameterization (VQD), summed over x_0 by one map:
         p_theta(x_s | x_t) = sum_{x0} q(x_s | x_t, x0) p_theta(x0 | x_t)
                            ∝ q(x_t | x_s) * [Qbar_s (p_theta(x0 | x_t) / q(x_t | x0))](x_s)
-    (the sum over x0 done by one closed-form map instead of K posteriors). An x0 from which x_t
-    cannot follow (q(x_t | x0) = 0: under mask-only noise, every x0 but an unmasked x_t's own
-    code) has no posterior and drops out of the sum, so p_theta is renormalised over the others;
-    dividing by a clamped e^-70 instead would weigh it by e^70. x_t: (...) long;
-    t, s: ints or long (...) -> (..., K+1) log-probabilities of x_s, normalised.
+    x_t: (...) long; t, s: ints or long (...) -> (..., K+1) log-probabilities of x_s, normalised.
     """
     s = t - 1 if s is None else s
     log_x0 = log_x0.clamp_min(LOG_EPS)  # every possible x0 keeps some weight
-    # lik = log_q_xt_given_xs(x_t, 0, t)[:K], added as its values at x_t and elsewhere (no (..., K) row)
-    own, other, _ = likelihood_row(x_t, sched, 0, t, log_x0.dtype)
-    at = x_t.clamp_max(sched.K - 1)[..., None]  # the column of x_t (any column when [MASK])
-    ratio = torch.where(other > LOG_ZERO, log_x0 - other, LOG_ZERO)  # p(x0) / q(x_t | x0), or 0
-    ratio = ratio.scatter(-1, at, torch.where(own > LOG_ZERO, log_x0.gather(-1, at) - own, LOG_ZERO))
-    log_xs = log_q_xt_given_x0(ratio, sched, s, exact=True)  # Qbar_s (p(x0) / q(x_t | x0))
-    own, other, mask = likelihood_row(x_t, sched, s, t, log_x0.dtype)  # log q(x_t | x_s = j)
-    log_post = log_xs.gather(-1, at) + own  # log_post = log_q_xt_given_xs(x_t, s, t) + log_xs:
-    log_post = torch.cat([log_xs[..., :-1] + other, log_xs[..., -1:] + mask], -1).scatter(-1, at, log_post)
-    log_post = log_post.clamp_min(100 * LOG_EPS)  # an x_t that no x0 leads to: uniform, not NaN
+    # 1. the weight of each x_0 given x_t: p_theta(x_0 | x_t) / q(x_t | x_0). An x_0 from which x_t
+    #    cannot follow (q = 0: under mask-only noise every x_0 but an unmasked x_t's own code) has
+    #    no posterior and drops out (weight 0), so p_theta is renormalised over the others.
+    log_q_t0 = log_q_xt_given_xs(x_t, sched, 0, t, log_x0.dtype, exact=True)[..., : sched.K]  # (..., K)
+    weight = torch.where(log_q_t0 > LOG_ZERO, log_x0 - log_q_t0, LOG_ZERO)
+    # 2. through the forward chain to step s: sum_x0 q(x_s | x_0) weight(x_0), VQD closed form
+    log_xs = log_q_xt_given_x0(weight, sched, s, exact=True)  # (..., K+1) over x_s
+    # 3. times the likelihood q(x_t | x_s) of what was observed
+    log_post = log_xs + log_q_xt_given_xs(x_t, sched, s, t, log_x0.dtype, exact=True)
+    # 4. normalised over x_s (an x_t that no x_0 leads to: uniform, not NaN)
+    log_post = log_post.clamp_min(100 * LOG_EPS)
     return (log_post - torch.logsumexp(log_post, -1, keepdim=True)).clamp_min(LOG_EPS)
 
 
@@ -337,79 +315,50 @@ class DiffusionTransformer(nn.Module):
         return rearrange(self.head((1 + a) * self.ln(h) + b), "b n (d k) -> b n d k", d=self.D)
 
 
-# --- sampling ---
+# --- sampling: one reverse step, and the chain ---
+
+
+def p_x0(model, x_t: torch.Tensor, t: int, c_in: torch.Tensor, guidance: float = 1.0) -> torch.Tensor:
+    """log p_theta(x_0 | x_t): x_t (B, N, D) -> (B, N, D, K). With guidance s != 1, c_in holds the
+    B conditions and then B "no class" (ar.unconditional) and this is classifier-free guidance on
+    log p_theta(x_0 | x_t) (improved VQ-Diffusion, arXiv:2205.16007): log p_u + s (log p_c - log p_u),
+    renormalised; each call is then on 2B."""
+    pair = len(c_in) // len(x_t)
+    t_in = torch.full((len(c_in),), t, device=x_t.device)
+    log_x0 = model(x_t.repeat(pair, 1, 1), t_in, c_in).float().log_softmax(-1)
+    return ar.guide(log_x0, guidance).log_softmax(-1)
+
+
+def p_sample(log_x0: torch.Tensor, x_t: torch.Tensor, sched: Schedule, t: int, s: int, truncation=1.0):
+    """One reverse step, x_s ~ p_theta(x_s | x_t) = sum_x0 q(x_s | x_t, x_0) p_theta(x_0 | x_t) (VQD
+    posterior), with p_theta(x_0 | x_t) truncated to its smallest top set of mass r (VQD's
+    truncation). log_x0 (B, N, D, K), x_t (B, N, D) -> x_s (B, N, D); s < t (fast sampling: s = t - dt)."""
+    log_x0 = ar.filter_logits(log_x0, top_p=truncation).log_softmax(-1)
+    log_p = log_q_posterior(log_x0, x_t, sched, t, s)  # (B, N, D, K+1)
+    if s == 0:
+        log_p = log_p[..., : sched.K]  # x_0 is a code; [MASK] has probability exp(-70) here anyway
+    return ar.sample_logits(log_p.reshape(-1, log_p.shape[-1])).view_as(x_t)
+
+
+def keep(known: torch.Tensor):
+    """Inpainting: hold(x, s) that keeps the given codes of known (B, N, D) at every step (-1 where
+    a code is to be generated)."""
+    return lambda x, s: torch.where(known >= 0, known, x)
 
 
 @torch.no_grad()
-def sample(
-    model, sched: Schedule, c, stride=1, truncation=1.0, known=None, renoise=False, guidance=1.0, purity=False
-):
-    """Run the reverse chain from x_T ~ p(x_T) at t = T, T - dt, ..., and return x_0 (B, N, D); c: (B,)
-    classes or (B, L) caption token ids.
-
-    Each step: p_theta(x_0 | x_t) (truncated to its top mass r), then p_theta(x_s | x_t) with
-    s = max(t - dt, 0) by the x0-parameterized posterior, then a draw. ceil(T / dt) network calls.
-    guidance s != 1: classifier-free guidance on log p_theta(x_0 | x_t) (improved VQ-Diffusion,
-    arXiv:2205.16007): log p_u + s (log p_c - log p_u), renormalised; each call is then on 2B.
-    Inpainting: known (B, N, D) holds the given codes and -1 where a code is to be generated; the
-    given ones are held clean at every step, or with renoise=True re-noised to x_s ~ q(x_s | x_0 =
-    known) (RePaint: the known region as corrupted as in training). purity: `reveal_purest`,
-    from all [MASK] as improved VQ-Diffusion starts (the uniform codes of a mask-and-replace
-    p(x_T) would never be revisited).
-    """
-    N, K, T, B = model.H * model.H, sched.K, sched.T, len(c)
-
-    def hold(x, s):  # the known codes at step s
-        if known is None:
-            return x
-        given = known.clamp_min(0)
-        given = q_sample(given, sched, torch.full((B,), s)) if renoise and s > 0 else given
-        return torch.where(known >= 0, given, x)
-
-    if purity:  # all [MASK]: the purity sampler only ever reveals [MASK] codes
-        x = torch.full((B, N, model.D), K, device=c.device)
-    else:  # x_T ~ p(x_T)
-        x = ar.sample_logits(log_prior(sched).to(c.device).expand(B * N * model.D, K + 1)).view(B, N, model.D)
-    x = hold(x, T)
-    pair = 1 + (guidance != 1.0)  # a second half without the class, for guidance
-    c_in = torch.cat([c, ar.unconditional(model, c)]) if pair == 2 else c
-    for t in common.progress(range(T, 0, -stride), desc="sampling", leave=False):
+def sample(model, sched: Schedule, c, stride=1, truncation=1.0, guidance=1.0, hold=None) -> torch.Tensor:
+    """Run the reverse chain from x_T ~ p(x_T) at t = T, T - dt, ..., to x_0 (B, N, D): ceil(T / dt)
+    network calls. c: (B,) classes or (B, L) caption token ids. hold(x, s) -> x: what the chain
+    holds fixed after each step s (inpainting: keep(known))."""
+    B, N, D, K = len(c), model.H * model.H, model.D, sched.K
+    hold = hold or (lambda x, s: x)
+    x = hold(ar.sample_logits(log_prior(sched).to(c.device).expand(B * N * D, K + 1)).view(B, N, D), sched.T)
+    c_in = torch.cat([c, ar.unconditional(model, c)]) if guidance != 1.0 else c
+    for t in common.progress(range(sched.T, 0, -stride), desc="sampling", leave=False):
         s = max(t - stride, 0)
-        t_in = torch.full((pair * B,), t, device=c.device)
-        log_x0 = model(x.repeat(pair, 1, 1), t_in, c_in).float().log_softmax(-1)
-        log_x0 = ar.guide(log_x0, guidance).log_softmax(-1)  # (B, N, D, K)
-        logits = ar.filter_logits(log_x0, top_p=truncation)
-        if purity:  # reveal the codes the network is surest of (untruncated); the rest stays
-            x0 = ar.sample_logits(logits.reshape(-1, K)).view_as(x)  # drawn from the truncated p
-            x = hold(reveal_purest(x, x0, log_x0, sched, t, s), s)
-            continue
-        log_p = log_q_posterior(logits.log_softmax(-1), x, sched, t, s)  # (B, N, D, K+1)
-        if s == 0:
-            log_p = log_p[..., :K]  # x_0 is a code; [MASK] has probability exp(-70) here anyway
-        x = hold(ar.sample_logits(log_p.reshape(-1, log_p.shape[-1])).view(B, N, model.D), s)
+        x = hold(p_sample(p_x0(model, x, t, c_in, guidance), x, sched, t, s, truncation), s)
     return x
-
-
-def reveal_purest(x_t, x0, logits, sched: Schedule, t: int, s: int) -> torch.Tensor:
-    """One step of the purity sampler (improved VQ-Diffusion, arXiv:2205.16007).
-
-    The posterior step unmasks each [MASK] code independently; with few steps left, two codes
-    that only make sense together can then be drawn at once and disagree. Here the NUMBER of
-    codes still masked at s is what the forward chain gives, round(n_masked * gammabar_s /
-    gammabar_t) (0 at s = 0), but WHICH codes are revealed is decided by their purity
-    max_k p_theta(x_0 = k | x_t): the purest first. Revealed codes take their draw x0 from
-    p_theta(x_0 | x_t); codes that are not [MASK] are kept. Purity is read from the untruncated
-    logits (truncated to mass r, every code whose top probability is >= r would have purity 1).
-    x_t, x0: (B, N, D); logits (B, N, D, K) of p_theta(x_0 | x_t) -> x_s (B, N, D).
-    """
-    masked = (x_t == sched.K).flatten(1)  # (B, N*D)
-    n_masked = masked.sum(1)
-    stay = (n_masked * (sched.gammabar[s] / sched.gammabar[t]).item()).round().long()
-    n_reveal = n_masked - stay if s > 0 else n_masked  # (B,)
-    purity = logits.float().softmax(-1).amax(-1).flatten(1).masked_fill(~masked, -1.0)
-    rank = purity.argsort(1, descending=True).argsort(1)  # 0 = the purest masked code
-    reveal = (rank < n_reveal[:, None]).view_as(x_t)
-    return torch.where(reveal, x0, x_t)
 
 
 # --- training ---
@@ -467,9 +416,7 @@ def finish(model, sched: Schedule, s, cfg: Config) -> None:
     """The validation bound, samples.png (one row per class) judged for sample quality, the final
     record of metrics.jsonl, inpaint.png, and prompts.png for --prompt. --sample-only: prompts.png
     for --prompt, else samples.png again (with this command's sampling flags), nothing else."""
-    draw = lambda c: sample(
-        model, sched, c, cfg.stride, cfg.truncation, guidance=cfg.guidance, purity=cfg.purity
-    )
+    draw = lambda c: sample(model, sched, c, cfg.stride, cfg.truncation, cfg.guidance)
     if not cfg.sample_only:
         val = evaluate(model, sched, s, cfg)
         values = " | ".join(f"{k} {v:.4f}" for k, v in val.items())
@@ -515,9 +462,9 @@ def evaluate(model, sched: Schedule, s, cfg: Config) -> dict:
 
 
 @torch.no_grad()
-def inpaint(model, sched: Schedule, s, cfg: Config, completions: int = 2) -> None:
+def inpaint(model, sched: Schedule, s, cfg: Config, hold=keep, name="inpaint.png", completions=2) -> None:
     """inpaint.png: 8 validation images, the same with the centre half of the code grid hidden,
-    then `completions` samples that keep every code outside that square."""
+    then `completions` samples that keep every code outside that square (hold(known): how)."""
     x, y, captions = common.first_images(s.val_set, 8, captions=True)
     x, c = x.to(s.device), s.condition_of(y, captions)
     codes, _ = ar.encode(s.tok, x)
@@ -526,10 +473,9 @@ def inpaint(model, sched: Schedule, s, cfg: Config, completions: int = 2) -> Non
     hidden = x * (1 - F.interpolate(square[None, None].float(), size=x.shape[-2:]))  # shown as grey
     rows = [x, hidden]
     for _ in range(completions):
-        args = (cfg.stride, cfg.truncation, known, cfg.inpaint_renoise, cfg.guidance, cfg.purity)
-        filled = sample(model, sched, c, *args)
+        filled = sample(model, sched, c, cfg.stride, cfg.truncation, cfg.guidance, hold(known))
         rows.append(stage2.decode(s.tok, filled, s.H))
-    common.save_grid(rows, s.run.dir / "inpaint.png")
+    common.save_grid(rows, s.run.dir / name)
 
 
 # --- config and command line ---
@@ -537,13 +483,7 @@ def inpaint(model, sched: Schedule, s, cfg: Config, completions: int = 2) -> Non
 
 @dataclass
 class Config(stage2.PriorConfig):
-    RESUMABLE: ClassVar = stage2.PriorConfig.RESUMABLE | {
-        "guidance",
-        "stride",
-        "truncation",
-        "purity",
-        "inpaint_renoise",
-    }
+    RESUMABLE: ClassVar = stage2.PriorConfig.RESUMABLE | {"guidance", "stride", "truncation"}
     dataset: str = "shapes-plain"  # as lesson 01; by default shapes in flat palette colours
     out: str = "runs/05_vq_diffusion"  # run folder: ckpt.pt, metrics.jsonl, samples.png, inpaint.png
     tokenizer: str | None = None  # 02/03 checkpoint or a released tokenizer (default: as lesson 04)
@@ -566,8 +506,6 @@ class Config(stage2.PriorConfig):
     truncation: float = 0.86  # r: sample x_0 only from its smallest top set of mass >= r (1 = off)
     label_dropout: float = 0.1  # training: the class is replaced by "no class" this often (CFG)
     guidance: float = 3.0  # sampling: classifier-free guidance scale s (1 = off, as for unconditional priors)
-    purity: bool = False  # sampling: reveal the purest [MASK] codes first (improved VQD)
-    inpaint_renoise: bool = False  # inpainting re-noises the known codes to q(x_t | x_0) (RePaint)
     samples_per_class: int = 16  # images per row of samples.png (all judged for sample quality)
     eval_timesteps: int = 10  # t values (evenly spread) that estimate the validation bound
     batch_size: int = 32  # images per step (per process under torchrun)
@@ -593,10 +531,6 @@ class Config(stage2.PriorConfig):
             (min(g, b) >= 0 and abs(g + b - 1) < 1e-9, ends),
             (positive, "--layers, --steps-T, --eval-timesteps and --stride must be >= 1"),
             (0 < self.truncation <= 1, f"--truncation must be in (0, 1], got {self.truncation}"),
-            (
-                not self.purity or g > 0,
-                f"--purity reveals [MASK] codes; --noise {self.noise} --gamma-end {g} has none",
-            ),
         )
 
 

@@ -1,4 +1,4 @@
-"""Inpainting with lesson 05: known codes held clean at every step, or re-noised (RePaint).
+"""Inpainting with lesson 05: known codes held clean at every step, or re-noised (beyond/repaint.py).
 
 Loads a trained `05_vq_diffusion.py` run, hides the centre square (half the side) of the code
 grid of validation images, completes it with both variants and reports, over the hidden codes:
@@ -23,6 +23,7 @@ from common import stage2
 
 ar = common.lesson("04_rq_transformer")
 vqd = common.lesson("05_vq_diffusion")
+from beyond.repaint import renoised  # noqa: E402
 
 
 def main():
@@ -44,10 +45,10 @@ def main():
     print(f"{args.images} images, {int(hidden[0].sum())} hidden codes each, stride {args.stride}")
     print("| known codes | hidden codes equal to the original | PSNR of hidden pixels (dB) |")
     print("|---|---|---|")
-    for renoise in (False, True):
+    for renoise, hold in ((False, vqd.keep), (True, renoised(sched))):
         torch.manual_seed(args.seed)
         filled = torch.cat([
-            vqd.sample(model, sched, yb, args.stride, cfg.truncation, cb.masked_fill(hidden[: len(cb)], -1), renoise)
+            vqd.sample(model, sched, yb, args.stride, cfg.truncation, hold=hold(cb.masked_fill(hidden[: len(cb)], -1)))
             for cb, yb in zip(codes.split(32), y.split(32))
         ])  # fmt: skip
         agree = (filled == codes)[hidden].float().mean().item()

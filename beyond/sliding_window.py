@@ -20,8 +20,9 @@ from __future__ import annotations
 
 import math
 import sys
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 from pathlib import Path
+from typing import ClassVar
 
 import torch
 
@@ -78,6 +79,7 @@ def canvas_png(s: stage2.Stage2, canvas: tuple[int, int], draw, per_row: int = 4
 
 @dataclass
 class Config(ar.Config):
+    RESUMABLE: ClassVar = ar.Config.RESUMABLE | {"canvas"}
     canvas: tuple[int, ...] = (16, 16)  # H W: codes per canvas (at least the prior's code grid)
 
     def __post_init__(self):
@@ -89,15 +91,11 @@ class Config(ar.Config):
 def draw_canvas(cfg: Config) -> None:
     """canvas.png in --out, from the lesson-04 prior trained there (its flags are the checkpoint's;
     the sampling flags are this command's)."""
-    prior = ar.Config(**{f.name: getattr(cfg, f.name) for f in fields(ar.Config)})
-    prior.sample_only = True  # a trained prior: read, never trained here
-    s = stage2.setup(prior)
+    s, model = stage2.load_trained(cfg, ar.build)
     if min(cfg.canvas) < s.H:
-        raise common.UserError(
-            f"--canvas {' '.join(map(str, cfg.canvas))} is smaller than the {s.H}x{s.H} code grid of the prior"
-        )
-    model = stage2.load_prior(s, ar.build(prior, s))
-    args = (cfg.canvas, cfg.temperature, cfg.top_k, cfg.top_p, prior.guidance)
+        size = " ".join(map(str, cfg.canvas))
+        raise common.UserError(f"--canvas {size} is smaller than the {s.H}x{s.H} code grid of the prior")
+    args = (cfg.canvas, cfg.temperature, cfg.top_k, cfg.top_p, cfg.guidance)
     canvas_png(s, cfg.canvas, lambda c: sample_window(model, c, *args)[0])
 
 

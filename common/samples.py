@@ -38,19 +38,19 @@ def draw_rows(s, cfg, draw, c: torch.Tensor, labels: torch.Tensor | None, per_ro
     return images[reject(sample_quality.class_scores(images, labels.repeat_interleave(n)), per_row, n).cpu()]
 
 
-def samples_png(s, cfg, draw) -> dict:
-    """samples.png: a row of --samples-per-class images per class (text: from a caption naming
-    the class) drawn by draw(c) -> codes, judged for sample quality (printed). -> the metrics, with
-    "sample_" before each name."""
+def samples_png(s, cfg, draw, name: str = "samples.png") -> dict:
+    """samples.png (or `name`): a row of --samples-per-class images per class (text: from a caption
+    naming the class) drawn by draw(c) -> codes, judged for sample quality (printed). -> the
+    metrics, with "sample_" before each name."""
     per_row = cfg.samples_per_class
     c, labels, prompts = sample_conditions(s)
     images = draw_rows(s, cfg, draw, c, labels, per_row)
-    save_grid(list(images.view(-1, per_row, *images.shape[1:])), s.run.dir / "samples.png")
+    save_grid(list(images.view(-1, per_row, *images.shape[1:])), s.run.dir / name)
     colours = prompt_colours(prompts) if prompts else None
     labels, colours = (None if v is None else v.repeat_interleave(per_row) for v in (labels, colours))
     dataset = cfg.dataset if cfg.hf_id is None else cfg.hf_id
     quality = sample_quality.judge(images, labels, s.val_set, dataset, colours)
-    echo(f"samples.png ({len(images)} images): {sample_quality.summary(quality)}")
+    echo(f"{name} ({len(images)} images): {sample_quality.summary(quality)}")
     return {f"sample_{k}": v for k, v in quality.items()}
 
 

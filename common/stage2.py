@@ -231,6 +231,14 @@ def load_prior(s: Stage2, model: nn.Module) -> nn.Module:
     return model.eval()
 
 
+def load_trained(cfg, build) -> tuple[Stage2, nn.Module]:
+    """For a tool that draws from the prior trained in --out (beyond/): its Stage2, with the flags it
+    was trained with (this command's sampling flags), and the prior that build(cfg, s) makes, loaded."""
+    cfg.sample_only = True
+    s = setup(cfg)
+    return s, load_prior(s, build(cfg, s))
+
+
 def adamw(model: nn.Module, cfg, betas: tuple[float, float]) -> torch.optim.AdamW:
     """AdamW with --weight-decay on the matrices, none on biases, norms and position tables."""
     named = list(model.named_parameters())

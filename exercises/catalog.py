@@ -65,7 +65,9 @@ EXERCISES = [
         "one uniform draw per code: keep, mask or redraw by the cumulative probs",
     ),
     Exercise(
-        "05_vq_diffusion.reveal_purest", 7, "count the codes to reveal, then rank the masked ones by purity"
+        "05_vq_diffusion.log_q_xt_given_xs",
+        7,
+        "where x_t can come from: kept or redrawn as itself, redrawn from another code, masked; [MASK] stays",
     ),
 ]
 BY_NAME = {e.name: e for e in EXERCISES}

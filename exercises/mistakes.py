@@ -450,29 +450,33 @@ def q_sample(x0, sched, t):
 """,
         ),
     ],
-    "05_vq_diffusion.reveal_purest": [
+    "05_vq_diffusion.log_q_xt_given_xs": [
         (
-            "the least pure codes revealed first",
+            "a code kept with alpha only: a redraw can land on its own code too (alpha + beta)",
             """
-def reveal_purest(x_t, x0, logits, sched, t, s):
-    masked = (x_t == sched.K).flatten(1)
-    n_masked = masked.sum(1)
-    stay = (n_masked * float(sched.gammabar[s] / sched.gammabar[t])).round().long() if s > 0 else 0 * n_masked
-    purity = logits.softmax(-1).amax(-1).flatten(1).masked_fill(~masked, 2.0)
-    rank = purity.argsort(1).argsort(1)
-    return torch.where((rank < (n_masked - stay)[:, None]).view_as(x_t), x0, x_t)
+def log_q_xt_given_xs(x_t, sched, s, t, dtype=torch.float32, exact=False):
+    alpha, beta, gamma = (c.to(x_t.device, dtype) for c in transition(sched, s, t))
+    if torch.is_tensor(t) and t.dim():
+        alpha, beta, gamma = alpha[..., None], beta[..., None], gamma[..., None]
+    is_mask = (x_t == sched.K)[..., None]
+    row = torch.where(is_mask, gamma, beta).expand(*x_t.shape, sched.K)
+    own = torch.where(is_mask, gamma, alpha).expand(*x_t.shape, 1)
+    row = row.scatter(-1, x_t.clamp_max(sched.K - 1)[..., None], own)
+    return _log(torch.cat([row, is_mask.to(dtype)], -1), exact)
 """,
         ),
         (
-            "known codes compete for the reveal too, and are overwritten",
+            "[MASK] is not absorbing: x_t = [MASK] comes from [MASK] with gamma, like a code",
             """
-def reveal_purest(x_t, x0, logits, sched, t, s):
-    masked = (x_t == sched.K).flatten(1)
-    n_masked = masked.sum(1)
-    stay = (n_masked * float(sched.gammabar[s] / sched.gammabar[t])).round().long() if s > 0 else 0 * n_masked
-    purity = logits.softmax(-1).amax(-1).flatten(1)
-    rank = purity.argsort(1, descending=True).argsort(1)
-    return torch.where((rank < (n_masked - stay)[:, None]).view_as(x_t), x0, x_t)
+def log_q_xt_given_xs(x_t, sched, s, t, dtype=torch.float32, exact=False):
+    alpha, beta, gamma = (c.to(x_t.device, dtype) for c in transition(sched, s, t))
+    if torch.is_tensor(t) and t.dim():
+        alpha, beta, gamma = alpha[..., None], beta[..., None], gamma[..., None]
+    is_mask = (x_t == sched.K)[..., None]
+    row = torch.where(is_mask, gamma, beta).expand(*x_t.shape, sched.K)
+    own = torch.where(is_mask, gamma, alpha + beta).expand(*x_t.shape, 1)
+    row = row.scatter(-1, x_t.clamp_max(sched.K - 1)[..., None], own)
+    return _log(torch.cat([row, torch.where(is_mask, gamma, 0.0)], -1), exact)
 """,
         ),
     ],

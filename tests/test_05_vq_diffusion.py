@@ -2,6 +2,7 @@
 algebra in float64; sampling, truncation, inpainting, training and checkpoints."""
 
 import json
+import math
 
 import oracles
 import pytest
@@ -36,7 +37,7 @@ def one_hot_log(x, K):
 def test_every_one_step_matrix_is_column_stochastic_and_mask_absorbing(vqd, noise):
     sched = schedule(vqd, noise)
     for t in range(1, T + 1):
-        Q = vqd.transition_matrix(sched, t)  # [Q]_mn = q(x_t = m | x_{t-1} = n)
+        Q = oracles.transition_matrix(vqd, sched, t)  # [Q]_mn = q(x_t = m | x_{t-1} = n)
         assert (Q >= 0).all()
         torch.testing.assert_close(Q.sum(0), torch.ones(K + 1, dtype=torch.float64))  # axis 0
         assert Q[K, K] == 1 and (Q[:K, K] == 0).all()  # [MASK] stays [MASK]
@@ -44,7 +45,7 @@ def test_every_one_step_matrix_is_column_stochastic_and_mask_absorbing(vqd, nois
 
 def test_the_noise_types_give_the_matrices_they_name(vqd):
     mask, uniform, both = (schedule(vqd, n) for n in ("mask", "uniform", "mask-replace"))
-    Qm, Qu, Qb = (vqd.transition_matrix(s, 3) for s in (mask, uniform, both))
+    Qm, Qu, Qb = (oracles.transition_matrix(vqd, s, 3) for s in (mask, uniform, both))
     off = ~torch.eye(K, dtype=torch.bool)
     assert (Qm[:K, :K][off] == 0).all() and (Qm[K, :K] > 0).all()  # mask only: never redrawn
     assert (Qu[K, :K] == 0).all() and (Qu[:K, :K][off] > 0).all()  # uniform: never masked
@@ -62,7 +63,7 @@ def test_closed_form_equals_the_product_of_one_step_matrices(vqd, noise):
     sched = schedule(vqd, noise)
     Qbar = torch.eye(K + 1, dtype=torch.float64)
     for t in range(1, T + 1):
-        Qbar = vqd.transition_matrix(sched, t) @ Qbar  # Q_t ... Q_1
+        Qbar = oracles.transition_matrix(vqd, sched, t) @ Qbar  # Q_t ... Q_1
         closed = vqd.log_q_xt_given_x0(one_hot_log(torch.arange(K), K), sched, t).exp()  # (K, K+1)
         torch.testing.assert_close(closed, Qbar[:, :K].t(), atol=1e-12, rtol=1e-9)
 
@@ -78,7 +79,7 @@ def test_closed_form_is_linear_in_x0_and_takes_a_step_per_element(vqd, noise):
     t = torch.arange(1, T + 1)
     got = vqd.log_q_xt_given_x0(w.log(), sched, t).exp()
     for i in range(T):
-        want = w[i] @ vqd.transition_matrix(sched, int(t[i]), 0)[:, :K].t()
+        want = w[i] @ oracles.transition_matrix(vqd, sched, int(t[i]), 0)[:, :K].t()
         torch.testing.assert_close(got[i], want, atol=1e-12, rtol=1e-9)
 
 
@@ -89,8 +90,8 @@ def test_the_jump_matrix_from_any_s_is_the_product_of_one_step_matrices(vqd):
             for s in range(t):
                 prod = torch.eye(K + 1, dtype=torch.float64)
                 for i in range(s + 1, t + 1):
-                    prod = vqd.transition_matrix(sched, i) @ prod
-                torch.testing.assert_close(vqd.transition_matrix(sched, t, s), prod)
+                    prod = oracles.transition_matrix(vqd, sched, i) @ prod
+                torch.testing.assert_close(oracles.transition_matrix(vqd, sched, t, s), prod)
 
 
 @pytest.mark.exercise("05_vq_diffusion.log_q_xt_given_x0")
@@ -105,8 +106,10 @@ def test_q_xT_given_x0_is_the_prior(vqd, noise):
 
 @pytest.fixture
 def dense_closed_form(vqd, monkeypatch):
-    """log_q_posterior runs log_q_xt_given_x0, an exercise of its own: explicit matrices instead."""
+    """log_q_posterior runs log_q_xt_given_x0 and log_q_xt_given_xs, exercises of their own:
+    explicit matrices instead."""
     monkeypatch.setattr(vqd, "log_q_xt_given_x0", oracles.dense_closed_form(vqd))
+    monkeypatch.setattr(vqd, "log_q_xt_given_xs", oracles.dense_likelihood(vqd))
 
 
 def bayes_posterior(vqd, sched, x0, x_t, t, s):
@@ -115,30 +118,27 @@ def bayes_posterior(vqd, sched, x0, x_t, t, s):
     def prod(a, b):  # Q_b ... Q_{a+1}, the identity when a = b
         out = torch.eye(K + 1, dtype=torch.float64)
         for i in range(a + 1, b + 1):
-            out = vqd.transition_matrix(sched, i) @ out
+            out = oracles.transition_matrix(vqd, sched, i) @ out
         return out
 
     p = prod(s, t)[x_t, :] * prod(0, s)[:, x0]
     return p / p.sum()
 
 
+@pytest.mark.exercise("05_vq_diffusion.log_q_xt_given_xs")
 @pytest.mark.parametrize("noise", NOISES)
 @pytest.mark.parametrize("t, s", [(1, 0), (4, 3), (6, 2)])
-def test_likelihood_row_holds_the_three_values_of_the_matrix_row(vqd, noise, t, s):
-    """The posterior adds row x_t of Qbar_{t|s} as three values: at j = x_t, at other codes, at [MASK]."""
+def test_the_likelihood_is_row_x_t_of_the_jump_matrix(vqd, noise, t, s):
+    """log_q_xt_given_xs(x_t, s, t) = row x_t of Qbar_{t|s}, for every x_t and also with a tensor t."""
     sched = schedule(vqd, noise)
-    Q = vqd.transition_matrix(sched, t, s)  # [m, n] = q(x_t = m | x_s = n)
+    Q = oracles.transition_matrix(vqd, sched, t, s)  # [m, n] = q(x_t = m | x_s = n)
     x_t = torch.arange(K + 1)
-    own, other, mask = (v.squeeze(-1).exp() for v in vqd.likelihood_row(x_t, sched, s, t, torch.float64))
-    torch.testing.assert_close(own[:K], Q.diagonal()[:K], atol=1e-12, rtol=1e-9)
-    torch.testing.assert_close(other[:K], Q[x_t[:K], (x_t[:K] + 1) % K], atol=1e-12, rtol=1e-9)
-    torch.testing.assert_close(own[K].expand(K), Q[K, :K], atol=1e-12, rtol=1e-9)  # [MASK] from any code
-    torch.testing.assert_close(other[K].expand(K), Q[K, :K], atol=1e-12, rtol=1e-9)
-    torch.testing.assert_close(mask, Q[:, K], atol=1e-12, rtol=1e-9)  # [MASK] stays [MASK]
-    per_image = vqd.likelihood_row(x_t[None].expand(2, -1), sched, s, torch.tensor([[t], [t]]), torch.float64)
-    torch.testing.assert_close(per_image[0][0], own.log()[..., None].clamp_min(vqd.LOG_ZERO))  # tensor t
-    row = vqd.log_q_xt_given_xs(x_t, sched, s, t, torch.float64, exact=True).exp()  # written out
+    row = vqd.log_q_xt_given_xs(x_t, sched, s, t, torch.float64, exact=True).exp()
     torch.testing.assert_close(row, Q, atol=1e-12, rtol=1e-9)
+    per_image = vqd.log_q_xt_given_xs(
+        x_t[None].expand(2, -1), sched, s, torch.tensor([[t], [t]]), torch.float64
+    )
+    torch.testing.assert_close(per_image[1].exp(), Q.clamp_min(math.exp(vqd.LOG_EPS)), atol=1e-12, rtol=1e-9)
 
 
 @pytest.mark.exercise("05_vq_diffusion.log_q_posterior")
@@ -148,7 +148,7 @@ def test_posterior_equals_bayes_rule_with_explicit_matrices(vqd, dense_closed_fo
     sched = schedule(vqd, noise)
     for x0 in range(K):
         for x_t in range(K + 1):
-            q_t = vqd.transition_matrix(sched, t, 0)[x_t, x0]
+            q_t = oracles.transition_matrix(vqd, sched, t, 0)[x_t, x0]
             if q_t < 1e-12:
                 continue  # x_t cannot follow from this x_0
             want = bayes_posterior(vqd, sched, x0, x_t, t, s)
@@ -170,7 +170,7 @@ def test_x0_parameterization_is_the_mixture_of_posteriors(vqd, dense_closed_form
     p_x0 /= p_x0.sum()
     for t, s in [(3, 2), (6, 2), (1, 0), (6, 5)]:
         for x_t in range(K + 1):
-            possible = [x0 for x0 in range(K) if vqd.transition_matrix(sched, t, 0)[x_t, x0] > 0]
+            possible = [x0 for x0 in range(K) if oracles.transition_matrix(vqd, sched, t, 0)[x_t, x0] > 0]
             if sum(p_x0[x0] for x0 in possible) == 0:
                 continue  # x_t cannot follow from any x0 this p allows
             want = sum(p_x0[x0] * bayes_posterior(vqd, sched, x0, x_t, t, s) for x0 in possible)
@@ -233,7 +233,7 @@ def test_q_sample_draws_the_closed_form(vqd):
     x0 = torch.full((200_000,), 3)
     x_t = vqd.q_sample(x0, sched, torch.full((200_000,), 4))
     freq = torch.bincount(x_t, minlength=K + 1).double() / len(x_t)
-    want = vqd.transition_matrix(sched, 4, 0)[:, 3]  # column x_0 = 3 of Qbar_4
+    want = oracles.transition_matrix(vqd, sched, 4, 0)[:, 3]  # column x_0 = 3 of Qbar_4
     torch.testing.assert_close(freq, want, atol=4e-3, rtol=0)
 
 
@@ -307,26 +307,11 @@ def test_inpainting_keeps_the_known_codes(vqd):
     torch.manual_seed(3)
     known = torch.randint(K, (2, 9, 2))
     keep = torch.rand(2, 9, 2) < 0.5
-    x = vqd.sample(m, schedule(vqd), torch.tensor([1, 1]), stride=2, known=known.masked_fill(~keep, -1))
+    x = vqd.sample(
+        m, schedule(vqd), torch.tensor([1, 1]), stride=2, hold=vqd.keep(known.masked_fill(~keep, -1))
+    )
     assert (x[keep] == known[keep]).all()
     assert ((x >= 0) & (x < K)).all()
-
-
-def test_renoised_inpainting_shows_the_network_noised_known_codes_and_ends_clean(vqd):
-    """RePaint: at step t the network sees the known codes drawn from q(x_t | x_0) (masked about
-    as often as gammabar_t says), and the result holds them exactly."""
-    seen = []
-    m = small_model(vqd)
-    forward = m.forward
-    m.forward = lambda x_t, t, c: seen.append((x_t.clone(), int(t[0]))) or forward(x_t, t, c)
-    known = torch.randint(K, (64, 9, 2))  # every code given
-    sched = schedule(vqd, "mask")
-    torch.manual_seed(4)
-    x = vqd.sample(m, sched, torch.zeros(64, dtype=torch.long), known=known, renoise=True)
-    assert (x == known).all()
-    for x_t, t in seen[1:]:  # the first call sees x_T, drawn before any step
-        masked = (x_t == K).double().mean().item()
-        assert abs(masked - sched.gammabar[t].item()) < 0.08, (t, masked)
 
 
 def test_guided_sampling_equals_sampling_a_model_that_outputs_the_guided_distribution(vqd):
@@ -358,87 +343,28 @@ def test_guided_sampling_equals_sampling_a_model_that_outputs_the_guided_distrib
         assert torch.equal(guided, plain), s
 
 
+class Oracle(torch.nn.Module):
+    """A network certain of one fixed x_0 (B, 9, 2), whatever x_t."""
+
+    H, D = 3, 2
+
+    def __init__(self, target):
+        super().__init__()
+        self.target = target
+
+    def forward(self, x_t, t, c):
+        return (F.one_hot(self.target, K).float() * 50).expand(len(c), -1, -1, -1)
+
+
 @pytest.mark.parametrize("noise", ["mask", "mask-replace"])
 def test_a_model_that_knows_x0_samples_it(vqd, noise):
-    """With a network that always predicts one fixed x_0, the reverse chain must end exactly at
-    that x_0, at any stride, with the posterior draw or the purity sampler (which starts from all
-    [MASK]: from p(x_T), mask-and-replace's uniform codes would never be revisited)."""
+    """With a network that always predicts one fixed x_0, the reverse chain ends exactly at that
+    x_0, at any stride (with mask-and-replace too: its uniform codes of p(x_T) are revisited)."""
     target = torch.randint(K, (1, 9, 2), generator=torch.Generator().manual_seed(3))
-
-    class Oracle(torch.nn.Module):
-        H, D = 3, 2
-
-        def forward(self, x_t, t, c):
-            return (F.one_hot(target, K).float() * 50).expand(len(c), -1, -1, -1)
-
-    for stride, purity in ((1, False), (3, False), (1, True), (4, True)):  # also the purity sampler
+    for stride in (1, 3):
         torch.manual_seed(stride)
-        x = vqd.sample(
-            Oracle(), schedule(vqd, noise), torch.zeros(8, dtype=torch.long), stride, purity=purity
-        )
-        assert (x == target).all(), (stride, purity, (x != target).float().mean().item())
-
-
-def test_the_purity_sampler_ranks_by_the_untruncated_probabilities(vqd):
-    """Top probabilities 0.87 / 0.90 / 0.95 / 0.999 at four [MASK] codes, one to reveal in the
-    first step: the 0.999 one, though truncation to r = 0.86 leaves each of them a lone code of
-    probability 1 (the first of a tie would be position 0)."""
-    top = torch.tensor([0.87, 0.90, 0.95, 0.999])
-    p = torch.stack([top, *(((1 - top) / (K - 1)),) * (K - 1)], -1)  # (4, K): code 0 on top
-    seen = []
-
-    class Net(torch.nn.Module):
-        H, D = 2, 1
-
-        def forward(self, x_t, t, c):
-            seen.append(x_t.clone())
-            return p.log()[None, :, None].expand(len(c), -1, -1, -1)
-
-    vqd.sample(Net(), schedule(vqd, "mask", T=4), torch.tensor([0]), truncation=0.86, purity=True)
-    assert (seen[0] == K).all()  # from all [MASK]: round(4 * 3/4) = 3 stay masked at s = 3
-    assert (seen[1][0, :, 0] != K).tolist() == [False, False, False, True]
-
-
-def test_purity_without_masks_is_refused_also_by_a_zero_gamma_end(vqd):
-    with pytest.raises(ValueError, match="--purity reveals \\[MASK\\] codes"):
-        vqd.Config(noise="mask-replace", gamma_end=0.0, beta_end=1.0, purity=True)
-
-
-@pytest.mark.exercise("05_vq_diffusion.reveal_purest")
-def test_the_purity_sampler_reveals_the_purest_codes_as_many_as_the_chain_unmasks(vqd):
-    """One purity step keeps as many codes masked as the forward chain would, round(n *
-    gammabar_s / gammabar_t), reveals exactly the masked codes of highest max-probability (with
-    their draws), and never touches a code that is already known."""
-    sched = schedule(vqd, "mask", T=10)
-    x_t = torch.full((2, 8, 1), K)
-    x_t[0, 0, 0] = 3  # known: must stay 3 though its purity is the highest
-    purity = torch.tensor([9.0, 1, 7, 2, 8, 3, 6, 4])  # the logit of code 0 at each position
-    logits = torch.zeros(2, 8, 1, K)
-    logits[..., 0] = purity[None, :, None]
-    x0 = torch.randint(K, (2, 8, 1))
-    t, s = 10, 6
-    x_s = vqd.reveal_purest(x_t, x0, logits, sched, t, s)
-    for b in range(2):
-        masked = (x_t[b, :, 0] == K).nonzero().flatten()
-        stay = round(len(masked) * float(sched.gammabar[s] / sched.gammabar[t]))
-        order = masked[purity[masked].argsort(descending=True)]
-        revealed, kept = order[: len(masked) - stay], order[len(masked) - stay :]
-        assert (x_s[b, revealed, 0] == x0[b, revealed, 0]).all()
-        assert (x_s[b, kept, 0] == K).all()
-    assert x_s[0, 0, 0] == 3
-    assert (vqd.reveal_purest(x_t, x0, logits, sched, 3, 0) != K).all()  # s = 0: all revealed
-
-
-@pytest.mark.exercise("05_vq_diffusion.reveal_purest")
-def test_the_last_purity_step_reveals_every_masked_code_and_keeps_the_known_ones(vqd):
-    sched = schedule(vqd, "mask-replace")
-    g = torch.Generator().manual_seed(4)
-    x_t = torch.randint(K + 1, (3, 7, 2), generator=g)
-    x0, logits = torch.randint(K, (3, 7, 2), generator=g), torch.randn(3, 7, 2, K, generator=g)
-    x_s = vqd.reveal_purest(x_t, x0, logits, sched, 2, 0)
-    assert torch.equal(x_s, torch.where(x_t == K, x0, x_t))  # s = 0: nothing is left masked
-    known = x0.clone()  # no [MASK] at all: nothing to reveal at any step
-    assert torch.equal(vqd.reveal_purest(known, torch.zeros_like(x0), logits, sched, 5, 3), known)
+        x = vqd.sample(Oracle(target), schedule(vqd, noise), torch.zeros(8, dtype=torch.long), stride)
+        assert (x == target).all(), (stride, (x != target).float().mean().item())
 
 
 # --- config, training, checkpoints ---
@@ -452,7 +378,6 @@ def test_the_last_purity_step_reveals_every_masked_code_and_keeps_the_known_ones
         (dict(noise="mask-replace", gamma_end=0.5, beta_end=0.1), "sum to 1"),
         (dict(truncation=0.0), "--truncation"),
         (dict(stride=0), "--stride"),
-        (dict(noise="uniform", purity=True), "--purity"),
     ],
 )
 def test_bad_flags_are_errors(vqd, flags, message):
@@ -530,7 +455,7 @@ def test_samples_and_inpainting_use_one_guidance_and_none_without_a_condition(
     """samples.png and inpaint.png both sample at --guidance; an unconditional prior (whose "no
     class" row never trained) at 1, whatever --guidance says."""
     seen, sample = [], vqd.sample
-    guidance = lambda *a, **k: k.get("guidance", a[7] if len(a) > 7 else 1.0)  # sample()'s 8th argument
+    guidance = lambda *a, **k: k.get("guidance", a[5] if len(a) > 5 else 1.0)  # sample()'s 6th argument
     monkeypatch.setattr(vqd, "sample", lambda *a, **k: seen.append(guidance(*a, **k)) or sample(*a, **k))
     vqd.train(tiny(vqd, tokenizer, tmp_path, condition=condition, guidance=2.5))
     assert len(seen) == 3 and set(seen) == {used}  # samples.png, then two inpaint.png completions
