@@ -391,7 +391,6 @@ class Config(stage2.PriorConfig):
     spatial_layers: int = 3  # layers of the spatial transformer
     depth_layers: int = 1  # layers of the depth transformer
     dropout: float = 0.0  # dropout in the residual branches (paper: 0.1, at scale)
-    conditional: bool | None = None  # class-conditional (default: when the dataset has labels)
     soft_labels: bool = False  # train on Q_tau(. | r_{t,d-1}) instead of one-hot codes
     stochastic_codes: bool = False  # draw training codes from Q_tau instead of the argmin
     tau: float = 0.5  # temperature of Q_tau, on SQUARED distances (official value 0.5)

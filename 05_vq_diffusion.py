@@ -493,7 +493,6 @@ class Config(stage2.PriorConfig):
     heads: int = 4  # attention heads
     layers: int = 4  # transformer blocks (full attention, AdaLN)
     dropout: float = 0.0  # dropout in the residual branches
-    conditional: bool | None = None  # class-conditional (default: when the dataset has labels)
     noise: Literal["mask-replace", "uniform", "mask"] = "mask"  # q(x_t | x_{t-1}); paper: mask-replace
     steps_T: int = 100  # T: diffusion steps
     gamma_end: float | None = (

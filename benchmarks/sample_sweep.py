@@ -11,6 +11,7 @@ Run: python benchmarks/sample_sweep.py runs/04_rq_transformer runs/05_vq_diffusi
 """
 
 import argparse
+import dataclasses
 import sys
 import time
 from pathlib import Path
@@ -33,7 +34,10 @@ def load_prior(run: Path):
     if name not in ("04_rq_transformer", "05_vq_diffusion"):
         raise common.UserError(f"{run}/ckpt.pt was written by {name}, not by lesson 04 or 05")
     lesson = ar if name == "04_rq_transformer" else vqd
-    cfg = lesson.Config(**{**ckpt["config"], "resume": False, "overwrite": False})
+    known = {f.name for f in dataclasses.fields(lesson.Config)}  # flags that moved to beyond/ are dropped
+    cfg = lesson.Config(
+        **{k: v for k, v in ckpt["config"].items() if k in known}, resume=False, overwrite=False
+    )
     tok, tok_cfg = stage2.load_tokenizer(ckpt["tokenizer"])
     q, H = tok.quantizer, common.default_image_size(tok_cfg) // tok_cfg.downsample
     _, val, classes = common.load_data(cfg)

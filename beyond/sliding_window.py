@@ -91,7 +91,7 @@ class Config(ar.Config):
 def draw_canvas(cfg: Config) -> None:
     """canvas.png in --out, from the lesson-04 prior trained there (its flags are the checkpoint's;
     the sampling flags are this command's)."""
-    s, model = stage2.load_trained(cfg, ar.build)
+    s, model = stage2.load_trained(cfg, ar.build, ar.__name__)
     if min(cfg.canvas) < s.H:
         size = " ".join(map(str, cfg.canvas))
         raise common.UserError(f"--canvas {size} is smaller than the {s.H}x{s.H} code grid of the prior")

@@ -30,7 +30,7 @@ from .shapes import BUILTIN
 
 
 def lesson(name: str) -> types.ModuleType:
-    """Import a numbered lesson by file name: `vq = lesson("01_vq")` (names start with digits)."""
+    """Import a numbered lesson by file name, e.g. lesson("01_vq") (file names start with digits)."""
     here = str(Path(__file__).resolve().parent.parent)  # the repository root
     if here not in sys.path:
         sys.path.insert(0, here)

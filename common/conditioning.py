@@ -53,10 +53,6 @@ def check_prior_flags(cfg) -> None:
         ),
         (not cfg.prompt or text, "--prompt needs a text-conditional prior (--condition text)"),
         (
-            not (cfg.conditional is False and cfg.condition in ("class", "text")),
-            "--no-conditional is --condition none",
-        ),
-        (
             cfg.reject_keep == 1 or (cfg.dataset in BUILTIN and cfg.hf_id is None),
             "--reject-keep < 1 ranks samples by the shapes classifier: built-in data only",
         ),
@@ -65,8 +61,8 @@ def check_prior_flags(cfg) -> None:
             "--reject-keep < 1 ranks samples by their class: not with --condition none",
         ),
     )
-    if cfg.condition is None:  # --prompt alone implies text; --no-conditional means none
-        cfg.condition = "text" if cfg.prompt else "none" if cfg.conditional is False else None
+    if cfg.condition is None and cfg.prompt:  # --prompt alone implies text
+        cfg.condition = "text"
 
 
 def sample_conditions(s) -> tuple[torch.Tensor, torch.Tensor | None, list[str] | None]:

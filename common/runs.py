@@ -145,12 +145,12 @@ class Run:
             (self.dir / "metrics.jsonl").write_text("")
             self.fresh_log = False
 
-    def load(self) -> dict:
+    def load(self, lesson: str | None = None) -> dict:
+        """ckpt.pt, checked: written by this lesson (or by `lesson`: a tool that samples from another
+        lesson's prior), with the same model flags, at a step within --steps; the RNG restored."""
         ckpt = load_checkpoint(self.ckpt_path)
-        mine = lesson_name(self.cfg)  # or a lesson whose Config this one extends (a beyond/ tool)
-        if ckpt.get("lesson") not in {
-            lesson_name(k) for k in type(self.cfg).__mro__ if k.__name__ == "Config"
-        }:
+        mine = lesson or lesson_name(self.cfg)
+        if ckpt.get("lesson") != mine:
             raise UserError(
                 f"--resume: {self.ckpt_path} was written by {ckpt.get('lesson') or 'another script'}, not {mine}; pass another --out"
             )
@@ -224,8 +224,8 @@ def read_log(run_dir) -> list[dict]:
 
 def lesson_name(cfg) -> str:
     """The file stem of the lesson whose Config this is ("02_rq"), also when that lesson runs as
-    the script (its module is then called __main__). cfg: a Config or its class."""
-    return Path(sys.modules[(cfg if isinstance(cfg, type) else type(cfg)).__module__].__file__).stem
+    the script (its module is then called __main__)."""
+    return Path(sys.modules[type(cfg).__module__].__file__).stem
 
 
 def start(cfg):

@@ -225,18 +225,19 @@ def setup(cfg) -> Stage2:
     )  # fmt: skip
 
 
-def load_prior(s: Stage2, model: nn.Module) -> nn.Module:
+def load_prior(s: Stage2, model: nn.Module, lesson: str | None = None) -> nn.Module:
     """--sample-only (one process): the prior's weights from <out>/ckpt.pt, in eval mode."""
-    load_state(model, s.run.load()["model"], s.run.ckpt_path)
+    load_state(model, s.run.load(lesson)["model"], s.run.ckpt_path)
     return model.eval()
 
 
-def load_trained(cfg, build) -> tuple[Stage2, nn.Module]:
-    """For a tool that draws from the prior trained in --out (beyond/): its Stage2, with the flags it
-    was trained with (this command's sampling flags), and the prior that build(cfg, s) makes, loaded."""
+def load_trained(cfg, build, lesson: str) -> tuple[Stage2, nn.Module]:
+    """For a tool that draws from the prior that `lesson` trained in --out (beyond/): its Stage2,
+    with the flags it was trained with (this command's sampling flags), and the prior that
+    build(cfg, s) makes, loaded."""
     cfg.sample_only = True
     s = setup(cfg)
-    return s, load_prior(s, build(cfg, s))
+    return s, load_prior(s, build(cfg, s), lesson)
 
 
 def adamw(model: nn.Module, cfg, betas: tuple[float, float]) -> torch.optim.AdamW:

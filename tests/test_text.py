@@ -271,7 +271,6 @@ def test_rejection_keeps_the_best_scored_fraction_of_each_row():
         (dict(reject_keep=0.5, dataset="some/folder"), "built-in data only"),
         (dict(condition="text", dataset="some/folder"), "--caption-column"),
         (dict(prompt=("a star",), condition="class"), "--prompt needs a text-conditional prior"),
-        (dict(condition="text", conditional=False), "--no-conditional is --condition none"),
         (dict(reject_keep=0.5, condition="none"), "not with --condition none"),
         (dict(text_length=1), "--text-length must be at least 2"),
     ],
