@@ -35,9 +35,8 @@ def load_prior(run: Path):
         raise common.UserError(f"{run}/ckpt.pt was written by {name}, not by lesson 04 or 05")
     lesson = ar if name == "04_rq_transformer" else vqd
     known = {f.name for f in dataclasses.fields(lesson.Config)}  # flags that moved to beyond/ are dropped
-    cfg = lesson.Config(
-        **{k: v for k, v in ckpt["config"].items() if k in known}, resume=False, overwrite=False
-    )
+    flags = {k: v for k, v in ckpt["config"].items() if k in known and k not in ("resume", "overwrite")}
+    cfg = lesson.Config(**flags)
     tok, tok_cfg = stage2.load_tokenizer(ckpt["tokenizer"])
     q, H = tok.quantizer, common.default_image_size(tok_cfg) // tok_cfg.downsample
     _, val, classes = common.load_data(cfg)
