@@ -78,3 +78,18 @@ def test_the_command_draws_a_canvas_from_a_trained_prior_and_refuses_a_smaller_o
     assert Image.open(tmp_path / "canvas.png").size == (2 * (4 * 50 + 2), 2 * (8 * 42 + 2))
     with pytest.raises(common.UserError, match=r"--canvas 12 7 is smaller than the 8x8 code grid"):
         window.draw_canvas(window.Config(out=str(tmp_path), canvas=(12, 7)))
+
+
+def test_an_unconditional_prior_draws_the_same_canvas_with_the_default_guidance_and_with_1(
+    window, tokenizer, tmp_path
+):
+    ar = common.lesson("04_rq_transformer")
+    flags = dict(
+        tokenizer=str(tokenizer), steps=2, batch_size=8, eval_images=8, width=16, heads=2, samples_per_class=1
+    )
+    ar.train(ar.Config(**flags, condition="none", out=str(tmp_path)))
+    canvases = []
+    for guidance in (window.Config.guidance, 1.0):
+        window.draw_canvas(window.Config(out=str(tmp_path), canvas=(9, 9), guidance=guidance))
+        canvases.append((tmp_path / "canvas.png").read_bytes())
+    assert window.Config.guidance != 1.0 and canvases[0] == canvases[1]
