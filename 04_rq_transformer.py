@@ -47,6 +47,7 @@ import torch.nn.functional as F
 from einops import rearrange
 
 import common
+import sample_quality
 from common import stage2
 
 rq = common.lesson("02_rq")  # residual_quantize, which soft_codes runs with Q_tau
@@ -354,13 +355,13 @@ def finish(model, s: stage2.Stage2, cfg: Config) -> None:
     if not cfg.sample_only:
         val_nll = evaluate(model, s, cfg)
         common.echo(f"validation NLL {val_nll:.4f} nats = {val_nll / math.log(2):.3f} bits per code")
-        quality = stage2.samples_png(s, cfg, draw)  # one row per class (or per caption naming it)
+        quality = sample_quality.samples_png(s, cfg, draw)  # one row per class (or per caption naming it)
         record = {"val_nll": val_nll, "val_bits_per_code": val_nll / math.log(2), **quality}
         s.run.log({"step": cfg.steps, "final": True, **record})
     elif not cfg.prompt:
-        stage2.samples_png(s, cfg, draw)
+        sample_quality.samples_png(s, cfg, draw)
     if cfg.prompt:
-        stage2.prompts_png(s, cfg, draw)
+        sample_quality.prompts_png(s, cfg, draw)
 
 
 @torch.no_grad()

@@ -59,6 +59,7 @@ import torch.nn.functional as F
 from einops import rearrange
 
 import common
+import sample_quality
 from common import stage2
 
 ar = common.lesson("04_rq_transformer")  # Block, encode, guide, unconditional, filter_logits
@@ -423,13 +424,13 @@ def finish(model, sched: Schedule, s, cfg: Config) -> None:
         common.echo(
             f"validation (nats per code): {values} | bound {val['vlb'] / math.log(2):.3f} bits per code"
         )
-        quality = stage2.samples_png(s, cfg, draw)  # one row per class (or per caption naming it)
+        quality = sample_quality.samples_png(s, cfg, draw)  # one row per class (or per caption naming it)
         s.run.log({"step": cfg.steps, "final": True, **{f"val_{k}": v for k, v in val.items()}, **quality})
         inpaint(model, sched, s, cfg)
     elif not cfg.prompt:
-        stage2.samples_png(s, cfg, draw)
+        sample_quality.samples_png(s, cfg, draw)
     if cfg.prompt:
-        stage2.prompts_png(s, cfg, draw)
+        sample_quality.prompts_png(s, cfg, draw)
     if not cfg.sample_only:
         common.echo(f"wrote {s.run.dir / 'samples.png'} and inpaint.png")
 

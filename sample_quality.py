@@ -12,11 +12,13 @@ generated images three ways:
 On any other dataset the same call returns Inception FID (`fid.py`) against validation images,
 when its weights are in torch.hub's cache (a GPU user's gFID on FFHQ or ImageNet), else nothing.
 
-Use: `sample_quality.judge(images, labels, val_set, dataset)`; the lessons call it after training.
+Use: `sample_quality.judge(images, labels, val_set, dataset)`; lessons 04 and 05 draw and judge
+their samples.png with `samples_png` (and prompts.png with `prompts_png`), at the end of this file.
 """
 
 from __future__ import annotations
 
+import math
 import os
 from pathlib import Path
 
@@ -26,6 +28,7 @@ import torch.nn.functional as F
 
 import common
 import fid
+from common import stage2
 
 SIZE = 32  # the classifier sees 32 px images; other sizes are resized to it
 
@@ -201,3 +204,62 @@ def summary(quality: dict) -> str:
     if "fid" in quality:
         parts.append(f"FID {quality['fid']:.2f}")
     return " | ".join(parts) or "no sample-quality measure for this dataset"
+
+
+# --- the pictures of lessons 04 and 05: samples.png and prompts.png, judged; rejection sampling ---
+
+
+def candidates(per_row: int, keep: float) -> int:
+    """How many images to draw per row so that keeping the best fraction `keep` leaves per_row."""
+    return math.ceil(per_row / keep - 1e-9)
+
+
+def reject(scores: torch.Tensor, per_row: int, drawn: int) -> torch.Tensor:
+    """Rejection sampling (the ImageNet tables of both papers use it): of the `drawn` candidates of
+    each row, keep the per_row best-scored, best first. scores: (rows * drawn,) -> indices (rows * per_row,)."""
+    best = scores.view(-1, drawn).argsort(1, descending=True)[:, :per_row]  # (rows, per_row)
+    return (best + torch.arange(len(best), device=best.device)[:, None] * drawn).flatten()
+
+
+def draw_rows(s, cfg, draw, c: torch.Tensor, labels: torch.Tensor | None, per_row: int):
+    """per_row images for each row's condition c (rows,) or (rows, L), drawn by draw(c) -> codes
+    (B, T, D). With --reject-keep f < 1, rejection sampling: 1/f candidates per row are drawn and
+    the per_row that the shapes classifier finds most surely of the row's class `labels` (rows,)
+    are kept, best first. -> (rows * per_row, 3, S, S)."""
+    n = candidates(per_row, cfg.reject_keep)
+    images = stage2.decode(s.tok, draw(c.repeat_interleave(n, 0)), s.H)
+    if n == per_row:
+        return images
+    if labels is None:
+        common.echo("rejection sampling: these prompts name no class to score; keeping the first draws")
+        return images.view(len(c), n, *images.shape[1:])[:, :per_row].flatten(0, 1)
+    return images[reject(class_scores(images, labels.repeat_interleave(n)), per_row, n).cpu()]
+
+
+def samples_png(s, cfg, draw, name: str = "samples.png") -> dict:
+    """samples.png (or `name`): a row of --samples-per-class images per class (text: from a caption
+    naming the class) drawn by draw(c) -> codes, judged for sample quality (printed). -> the
+    metrics, with "sample_" before each name."""
+    per_row = cfg.samples_per_class
+    c, labels, prompts = stage2.sample_conditions(s)
+    images = draw_rows(s, cfg, draw, c, labels, per_row)
+    common.save_grid(list(images.view(-1, per_row, *images.shape[1:])), s.run.dir / name)
+    colours = stage2.prompt_colours(prompts) if prompts else None
+    labels, colours = (None if v is None else v.repeat_interleave(per_row) for v in (labels, colours))
+    dataset = cfg.dataset if cfg.hf_id is None else cfg.hf_id
+    quality = judge(images, labels, s.val_set, dataset, colours)
+    common.echo(f"{name} ({len(images)} images): {summary(quality)}")
+    return {f"sample_{k}": v for k, v in quality.items()}
+
+
+def prompts_png(s, cfg, draw) -> None:
+    """prompts.png: a row of --samples-per-class images for each --prompt."""
+    labels = stage2.prompt_classes(cfg.prompt)
+    images = draw_rows(s, cfg, draw, s.condition_of(None, list(cfg.prompt)), labels, cfg.samples_per_class)
+    common.save_grid(
+        list(images.view(-1, cfg.samples_per_class, *images.shape[1:])), s.run.dir / "prompts.png"
+    )
+    common.echo(
+        f"wrote {s.run.dir / 'prompts.png'}: "
+        + " | ".join(f"row {i + 1}: {p}" for i, p in enumerate(cfg.prompt))
+    )

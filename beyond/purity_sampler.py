@@ -29,6 +29,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # the lessons and `common`
 import common
+import sample_quality
 from common import stage2
 
 vqd = common.lesson("05_vq_diffusion")  # the network, p_theta(x_0 | x_t), the schedule
@@ -81,7 +82,7 @@ def draw(cfg: Config) -> dict:
     s, model = stage2.load_trained(cfg, lambda cfg, s: vqd.build(cfg, s)[0], vqd.__name__)
     sched = vqd.noise_schedule(cfg.steps_T, len(s.tok.quantizer.codebook), cfg.gamma_end, cfg.beta_end)
     purest = lambda c: sample_purest(model, sched, c, cfg.stride, cfg.truncation, cfg.guidance)
-    return stage2.samples_png(s, cfg, purest, "purity.png")
+    return sample_quality.samples_png(s, cfg, purest, "purity.png")
 
 
 if __name__ == "__main__":

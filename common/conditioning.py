@@ -1,12 +1,11 @@
 """What the priors of lessons 04 and 05 are conditioned on (a class, a caption, or nothing): the
-flags they share, the conditions of samples.png and prompts.png, and rejection sampling.
+flags they share, and the conditions of samples.png and prompts.png.
 
 A student may skip this folder: nothing in it is a concept the lessons teach.
 """
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 from typing import ClassVar, Literal
 
@@ -99,15 +98,3 @@ def prompt_classes(prompts) -> torch.Tensor | None:
 def prompt_colours(prompts) -> torch.Tensor | None:
     """The index in PLAIN_COLOURS of the colour each prompt names (None unless each names one)."""
     return _named(prompts, PLAIN_COLOUR_NAMES)
-
-
-def candidates(per_row: int, keep: float) -> int:
-    """How many images to draw per row so that keeping the best fraction `keep` leaves per_row."""
-    return math.ceil(per_row / keep - 1e-9)
-
-
-def reject(scores: torch.Tensor, per_row: int, drawn: int) -> torch.Tensor:
-    """Rejection sampling (the ImageNet tables of both papers use it): of the `drawn` candidates of
-    each row, keep the per_row best-scored, best first. scores: (rows * drawn,) -> indices (rows * per_row,)."""
-    best = scores.view(-1, drawn).argsort(1, descending=True)[:, :per_row]  # (rows, per_row)
-    return (best + torch.arange(len(best), device=best.device)[:, None] * drawn).flatten()

@@ -1,6 +1,6 @@
 """Stage 2 of lessons 04 and 05: the frozen tokenizer (loaded from a lesson 02/03 checkpoint, or
 trained once with lesson 02), the data and class conditioning, the optimizer and lr schedule both
-priors use, and their samples.png and its judgement.
+priors use. (Their samples.png and its judgement: sample_quality.py.)
 
 A student may skip this folder: nothing in it is a concept the lessons teach. Helpers import no
 lesson when they are imported; a tokenizer checkpoint is rebuilt by the lesson named inside it.
@@ -20,11 +20,9 @@ from .checkpoints import lessons_checkpoint, load_checkpoint, load_state, read_c
 from .cli import lesson
 from .conditioning import (
     PriorConfig,
-    candidates,
     check_prior_flags,
     prompt_classes,
     prompt_colours,
-    reject,
     sample_conditions,
 )  # fmt: skip
 from .datasets import default_image_size
@@ -34,22 +32,17 @@ from .errors import UserError
 from .loading import load_data
 from .released import RELEASED
 from .runs import Run, read_log, resumable
-from .samples import centre_square, decode, draw_rows, prompts_png, samples_png
+from .samples import centre_square, decode
 from .text import text_encoder
 
 __all__ = [  # defined next door, reached through stage2 by the lessons, benchmarks and tests
     "PriorConfig",
-    "candidates",
     "centre_square",
     "check_prior_flags",
     "decode",
-    "draw_rows",
     "prompt_classes",
     "prompt_colours",
-    "prompts_png",
-    "reject",
     "sample_conditions",
-    "samples_png",
 ]  # fmt: skip
 
 

@@ -13,6 +13,7 @@ import pytest
 import torch
 
 import common
+import sample_quality
 from common import stage2
 from common.text import SmallTextEncoder, word_ids
 
@@ -254,10 +255,10 @@ def test_caption_dropout_uses_the_empty_caption_at_its_rate():
 def test_rejection_keeps_the_best_scored_fraction_of_each_row():
     torch.manual_seed(0)
     per_row, keep = 3, 0.25
-    drawn = stage2.candidates(per_row, keep)
-    assert drawn == 12 and stage2.candidates(4, 0.5) == 8 and stage2.candidates(16, 1.0) == 16
+    drawn = sample_quality.candidates(per_row, keep)
+    assert drawn == 12 and sample_quality.candidates(4, 0.5) == 8 and sample_quality.candidates(16, 1.0) == 16
     scores = torch.rand(2 * drawn)
-    idx = stage2.reject(scores, per_row, drawn)
+    idx = sample_quality.reject(scores, per_row, drawn)
     for row in range(2):
         block = scores[row * drawn : (row + 1) * drawn]
         want = (block.sort(descending=True).indices[:per_row] + row * drawn).tolist()
