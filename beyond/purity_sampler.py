@@ -79,8 +79,7 @@ class Config(vqd.Config):
 def draw(cfg: Config) -> dict:
     """purity.png in --out from the lesson-05 prior trained there, one row per class, judged for
     sample quality as samples.png is (the sampling flags are this command's) -> the metrics."""
-    s, model = stage2.load_trained(cfg, lambda cfg, s: vqd.build(cfg, s)[0], vqd.__name__)
-    sched = vqd.noise_schedule(cfg.steps_T, len(s.tok.quantizer.codebook), cfg.gamma_end, cfg.beta_end)
+    s, model, sched = stage2.load_trained(cfg, vqd.build, vqd.__name__)
     purest = lambda c: sample_purest(model, sched, c, cfg.stride, cfg.truncation, cfg.guidance)
     return sample_quality.samples_png(s, cfg, purest, "purity.png")
 

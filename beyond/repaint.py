@@ -60,8 +60,7 @@ class Config(vqd.Config):
 def draw(cfg: Config) -> None:
     """repaint.png in --out from the lesson-05 prior trained there: inpaint.png's images and hidden
     square, completed with the known codes re-noised (the sampling flags are this command's)."""
-    s, model = stage2.load_trained(cfg, lambda cfg, s: vqd.build(cfg, s)[0], vqd.__name__)
-    sched = vqd.noise_schedule(cfg.steps_T, len(s.tok.quantizer.codebook), cfg.gamma_end, cfg.beta_end)
+    s, model, sched = stage2.load_trained(cfg, vqd.build, vqd.__name__)
     vqd.inpaint(model, sched, s, cfg, renoised(sched), "repaint.png")
     common.echo(f"wrote {s.run.dir / 'repaint.png'}")
 

@@ -8,6 +8,7 @@ lesson when they are imported; a tokenizer checkpoint is rebuilt by the lesson n
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from dataclasses import dataclass
 from pathlib import Path
@@ -170,7 +171,8 @@ def adopt_trained_flags(cfg) -> dict | None:
     if not (cfg.sample_only and path.exists()):
         return None  # (a missing checkpoint is Run's one-line error)
     ckpt = load_checkpoint(path)
-    for name in ckpt["config"].keys() - resumable(cfg):
+    flags = {f.name for f in dataclasses.fields(cfg)}  # a flag that left the lesson is not adopted
+    for name in (ckpt["config"].keys() & flags) - resumable(cfg):
         value = ckpt["config"][name]
         setattr(cfg, name, tuple(value) if isinstance(value, list) else value)
     if cfg.prompt and cfg.condition != "text":
@@ -224,13 +226,15 @@ def load_prior(s: Stage2, model: nn.Module, lesson: str | None = None) -> nn.Mod
     return model.eval()
 
 
-def load_trained(cfg, build, lesson: str) -> tuple[Stage2, nn.Module]:
+def load_trained(cfg, build, lesson: str) -> tuple:
     """For a tool that draws from the prior that `lesson` trained in --out (beyond/): its Stage2,
-    with the flags it was trained with (this command's sampling flags), and the prior that
-    build(cfg, s) makes, loaded."""
+    with the flags it was trained with (this command's sampling flags), and what the lesson's
+    build(cfg, s) makes (the prior, or the prior and more), the prior loaded -> (s, prior, ...)."""
     cfg.sample_only = True
     s = setup(cfg)
-    return s, load_prior(s, build(cfg, s), lesson)
+    built = build(cfg, s)
+    model, *rest = built if isinstance(built, tuple) else (built,)
+    return (s, load_prior(s, model, lesson), *rest)
 
 
 def adamw(model: nn.Module, cfg, betas: tuple[float, float]) -> torch.optim.AdamW:

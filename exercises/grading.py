@@ -65,16 +65,20 @@ def test_files(names: list[str], root: Path = ROOT) -> list[str]:
     return [f for f in TEST_FILES if any(f'exercise("{n}")' in (root / f).read_text() for n in names)]
 
 
+def pytest_run(folder: Path, names: list[str], extra: list[str], timeout: float, **kw):
+    """pytest on the tests of `names` in `folder` (a copy of the repository), with `extra` options."""
+    cmd = [sys.executable, "-m", "pytest", "-q", "--tb=short", "-p", "no:cacheprovider", *extra]
+    cmd += [arg for n in names for arg in ("--exercise", n)] + test_files(names, folder)
+    env = {**os.environ, "PYTHONDONTWRITEBYTECODE": "1", "HYPOTHESIS_PROFILE": "grading"}
+    return subprocess.run(cmd, cwd=folder, env=env, capture_output=True, text=True, timeout=timeout, **kw)
+
+
 def run_tests(folder: Path, names: list[str], extra: list[str] = (), timeout: float = 1800) -> dict:
-    """Run the tests of `names` in `folder` (a copy of the repository) -> {variant: {nodeid: row}}."""
+    """Run the tests of `names` in `folder` (a copy of the repository) -> {variant: {nodeid: row}},
+    as the test process reports them at its end (for trusted code: list and selfcheck)."""
     with tempfile.TemporaryDirectory(prefix="grade-") as tmp:
         report = Path(tmp) / "report.json"
-        cmd = [sys.executable, "-m", "pytest", "-q", "--tb=short", "-p", "no:cacheprovider"]
-        cmd += ["--exercise-report", str(report)]
-        cmd += [arg for n in names for arg in ("--exercise", n)] + list(extra)
-        cmd += test_files(names, folder)
-        env = {**os.environ, "PYTHONDONTWRITEBYTECODE": "1", "HYPOTHESIS_PROFILE": "grading"}
-        done = subprocess.run(cmd, cwd=folder, env=env, capture_output=True, text=True, timeout=timeout)
+        done = pytest_run(folder, names, ["--exercise-report", str(report), *extra], timeout)
         if not report.exists():
             raise UserError(
                 f"the tests did not run (exit {done.returncode}): {done.stdout[-400:]}{done.stderr[-400:]}"
@@ -94,13 +98,9 @@ def run_graded(folder: Path, names: list[str], timeout: float = 1800) -> dict:
         read_key, write_key = os.pipe()  # the key reaches the plugin before any lesson is imported
         os.write(write_key, key)
         os.close(write_key)
-        cmd = [sys.executable, "-m", "pytest", "-q", "--tb=short", "-p", "no:cacheprovider"]
-        cmd += ["--exercise-stream", str(stream), "--exercise-key-fd", str(read_key)]
-        cmd += [arg for n in names for arg in ("--exercise", n)] + test_files(names, folder)
-        env = {**os.environ, "PYTHONDONTWRITEBYTECODE": "1", "HYPOTHESIS_PROFILE": "grading"}
         try:
-            done = subprocess.run(cmd, cwd=folder, env=env, capture_output=True, text=True,
-                                  timeout=timeout, pass_fds=(read_key,))  # fmt: skip
+            signed = ["--exercise-stream", str(stream), "--exercise-key-fd", str(read_key)]
+            done = pytest_run(folder, names, signed, timeout, pass_fds=(read_key,))
         finally:
             os.close(read_key)
         lines = stream.read_text(errors="replace").splitlines()

@@ -45,7 +45,8 @@ def blank_notebooks(folder: Path, names: list[str]) -> int:
 
 def make(names: list[str], out: Path) -> int:
     """Write the student version of this repository with `names` blanked into `out` (without
-    exercises/mistakes.py) -> the number of notebook cells blanked. `out` must not exist yet or be empty: nothing is overwritten."""
+    exercises/mistakes.py) -> the number of notebook cells blanked. `out` must not exist yet or
+    be empty: nothing is overwritten."""
     out = out.resolve()
     if out == ROOT or ROOT in out.parents:
         raise UserError(f"--out {out} lies inside the repository it copies; choose a folder outside it")
