@@ -23,7 +23,6 @@ from __future__ import annotations
 import sys
 from dataclasses import dataclass
 from pathlib import Path
-from typing import ClassVar
 
 import torch
 
@@ -73,7 +72,7 @@ def sample_purest(model, sched, c, stride=1, truncation=1.0, guidance=1.0, hold=
 
 @dataclass
 class Config(vqd.Config):
-    RESUMABLE: ClassVar = vqd.Config.RESUMABLE
+    pass
 
 
 def draw(cfg: Config) -> dict:
