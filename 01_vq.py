@@ -288,7 +288,7 @@ def train(cfg: Config) -> nn.Module:
         if (step + 1) % cfg.log_every == 0:
             log_codes(run, step + 1, rec, q["commit"], counts, restarted)
             counts, restarted = counts.zero_(), 0
-        if run.save_due(step + 1):  # every --ckpt-every steps or --ckpt-minutes, at the end, on a signal
+        if run.save_due(step + 1):  # after --ckpt-minutes, at the end, on a signal
             run.save(step + 1, model=model.state_dict(), opt=opt.state_dict())
     if common.is_main():
         finish(model, val_set, cfg, run, device)

@@ -274,7 +274,7 @@ def train(cfg: Config) -> nn.Module:
             vq.log_codes(run, step + 1, rec, q["commit"], by_depth.sum(0), restarted)
             common.echo(f"  codes used at depth 1..{cfg.depth}: {(by_depth > 0).sum(1).tolist()}")
             by_depth, restarted = by_depth.zero_(), 0
-        if run.save_due(step + 1):  # every --ckpt-every steps or --ckpt-minutes, at the end, on a signal
+        if run.save_due(step + 1):  # after --ckpt-minutes, at the end, on a signal
             run.save(step + 1, model=model.state_dict(), opt=opt.state_dict())
     if common.is_main():  # Table 6 analog, coarse_to_fine.png, code_usage_by_depth.png, recon.png
         vq.finish(model, val_set, cfg, run, device, report(model, val_set, run.dir, device, cfg))

@@ -185,7 +185,7 @@ def train(cfg: Config) -> nn.Module:
             log = {"step": step + 1, **{k: v.item() for k, v in {**d_log, **g_log}.items()}}
             common.echo(f"step {step + 1} | " + " | ".join(f"{k} {v:.4g}" for k, v in list(log.items())[1:]))
             run.log(log)
-        if run.save_due(step + 1):  # every --ckpt-every steps or --ckpt-minutes, at the end, on a signal
+        if run.save_due(step + 1):  # after --ckpt-minutes, at the end, on a signal
             states = dict(model=model, disc=disc, opt=opt, opt_d=opt_d)
             run.save(step + 1, **{k: v.state_dict() for k, v in states.items()})
     if common.is_main():  # metrics, recon.png, and for RQ (depth > 1) the coarse-to-fine figure

@@ -48,6 +48,7 @@ from einops import rearrange
 
 import common
 import sample_quality
+import stage1
 from common import stage2
 
 rq = common.lesson("02_rq")  # residual_quantize, which soft_codes runs with Q_tau
@@ -311,12 +312,14 @@ def build(cfg: Config, s: stage2.Stage2, Model=None) -> nn.Module:
 
 def train(cfg: Config, Model=None) -> nn.Module:
     """Fit the prior on the frozen tokenizer's codes; write ckpt.pt, metrics.jsonl and samples.png."""
-    s = stage2.setup(cfg)  # run folder, frozen tokenizer (trained once if none), data, classes
+    s = stage2.setup(
+        cfg, stage1.tokenizer
+    )  # run folder, frozen tokenizer (trained once if none), data, classes
     model = build(cfg, s, Model)
     if cfg.sample_only:  # a trained prior draws samples.png / prompts.png again; no training
         finish(stage2.load_prior(s, model), s, cfg)
         return model
-    opt = stage2.adamw(model, cfg, betas=(0.9, 0.95))
+    opt = stage2.adamw(model, cfg, betas=(0.9, 0.95), weight_decay=1e-4)
     start = s.run.restore(model=model, opt=opt)  # 0 unless --resume
     data = common.batches(s.train_set, cfg, start * cfg.grad_accum, s.rank, s.world)
     ddp = common.compiled(common.wrap(model, s.device), cfg)  # DDP under torchrun; --compile
@@ -338,7 +341,7 @@ def train(cfg: Config, Model=None) -> nn.Module:
         if (step + 1) % cfg.log_every == 0:  # bits per code against the argmin codes, as evaluate()
             hard = nll(logits.detach(), codes) if cfg.soft_labels else loss  # soft: loss is CE to Q_tau
             stage2.log_step(s.run, step + 1, loss=loss, bits_per_code=hard / math.log(2))
-        if s.run.save_due(step + 1):  # every --ckpt-every steps or --ckpt-minutes, on a signal
+        if s.run.save_due(step + 1):  # after --ckpt-minutes, at the end, on a signal
             states = dict(model=model.state_dict(), opt=opt.state_dict())
             s.run.save(step + 1, **states, tokenizer=str(s.tokenizer_path))  # the prior names its tokenizer
     model.eval()
@@ -382,11 +385,10 @@ def evaluate(model, s: stage2.Stage2, cfg: Config) -> float:
 @dataclass
 class Config(stage2.PriorConfig):
     RESUMABLE: ClassVar = stage2.PriorConfig.RESUMABLE | {"temperature", "top_k", "top_p", "guidance"}
+    TOKENIZER: ClassVar = {"depth": 2}  # the lesson-02 RQ-VAE trained when there is no --tokenizer
     dataset: str = "shapes-plain"  # as lesson 01; by default shapes in flat palette colours
     out: str = "runs/04_rq_transformer"  # run folder: ckpt.pt, metrics.jsonl, samples.png
     tokenizer: str | None = None  # 02/03 checkpoint or a released one (default: runs/02_rq/ckpt.pt, or train)
-    tokenizer_depth: int = 2  # D of the RQ-VAE trained (or reused) when no --tokenizer is given
-    tokenizer_codebook_size: int | None = None  # its K (default: lesson 02's preset, shapes 16)
     width: int = 128  # W: transformer width
     heads: int = 4  # attention heads
     spatial_layers: int = 3  # layers of the spatial transformer
@@ -395,7 +397,6 @@ class Config(stage2.PriorConfig):
     soft_labels: bool = False  # train on Q_tau(. | r_{t,d-1}) instead of one-hot codes
     stochastic_codes: bool = False  # draw training codes from Q_tau instead of the argmin
     tau: float = 0.5  # temperature of Q_tau, on SQUARED distances (official value 0.5)
-    weight_decay: float = 1e-4  # AdamW weight decay
     temperature: float = 1.0  # sampling temperature
     top_k: int = 0  # sample among the k most likely codes (0 = all)
     top_p: float = 1.0  # then among the smallest set of mass >= p (1 = all)

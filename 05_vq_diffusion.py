@@ -14,7 +14,7 @@ prior p(x_T) and runs the chain backwards; because every position is predicted a
 can also jump dt steps at a time (fast inference) and fill in a masked region (inpainting).
 
 CPU defaults (docs/lessons.md, Lesson 05, says what each changed): a depth-1 VQ tokenizer, K = 128 (the
-paper's kind); mask-only noise (the paper's mask-and-replace is --noise mask-replace); lambda = 1 on
+paper's kind); mask-only noise (the paper's mask-and-replace is --gamma-end 0.9); lambda = 1 on
 L_x0 (official 5e-4: at this scale the x_0 cross-entropy is what teaches); guidance 3.
 
 States: the K codes are 0..K-1 and [MASK] is state K, so every distribution below is over K+1
@@ -51,7 +51,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import ClassVar, Literal
+from typing import ClassVar
 
 import torch
 import torch.nn as nn
@@ -60,13 +60,14 @@ from einops import rearrange
 
 import common
 import sample_quality
+import stage1
 from common import stage2
 
 ar = common.lesson("04_rq_transformer")  # Block, encode, guide, unconditional, filter_logits
 
 LOG_EPS = -70.0  # log-probabilities are clamped to [-70, 0]: exp(-70) ~ 4e-31 stands for zero
 LOG_ZERO = -1e4  # log 0 where a zero must stay exactly zero; finite, so no -inf - -inf = NaN
-NOISE = {"mask-replace": (0.9, 0.1), "uniform": (0.0, 1.0), "mask": (1.0, 0.0)}  # gammabar_T, K*betabar_T
+EVAL_TIMESTEPS = 10  # values of t (evenly spread) that estimate the validation bound
 
 # --- the forward process: schedules and transition matrices ---
 
@@ -99,7 +100,7 @@ def noise_schedule(T: int, K: int, gamma_end: float, beta_end: float) -> Schedul
 
     beta_end is the TOTAL replace probability K*betabar_T (a betabar_T of 0.1 per code would not
     be a distribution for K > 10). The official schedule ends at gamma 0.99999 with K*betabar =
-    1e-6: in practice mask-only (a known pitfall of the official code); --noise mask is that
+    1e-6: in practice mask-only (a known pitfall of the official code); --gamma-end 1 is that
     process exactly.
     """
     frac = torch.arange(T + 1, dtype=torch.float64) / T
@@ -368,18 +369,20 @@ def sample(model, sched: Schedule, c, stride=1, truncation=1.0, guidance=1.0, ho
 def build(cfg: Config, s) -> tuple[DiffusionTransformer, Schedule]:
     q = s.tok.quantizer
     model = DiffusionTransformer(len(q.codebook), s.H, q.depth, cfg, s.num_classes, s.text)
-    return model.to(s.device), noise_schedule(cfg.steps_T, len(q.codebook), cfg.gamma_end, cfg.beta_end)
+    return model.to(s.device), noise_schedule(cfg.steps_T, len(q.codebook), cfg.gamma_end, 1 - cfg.gamma_end)
 
 
 def train(cfg: Config) -> nn.Module:
     """Fit the diffusion prior on the frozen tokenizer's codes; write ckpt.pt, metrics.jsonl,
     samples.png (one row per class) and inpaint.png."""
-    s = stage2.setup(cfg)  # run folder, frozen tokenizer (trained once if none), data, classes
+    s = stage2.setup(
+        cfg, stage1.tokenizer
+    )  # run folder, frozen tokenizer (trained once if none), data, classes
     model, sched = build(cfg, s)
     if cfg.sample_only:  # a trained prior draws samples.png / prompts.png again; no training
         finish(stage2.load_prior(s, model), sched, s, cfg)
         return model
-    opt = stage2.adamw(model, cfg, betas=(0.9, 0.96))  # the official betas
+    opt = stage2.adamw(model, cfg, betas=(0.9, 0.96), weight_decay=4.5e-2)  # the official values
     start = s.run.restore(model=model, opt=opt)  # 0 unless --resume
     data = common.batches(s.train_set, cfg, start * cfg.grad_accum, s.rank, s.world)
     ddp = common.compiled(common.wrap(model, s.device), cfg)  # DDP under torchrun; --compile
@@ -404,7 +407,7 @@ def train(cfg: Config) -> nn.Module:
         opt.step()
         if (step + 1) % cfg.log_every == 0:
             stage2.log_step(s.run, step + 1, loss=loss, **{"L_t-1": l_vlb.mean(), "L_x0": l_x0.mean()})
-        if s.run.save_due(step + 1):  # every --ckpt-every steps or --ckpt-minutes, on a signal
+        if s.run.save_due(step + 1):  # after --ckpt-minutes, at the end, on a signal
             states = dict(model=model.state_dict(), opt=opt.state_dict())
             s.run.save(step + 1, **states, tokenizer=str(s.tokenizer_path))  # the prior names its tokenizer
     model.eval()
@@ -438,10 +441,10 @@ def finish(model, sched: Schedule, s, cfg: Config) -> None:
 @torch.no_grad()
 def evaluate(model, sched: Schedule, s, cfg: Config) -> dict:
     """The validation bound in nats per code, L_0 + sum_{t>=2} L_{t-1} + L_T, estimated from
-    --eval-timesteps values of t spread evenly over 1..T (each standing for T / n steps), on the
+    EVAL_TIMESTEPS values of t spread evenly over 1..T (each standing for T / n steps), on the
     first --eval-images validation images; also L_0, L_T and L_x0 (mean over those t)."""
     x_all, y_all, captions = common.first_images(s.val_set, cfg.eval_images, captions=True)
-    times = torch.linspace(1, sched.T, cfg.eval_timesteps).round().long().unique()
+    times = torch.linspace(1, sched.T, EVAL_TIMESTEPS).round().long().unique()
     total = {"L_0": 0.0, "L_t-1": 0.0, "L_T": 0.0, "L_x0": 0.0}
     torch.manual_seed(cfg.seed)  # the same noise at every evaluation
     B = cfg.batch_size
@@ -485,51 +488,37 @@ def inpaint(model, sched: Schedule, s, cfg: Config, hold=keep, name="inpaint.png
 @dataclass
 class Config(stage2.PriorConfig):
     RESUMABLE: ClassVar = stage2.PriorConfig.RESUMABLE | {"guidance", "stride", "truncation"}
+    TOKENIZER: ClassVar = {"depth": 1, "codebook_size": 128}  # trained without --tokenizer: VQD's VQ model
     dataset: str = "shapes-plain"  # as lesson 01; by default shapes in flat palette colours
     out: str = "runs/05_vq_diffusion"  # run folder: ckpt.pt, metrics.jsonl, samples.png, inpaint.png
     tokenizer: str | None = None  # 02/03 checkpoint or a released tokenizer (default: as lesson 04)
-    tokenizer_depth: int = 1  # D of the tokenizer trained when none is given (1: VQD's VQ model)
-    tokenizer_codebook_size: int | None = None  # its K (default: 128 on the built-in shapes, else 02's)
     width: int = 128  # transformer width
     heads: int = 4  # attention heads
     layers: int = 4  # transformer blocks (full attention, AdaLN)
     dropout: float = 0.0  # dropout in the residual branches
-    noise: Literal["mask-replace", "uniform", "mask"] = "mask"  # q(x_t | x_{t-1}); paper: mask-replace
     steps_T: int = 100  # T: diffusion steps
-    gamma_end: float | None = (
-        None  # gammabar_T, mask probability at t = T (default: 1 - --beta-end, or --noise's)
+    gamma_end: float = (
+        1.0  # gammabar_T: masked at t = T, the rest redrawn (1: mask only, 0: uniform, paper 0.9)
     )
-    beta_end: float | None = None  # K*betabar_T, replace probability at t = T (default: 1 - --gamma-end)
     aux_weight: float = 1.0  # lambda on the auxiliary loss L_x0 = -log p_theta(x_0 | x_t) (official 5e-4)
-    weight_decay: float = 4.5e-2  # AdamW weight decay (official value)
     stride: int = 1  # dt: sampling jumps from t to t - dt (fast inference); 1 = all T steps
     truncation: float = 0.86  # r: sample x_0 only from its smallest top set of mass >= r (1 = off)
     label_dropout: float = 0.1  # training: the class is replaced by "no class" this often (CFG)
     guidance: float = 3.0  # sampling: classifier-free guidance scale s (1 = off, as for unconditional priors)
     samples_per_class: int = 16  # images per row of samples.png (all judged for sample quality)
-    eval_timesteps: int = 10  # t values (evenly spread) that estimate the validation bound
     batch_size: int = 32  # images per step (per process under torchrun)
     steps: int = 2500  # optimizer steps
     lr: float = 2e-3  # peak AdamW lr: a 100-step warm-up ramp times a cosine decay (paper: 4.5e-4)
 
     def __post_init__(self):
         super().__post_init__()
-        if self.tokenizer_codebook_size is None and self.dataset in common.BUILTIN:
-            self.tokenizer_codebook_size = 128  # depth 1 needs more codes than 02's K = 16
-        gamma, beta = NOISE[self.noise]
-        own = self.gamma_end in (None, gamma) and self.beta_end in (None, beta)  # the ends --noise implies
-        fixed = f"--noise {self.noise} fixes --gamma-end {gamma} --beta-end {beta} (--noise mask-replace frees them)"
-        common.require((self.noise == "mask-replace" or own, fixed))
-        if self.gamma_end is None:  # one of the two given: the other makes the sum 1
-            self.gamma_end = gamma if self.beta_end is None else 1 - self.beta_end
-        self.beta_end = 1 - self.gamma_end if self.beta_end is None else self.beta_end
-        g, b = self.gamma_end, self.beta_end
-        ends = f"--gamma-end {g} and --beta-end {b} must be >= 0 and sum to 1 (x_0 all gone at t = T)"
         stage2.check_prior_flags(self)
-        positive = min(self.layers, self.steps_T, self.eval_timesteps, self.stride) >= 1
         common.require(
-            (min(g, b) >= 0 and abs(g + b - 1) < 1e-9, ends),
-            (positive, "--layers, --steps-T, --eval-timesteps and --stride must be >= 1"),
+            (0 <= self.gamma_end <= 1, f"--gamma-end must be in [0, 1], got {self.gamma_end}"),
+            (
+                min(self.layers, self.steps_T, self.stride) >= 1,
+                "--layers, --steps-T and --stride must be >= 1",
+            ),
             (0 < self.truncation <= 1, f"--truncation must be in (0, 1], got {self.truncation}"),
         )
 

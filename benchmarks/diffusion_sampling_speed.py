@@ -55,7 +55,7 @@ def main():
 
     dcfg = vqd.Config(width=args.width, heads=8, layers=args.layers, steps_T=args.steps_T)
     diffusion = vqd.DiffusionTransformer(K, H, D, dcfg, 1).eval()
-    sched = vqd.noise_schedule(args.steps_T, K, dcfg.gamma_end, dcfg.beta_end)
+    sched = vqd.noise_schedule(args.steps_T, K, dcfg.gamma_end, 1 - dcfg.gamma_end)
     acfg = ar.Config(width=args.width, heads=8, spatial_layers=args.layers - 2, depth_layers=2)
     codebook = torch.randn(K, 64)
     rqt = ar.RQTransformer(codebook, H * H, D, acfg, 1).eval()

@@ -21,6 +21,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 import common
 import sample_quality
+import stage1
 from common import stage2
 
 ar = common.lesson("04_rq_transformer")
@@ -37,7 +38,7 @@ def load_prior(run: Path):
     known = {f.name for f in dataclasses.fields(lesson.Config)}  # flags that moved to beyond/ are dropped
     flags = {k: v for k, v in ckpt["config"].items() if k in known and k not in ("resume", "overwrite")}
     cfg = lesson.Config(**flags)
-    tok, tok_cfg = stage2.load_tokenizer(ckpt["tokenizer"])
+    tok, tok_cfg = stage1.load_tokenizer(ckpt["tokenizer"])
     q, H = tok.quantizer, common.default_image_size(tok_cfg) // tok_cfg.downsample
     _, val, classes = common.load_data(cfg)
     n = len(classes) if classes else 1
@@ -45,7 +46,7 @@ def load_prior(run: Path):
         model, sched = ar.RQTransformer(q.codebook, H * H, q.depth, cfg, n), None
     else:
         model = vqd.DiffusionTransformer(len(q.codebook), H, q.depth, cfg, n)
-        sched = vqd.noise_schedule(cfg.steps_T, len(q.codebook), cfg.gamma_end, cfg.beta_end)
+        sched = vqd.noise_schedule(cfg.steps_T, len(q.codebook), cfg.gamma_end, 1 - cfg.gamma_end)
     common.load_state(model, ckpt["model"], run / "ckpt.pt")
     return name, cfg, model.eval(), tok, H, val, sched, n
 

@@ -29,6 +29,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # the lessons and `common`
 import common
 import sample_quality
+import stage1
 from common import stage2
 
 vqd = common.lesson("05_vq_diffusion")  # the network, p_theta(x_0 | x_t), the schedule
@@ -78,7 +79,7 @@ class Config(vqd.Config):
 def draw(cfg: Config) -> dict:
     """purity.png in --out from the lesson-05 prior trained there, one row per class, judged for
     sample quality as samples.png is (the sampling flags are this command's) -> the metrics."""
-    s, model, sched = stage2.load_trained(cfg, vqd.build, vqd.__name__)
+    s, model, sched = stage2.load_trained(cfg, vqd.build, vqd.__name__, stage1.tokenizer)
     purest = lambda c: sample_purest(model, sched, c, cfg.stride, cfg.truncation, cfg.guidance)
     return sample_quality.samples_png(s, cfg, purest, "purity.png")
 

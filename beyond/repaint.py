@@ -27,6 +27,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # the lessons and `common`
 import common
+import stage1
 from common import stage2
 
 vqd = common.lesson("05_vq_diffusion")  # the chain, q_sample, inpaint
@@ -60,7 +61,7 @@ class Config(vqd.Config):
 def draw(cfg: Config) -> None:
     """repaint.png in --out from the lesson-05 prior trained there: inpaint.png's images and hidden
     square, completed with the known codes re-noised (the sampling flags are this command's)."""
-    s, model, sched = stage2.load_trained(cfg, vqd.build, vqd.__name__)
+    s, model, sched = stage2.load_trained(cfg, vqd.build, vqd.__name__, stage1.tokenizer)
     vqd.inpaint(model, sched, s, cfg, renoised(sched), "repaint.png")
     common.echo(f"wrote {s.run.dir / 'repaint.png'}")
 

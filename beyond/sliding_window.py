@@ -28,6 +28,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # the lessons and `common`
 import common
+import stage1
 from common import stage2
 
 ar = common.lesson("04_rq_transformer")  # the prior, guide, sample_logits, unconditional
@@ -91,7 +92,7 @@ class Config(ar.Config):
 def draw_canvas(cfg: Config) -> None:
     """canvas.png in --out, from the lesson-04 prior trained there (its flags are the checkpoint's;
     the sampling flags are this command's)."""
-    s, model = stage2.load_trained(cfg, ar.build, ar.__name__)
+    s, model = stage2.load_trained(cfg, ar.build, ar.__name__, stage1.tokenizer)
     if min(cfg.canvas) < s.H:
         size = " ".join(map(str, cfg.canvas))
         raise common.UserError(f"--canvas {size} is smaller than the {s.H}x{s.H} code grid of the prior")

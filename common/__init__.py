@@ -94,7 +94,3 @@ from .dist import (
 
 # text.py: captions -> token ids -> features (the small text encoder, a frozen CLIP)
 from . import text  # after the rest: it needs nothing of them
-
-# official.py: the authors' released tokenizers (taming VQGAN, Kakao RQ-VAE) in the lessons' modules;
-# released.py: the four released models, their configs and download
-from . import official, released

@@ -73,24 +73,20 @@ class TrainConfig:
     lr: float = 1e-3  # Adam learning rate
     seed: int = 0  # seeds data order, initialisation and code restarts
     device: str = "auto"  # auto | cpu | cuda | mps
-    num_workers: int = 0  # DataLoader worker processes (0 = load in the main process)
     out: str = "runs/lesson"  # run folder: ckpt.pt, metrics.jsonl, figures
     log_every: int = 100  # print and log metrics every this many steps
-    ckpt_every: int = 500  # save ckpt.pt every this many steps (and at the end)
-    ckpt_minutes: float = 2.0  # also save ckpt.pt after this many minutes without a save (0 = off)
+    ckpt_minutes: float = 2.0  # save ckpt.pt after this many minutes without a save, and at the end
     eval_images: int = 512  # validation images used for the final metrics
     resume: bool = False  # continue the run in --out from its ckpt.pt
     overwrite: bool = False  # start afresh even if --out already holds a checkpoint
 
     def __post_init__(self):
         """Checks of the shared flags; a lesson's __post_init__ adds its own and calls this."""
-        for name in ("steps", "batch_size", "grad_accum", "log_every", "ckpt_every", "eval_images"):
+        for name in ("steps", "batch_size", "grad_accum", "log_every", "eval_images"):
             if getattr(self, name) < 1:
                 raise ValueError(f"--{name.replace('_', '-')} must be at least 1, got {getattr(self, name)}")
-        if not (0 < self.lr < math.inf) or self.num_workers < 0 or not self.ckpt_minutes >= 0:
-            raise ValueError(
-                f"--lr must be a finite number > 0 (got {self.lr}), --num-workers and --ckpt-minutes >= 0"
-            )
+        if not (0 < self.lr < math.inf) or not self.ckpt_minutes > 0:
+            raise ValueError(f"--lr must be a finite number > 0 (got {self.lr}), --ckpt-minutes > 0")
         if not self.out.strip():
             raise ValueError("--out must name a run folder, got an empty string")
         if self.device not in ("auto", "cpu", "cuda", "mps"):

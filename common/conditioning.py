@@ -22,30 +22,25 @@ class PriorConfig(TrainConfig):
 
     RESUMABLE: ClassVar = frozenset({"sample_only", "prompt", "reject_keep", "samples_per_class"})  # sampling
 
-    tokenizer_config: str | None = None  # config of an official --tokenizer file (default: next to it)
     condition: Literal["class", "text", "none"] | None = None  # condition on (default: class when labelled)
     text_encoder: str = "small"  # --condition text: small (trained with the prior) or a CLIP hub id / folder
-    text_length: int = 16  # tokens per caption (CLIP: at most 77)
     prompt: tuple[str, ...] = ()  # a caption to draw after training, repeatable: a row of prompts.png each
     sample_only: bool = False  # load the trained prior in --out; draw prompts.png (or samples.png) only
     reject_keep: float = 1.0  # rejection sampling: draw 1/f images per image, keep the best-scored f
 
 
 def check_prior_flags(cfg) -> None:
-    """The flag checks lessons 04 and 05 share (tokenizer shape, width, guidance, dropout, samples, text)."""
-    shape = "--tokenizer-depth and --tokenizer-codebook-size must be at least 1"
+    """The flag checks lessons 04 and 05 share (width, guidance, dropout, samples, text)."""
     width = f"--width {cfg.width} must be a positive multiple of --heads {cfg.heads}"
     text = cfg.condition == "text" or (cfg.prompt and cfg.condition is None)
     captions = cfg.dataset in BUILTIN or cfg.caption_column or not text
     require(
         (cfg.heads >= 1 and cfg.width % max(cfg.heads, 1) == 0, width),
-        (min(cfg.tokenizer_depth, cfg.tokenizer_codebook_size or 1) >= 1, shape),
         (0 <= cfg.label_dropout < 1, f"--label-dropout must be in [0, 1) (got {cfg.label_dropout})"),
         (cfg.guidance >= 0, f"--guidance >= 0 (got {cfg.guidance})"),
         (0 <= cfg.dropout < 1, f"--dropout must be in [0, 1) (got {cfg.dropout})"),
         (cfg.samples_per_class >= 1, f"--samples-per-class >= 1 (got {cfg.samples_per_class})"),
         (0 < cfg.reject_keep <= 1, f"--reject-keep must be in (0, 1] (got {cfg.reject_keep})"),
-        (cfg.text_length >= 2, f"--text-length must be at least 2 (got {cfg.text_length})"),
         (
             captions,
             "--condition text needs captions: pass --caption-column (for a folder: a metadata.jsonl field)",

@@ -167,13 +167,18 @@ def _collate(items):
     return images, labels, [it.get("caption", "") for it in items]  # (B, 3, S, S), (B,), B strings
 
 
+def workers_for(cfg) -> int:
+    """DataLoader worker processes: none on a CPU (the model needs the cores), else up to 8."""
+    return 0 if cfg.device == "cpu" or not torch.cuda.is_available() else min(8, os.cpu_count() or 1)
+
+
 def _stream_batches(stream, cfg, start_step: int, pin: bool):
     """batches() of a streaming dataset: no length, no index; the shuffle buffer is seeded."""
     B, epoch = cfg.batch_size, 0
     stream = stream.shuffle(seed=cfg.seed, buffer_size=10_000).skip(start_step * B)
     while True:
         stream.set_epoch(epoch)
-        workers = min(cfg.num_workers, getattr(stream, "num_shards", 1))
+        workers = min(workers_for(cfg), getattr(stream, "num_shards", 1))
         gen = torch.Generator().manual_seed(epoch)
         loader = torch.utils.data.DataLoader(
             stream, B, collate_fn=_collate, num_workers=workers, pin_memory=pin, drop_last=True, generator=gen
@@ -213,7 +218,7 @@ def batches(dataset, cfg, start_step: int = 0, rank: int = 0, world: int = 1):
             dataset,
             batch_sampler=perm[skip:].tolist(),
             collate_fn=_collate,
-            num_workers=cfg.num_workers,
+            num_workers=workers_for(cfg),
             pin_memory=pin,
             generator=torch.Generator().manual_seed(epoch),
         )

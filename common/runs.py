@@ -33,8 +33,8 @@ class Run:
     """
 
     RESUMABLE = frozenset(  # flags that may change between a run and its --resume (a Config adds its own)
-        {"steps", "compile", "precision", "resume", "overwrite", "log_every", "ckpt_every", "ckpt_minutes"}
-        | {"num_workers", "device", "eval_images", "out"}  # the folder may have moved
+        {"steps", "compile", "precision", "resume", "overwrite", "log_every", "ckpt_minutes"}
+        | {"device", "eval_images", "out"}  # the folder may have moved
     )
 
     def __init__(self, cfg):
@@ -104,16 +104,15 @@ class Run:
             )
 
     def save_due(self, step: int) -> bool:
-        """Save now? Every --ckpt-every steps, at the last step, after --ckpt-minutes without a
-        save, and after Ctrl-C / SIGTERM (agreed by every process under torchrun)."""
+        """Save now? At the last step, after --ckpt-minutes without a save, and after Ctrl-C / SIGTERM (agreed by every process under torchrun)."""
         stop = torch.tensor(float(self.signalled is not None))
         if dist_on():  # nccl reduces CUDA tensors only
             if torch.distributed.get_backend() == "nccl":
                 stop = stop.cuda()
             torch.distributed.all_reduce(stop, op=torch.distributed.ReduceOp.MAX)
             self.signalled = self.signalled or (signal.SIGTERM if stop.item() else None)
-        late = 0 < self.cfg.ckpt_minutes * 60 <= time.monotonic() - self.saved_at
-        return step % self.cfg.ckpt_every == 0 or step == self.cfg.steps or late or bool(stop.item())
+        late = self.cfg.ckpt_minutes * 60 <= time.monotonic() - self.saved_at
+        return step == self.cfg.steps or late or bool(stop.item())
 
     def save(self, step: int, **state) -> None:
         """Write ckpt.pt atomically: {"step", "lesson", "config", "rng", **state} (state dicts).

@@ -1,9 +1,8 @@
-"""Stage 2 of lessons 04 and 05: the frozen tokenizer (loaded from a lesson 02/03 checkpoint, or
-trained once with lesson 02), the data and class conditioning, the optimizer and lr schedule both
+"""Stage 2 of lessons 04 and 05: the run, the frozen tokenizer (stage1.py finds and loads it, and
+the lesson passes that in), the data and class conditioning, the optimizer and lr schedule both
 priors use. (Their samples.png and its judgement: sample_quality.py.)
 
-A student may skip this folder: nothing in it is a concept the lessons teach. Helpers import no
-lesson when they are imported; a tokenizer checkpoint is rebuilt by the lesson named inside it.
+A student may skip this folder: nothing in it is a concept the lessons teach. It imports no lesson.
 """
 
 from __future__ import annotations
@@ -16,9 +15,7 @@ from pathlib import Path
 import torch
 import torch.nn as nn
 
-from . import official
-from .checkpoints import lessons_checkpoint, load_checkpoint, load_state, read_checkpoint
-from .cli import lesson
+from .checkpoints import load_checkpoint, load_state
 from .conditioning import (
     PriorConfig,
     check_prior_flags,
@@ -28,11 +25,10 @@ from .conditioning import (
 )  # fmt: skip
 from .datasets import default_image_size
 from .device import echo, get_device, seed_everything
-from .dist import barrier, distributed
+from .dist import distributed
 from .errors import UserError
 from .loading import load_data
-from .released import RELEASED
-from .runs import Run, read_log, resumable
+from .runs import Run, resumable
 from .samples import centre_square, decode
 from .text import text_encoder
 
@@ -45,81 +41,6 @@ __all__ = [  # defined next door, reached through stage2 by the lessons, benchma
     "prompt_colours",
     "sample_conditions",
 ]  # fmt: skip
-
-
-def load_tokenizer(path, device="cpu", config=None):
-    """(model, cfg) rebuilt from a checkpoint of 02_rq.py or 03_vqgan.py alone, or from a released
-    official one (common/official.py: a file with its config, or a name); frozen, eval mode.
-
-    model.encoder, model.quantizer (with .codebook (K, d) and .quantize) and model.decoder are
-    the pieces stage 2 needs; cfg is the Config the checkpoint was trained with.
-    """
-    if str(path) in RELEASED:  # a released tokenizer by name
-        model, cfg = official.load_released(str(path), config)
-        return model.to(device), cfg
-    ckpt = read_checkpoint(path)
-    if official.kind_of(ckpt):  # the authors' own file format
-        model, cfg = official.load_official(Path(path), ckpt, config)
-        return model.to(device), cfg
-    name = lessons_checkpoint(ckpt, path).get("lesson")
-    if name not in ("02_rq", "03_vqgan"):
-        raise UserError(
-            f"checkpoint {path} was written by {name or 'an unknown script'}, not by 02_rq.py or 03_vqgan.py: it holds no RQ tokenizer"
-        )
-    maker = lesson(name)  # the lesson that wrote it rebuilds it
-    cfg = maker.Config(**{k: tuple(v) if isinstance(v, list) else v for k, v in ckpt["config"].items()})
-    model = maker.build(cfg)
-    load_state(model, ckpt["model"], path)
-    return model.to(device).eval().requires_grad_(False), cfg
-
-
-def tokenizer_path(cfg) -> Path:
-    """--tokenizer, else the first of runs/02_rq/ckpt.pt (lesson 02's default run),
-    runs/04_rq_transformer/tokenizer/ckpt.pt (the one lesson 04 trains) and
-    <out>/tokenizer/ckpt.pt that was trained on this dataset with --tokenizer-depth and
-    --tokenizer-codebook-size, else a lesson-02 RQ-VAE of that shape trained (once) into
-    <out>/tokenizer."""
-    if cfg.tokenizer:
-        return Path(cfg.tokenizer)
-    shape = {"depth": cfg.tokenizer_depth, "codebook_size": cfg.tokenizer_codebook_size}
-    shape = {k: v for k, v in shape.items() if v is not None}  # None: lesson 02's preset
-    same = lambda ckpt_cfg: (
-        (ckpt_cfg["dataset"], ckpt_cfg["hf_id"], ckpt_cfg["image_size"])
-        == (cfg.dataset, cfg.hf_id, cfg.image_size)
-        and all(ckpt_cfg.get(k) == v for k, v in shape.items())
-    )
-    folders = ("runs/02_rq", "runs/04_rq_transformer/tokenizer", f"{cfg.out}/tokenizer")
-    for path in (Path(folder) / "ckpt.pt" for folder in folders):
-        if path.exists() and same((ckpt := load_checkpoint(path))["config"]):
-            final = [r for r in read_log(path.parent) if r.get("final")]
-            psnr = f"validation PSNR {final[-1]['val_psnr']:.2f} dB" if final else "no validation yet"
-            echo(
-                f"tokenizer: reusing {path} ({ckpt['step']} steps, {psnr}); pass --tokenizer, or "
-                f"train a fresh one with `python 02_rq.py --dataset {cfg.dataset} --overwrite`"
-            )
-            return path
-    out = Path(cfg.out) / "tokenizer"
-    echo(f"tokenizer: none given; training a lesson-02 RQ-VAE into {out}")
-    flags = dict(
-        dataset=cfg.dataset,
-        hf_id=cfg.hf_id,
-        image_size=cfg.image_size,
-        image_column=cfg.image_column,
-    )
-    rq = lesson("02_rq")  # imported here, when a tokenizer must be trained
-    rq.train(
-        rq.Config(
-            **flags,
-            label_column=cfg.label_column,
-            device=cfg.device,
-            seed=cfg.seed,
-            out=str(out),
-            overwrite=True,
-            **shape,
-        )
-    )
-    barrier()  # under torchrun: rank 0 has written the checkpoint before anyone reads it
-    return out / "ckpt.pt"
 
 
 @dataclass
@@ -182,8 +103,10 @@ def adopt_trained_flags(cfg) -> dict | None:
     return ckpt
 
 
-def setup(cfg) -> Stage2:
-    """Run folder, tokenizer (checked against --image-size), data, and class conditioning."""
+def setup(cfg, tokenizer) -> Stage2:
+    """Run folder, tokenizer (checked against --image-size), data, and class conditioning.
+    tokenizer(cfg, path) -> (path, frozen model, its Config): stage1.tokenizer, which finds one
+    (path None: --tokenizer, else a trained one, else lesson 02 trains one) and loads it."""
     rank, world = distributed()  # (0, 1) unless launched by torchrun
     device = get_device(cfg.device)
     trained = adopt_trained_flags(cfg)  # --sample-only: the checkpoint in --out (else None)
@@ -191,11 +114,9 @@ def setup(cfg) -> Stage2:
     text = None
     seed_everything(cfg.seed)  # the text encoder's initial weights too
     if cfg.condition == "text":  # before the tokenizer: an unreachable CLIP fails before minutes of training
-        text = text_encoder(cfg.text_encoder, cfg.width, cfg.text_length).to(device)
-    path = (
-        Path(trained["tokenizer"]) if trained else tokenizer_path(cfg)
-    )  # the prior's own, for --sample-only
-    tok, tok_cfg = load_tokenizer(path, device, cfg.tokenizer_config)
+        text = text_encoder(cfg.text_encoder, cfg.width).to(device)
+    path, tok, tok_cfg = tokenizer(cfg, trained and trained["tokenizer"])  # --sample-only: the prior's own
+    tok = tok.to(device)
     if not tok.quantizer.shared:
         raise UserError(
             f"tokenizer {path} has separate codebooks; stage 2 needs one shared codebook (--codebooks shared)"
@@ -226,24 +147,24 @@ def load_prior(s: Stage2, model: nn.Module, lesson: str | None = None) -> nn.Mod
     return model.eval()
 
 
-def load_trained(cfg, build, lesson: str) -> tuple:
+def load_trained(cfg, build, lesson: str, tokenizer) -> tuple:
     """For a tool that draws from the prior that `lesson` trained in --out (beyond/): its Stage2,
     with the flags it was trained with (this command's sampling flags), and what the lesson's
     build(cfg, s) makes (the prior, or the prior and more), the prior loaded -> (s, prior, ...)."""
     cfg.sample_only = True
-    s = setup(cfg)
+    s = setup(cfg, tokenizer)
     built = build(cfg, s)
     model, *rest = built if isinstance(built, tuple) else (built,)
     return (s, load_prior(s, model, lesson), *rest)
 
 
-def adamw(model: nn.Module, cfg, betas: tuple[float, float]) -> torch.optim.AdamW:
-    """AdamW with --weight-decay on the matrices, none on biases, norms and position tables."""
+def adamw(model: nn.Module, cfg, betas: tuple[float, float], weight_decay: float) -> torch.optim.AdamW:
+    """AdamW at --lr with weight_decay on the matrices, none on biases, norms and position tables."""
     named = list(model.named_parameters())
     decay = [p for n, p in named if p.dim() >= 2 and "pos" not in n]
     rest = [p for n, p in named if p.dim() < 2 or "pos" in n]
     groups = [
-        {"params": decay, "weight_decay": cfg.weight_decay},
+        {"params": decay, "weight_decay": weight_decay},
         {"params": rest, "weight_decay": 0},
     ]
     return torch.optim.AdamW(groups, lr=cfg.lr, betas=betas)

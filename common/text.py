@@ -112,6 +112,7 @@ class CLIPText(nn.Module):
         return self.model(input_ids=tokens).last_hidden_state.float()  # (B, L, width)
 
 
-def text_encoder(name: str, width: int, length: int) -> nn.Module:
-    """--text-encoder: "small" (width `width`, `length` tokens) or a CLIP hub id / local folder."""
+def text_encoder(name: str, width: int, length: int = 16) -> nn.Module:
+    """--text-encoder: "small" (width `width`) or a CLIP hub id / local folder; captions are cut
+    to `length` tokens (short captions: 16 is enough)."""
     return SmallTextEncoder(width, length) if name == "small" else CLIPText(name, length)

@@ -10,7 +10,7 @@ import pytest
 import torch
 
 import common
-from common import stage2
+import stage1
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -223,7 +223,7 @@ def test_load_tokenizer_round_trips_a_02_and_a_03_checkpoint(gan, tmp_path):
     m3 = gan.train(small(gan, tmp_path / "gan", steps=3))
     x = torch.randn(2, 3, 32, 32)
     for trained, folder in ((m2, "rq"), (m3, "gan")):
-        tok, cfg = stage2.load_tokenizer(tmp_path / folder / "ckpt.pt")
+        tok, cfg = stage1.load_tokenizer(tmp_path / folder / "ckpt.pt")
         assert cfg.depth == 2 and not tok.training and not any(p.requires_grad for p in tok.parameters())
         trained.eval()
         with torch.no_grad():
@@ -234,7 +234,7 @@ def test_load_tokenizer_round_trips_a_02_and_a_03_checkpoint(gan, tmp_path):
 def test_load_tokenizer_rejects_a_lesson_01_checkpoint(gan, vq, tmp_path):
     vq.train(vq.Config(steps=2, batch_size=8, eval_images=16, out=str(tmp_path)))
     with pytest.raises(common.UserError, match=r"written by 01_vq, not by 02_rq\.py or 03_vqgan\.py"):
-        stage2.load_tokenizer(tmp_path / "ckpt.pt")
+        stage1.load_tokenizer(tmp_path / "ckpt.pt")
 
 
 def test_cpu_run_without_perceptual_loss_trains_the_gan_without_nan(gan, tmp_path):
@@ -257,10 +257,10 @@ def test_command_line_without_lpips_weights_exits_2_with_the_flag(tmp_path):
 
 
 def test_resume_restores_both_players_exactly(gan, tmp_path):
-    straight = gan.train(small(gan, tmp_path / "a", steps=4, ckpt_every=2, disc_start=1, disc_warmup=1))
-    gan.train(small(gan, tmp_path / "b", steps=2, ckpt_every=2, disc_start=1, disc_warmup=1))
+    straight = gan.train(small(gan, tmp_path / "a", steps=4, disc_start=1, disc_warmup=1))
+    gan.train(small(gan, tmp_path / "b", steps=2, disc_start=1, disc_warmup=1))
     resumed = gan.train(
-        small(gan, tmp_path / "b", steps=4, ckpt_every=2, disc_start=1, disc_warmup=1, resume=True)
+        small(gan, tmp_path / "b", steps=4, disc_start=1, disc_warmup=1, resume=True)
     )
     for (name, a), b in zip(straight.state_dict().items(), resumed.state_dict().values()):
         torch.testing.assert_close(a, b, rtol=0, atol=0, msg=name)

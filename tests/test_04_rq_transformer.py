@@ -13,6 +13,7 @@ from hypothesis import strategies as st
 from priors import small_prior
 
 import common
+import stage1
 from common import stage2
 
 
@@ -271,7 +272,7 @@ def test_a_draw_at_u_zero_never_picks_a_filtered_code(ar, monkeypatch):
 
 def test_codes_are_the_same_under_bf16_autocast_and_in_float32(ar, tokenizer):
     """Training encodes under the lesson's autocast, validation without: the codes must match."""
-    tok, _ = stage2.load_tokenizer(tokenizer)
+    tok, _ = stage1.load_tokenizer(tokenizer)
     x = common.first_images(common.Shapes("val"), 32)[0]
     plain, _ = ar.encode(tok, x)
     with torch.autocast("cpu", dtype=torch.bfloat16):
@@ -280,7 +281,7 @@ def test_codes_are_the_same_under_bf16_autocast_and_in_float32(ar, tokenizer):
 
 
 def test_code_distances_run_in_true_float32_also_where_tf32_is_on(ar, tokenizer, monkeypatch, tf32_on):
-    tok, _ = stage2.load_tokenizer(tokenizer)
+    tok, _ = stage1.load_tokenizer(tokenizer)
     seen, soft = [], ar.soft_codes
     monkeypatch.setattr(
         ar, "soft_codes", lambda *a: seen.append(torch.get_float32_matmul_precision()) or soft(*a)
@@ -290,7 +291,7 @@ def test_code_distances_run_in_true_float32_also_where_tf32_is_on(ar, tokenizer,
 
 
 def test_the_tokenizers_convolutions_in_encode_run_without_tf32(ar, tokenizer, tf32_on):
-    tok, _ = stage2.load_tokenizer(tokenizer)
+    tok, _ = stage1.load_tokenizer(tokenizer)
     seen = []
     hook = lambda module, args: seen.append(
         (torch.backends.cudnn.allow_tf32, torch.get_float32_matmul_precision())
@@ -342,8 +343,8 @@ def test_without_a_flag_a_matching_tokenizer_is_reused(ar, tokenizer, tmp_path, 
     monkeypatch.chdir(tmp_path)
     (tmp_path / "runs" / "02_rq").mkdir(parents=True)
     (tmp_path / "runs" / "02_rq" / "ckpt.pt").write_bytes(tokenizer.read_bytes())
-    assert stage2.tokenizer_path(ar.Config(out="elsewhere", dataset="shapes")) == Path("runs/02_rq/ckpt.pt")
-    assert stage2.tokenizer_path(ar.Config(tokenizer="given.pt")) == Path("given.pt")
+    assert stage1.tokenizer_path(ar.Config(out="elsewhere", dataset="shapes")) == Path("runs/02_rq/ckpt.pt")
+    assert stage1.tokenizer_path(ar.Config(tokenizer="given.pt")) == Path("given.pt")
 
 
 def test_a_reused_tokenizer_is_announced_with_its_steps_and_psnr(
@@ -354,7 +355,7 @@ def test_a_reused_tokenizer_is_announced_with_its_steps_and_psnr(
     for name in ("ckpt.pt", "metrics.jsonl"):
         (tmp_path / "runs" / "02_rq" / name).write_bytes((tokenizer.parent / name).read_bytes())
     psnr = common.read_log(tokenizer.parent)[-1]["val_psnr"]
-    stage2.tokenizer_path(ar.Config(out="elsewhere", dataset="shapes"))
+    stage1.tokenizer_path(ar.Config(out="elsewhere", dataset="shapes"))
     said = capsys.readouterr()
     assert f"reusing runs/02_rq/ckpt.pt (4 steps, validation PSNR {psnr:.2f} dB)" in said.out + said.err
     assert "python 02_rq.py --dataset shapes --overwrite" in said.out + said.err
@@ -395,10 +396,6 @@ def test_command_line_with_a_missing_tokenizer_exits_2(tmp_path):
         (dict(samples_per_class=0), r"--samples-per-class >= 1 \(got 0\)"),
         (dict(label_dropout=1.0), r"--label-dropout must be in \[0, 1\) \(got 1.0\)"),
         (dict(guidance=-1.0), r"--guidance >= 0 \(got -1.0\)"),
-        (
-            dict(tokenizer_depth=0),
-            "--tokenizer-depth and --tokenizer-codebook-size must be at least 1",
-        ),
     ],
 )
 def test_bad_prior_flags_are_one_line_errors_before_training(lesson, flags, message):
@@ -417,7 +414,7 @@ def test_a_tokenizer_trained_from_the_command_line_loads(tmp_path):
                        cwd=tmp_path, capture_output=True, text=True, timeout=120)  # fmt: skip
     assert r.returncode == 0, r.stderr
     assert common.load_checkpoint(tmp_path / "tok" / "ckpt.pt")["lesson"] == "02_rq"
-    tok, cfg = stage2.load_tokenizer(tmp_path / "tok" / "ckpt.pt")
+    tok, cfg = stage1.load_tokenizer(tmp_path / "tok" / "ckpt.pt")
     assert cfg.depth == 2 and tok.quantizer.depth == 2
 
 

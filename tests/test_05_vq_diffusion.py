@@ -10,7 +10,7 @@ import torch
 import torch.nn.functional as F
 
 import common
-from common import stage2
+import stage1
 
 
 @pytest.fixture(scope="module")
@@ -19,11 +19,12 @@ def vqd():
 
 
 K, T = 5, 6
-NOISES = ["mask-replace", "uniform", "mask"]
+ENDS = {"mask-replace": (0.9, 0.1), "uniform": (0.0, 1.0), "mask": (1.0, 0.0)}  # gammabar_T, K*betabar_T
+NOISES = list(ENDS)
 
 
 def schedule(vqd, noise="mask-replace", K=K, T=T):
-    return vqd.noise_schedule(T, K, *vqd.NOISE[noise])
+    return vqd.noise_schedule(T, K, *ENDS[noise])
 
 
 def one_hot_log(x, K):
@@ -194,7 +195,7 @@ def test_the_losses_and_their_gradients_are_finite_for_every_noise(vqd, noise):
 @pytest.mark.exercise("05_vq_diffusion.log_q_posterior")
 def test_mask_only_posterior_keeps_an_unmasked_code(vqd, dense_closed_form):
     """Mask-only noise never unmasks back and never redraws: x_t = code 1 means x_s = code 1."""
-    sched = vqd.noise_schedule(10, K, *vqd.NOISE["mask"])
+    sched = vqd.noise_schedule(10, K, *ENDS["mask"])
     p_x0 = torch.tensor([[0.5, 0.5, 0, 0, 0]], dtype=torch.float64)
     got = vqd.log_q_posterior(p_x0.log(), torch.tensor([1]), sched, 9, 8).exp()[0]
     torch.testing.assert_close(got, F.one_hot(torch.tensor(1), K + 1).double(), atol=1e-12, rtol=0)
@@ -202,7 +203,7 @@ def test_mask_only_posterior_keeps_an_unmasked_code(vqd, dense_closed_form):
 
 def test_the_training_loss_of_a_mask_only_model_has_no_term_at_unmasked_codes(vqd):
     """L_{t-1} = KL(q || p_theta) is 0 at codes that are not masked, whatever the network says."""
-    sched = vqd.noise_schedule(T, K, *vqd.NOISE["mask"])
+    sched = vqd.noise_schedule(T, K, *ENDS["mask"])
     g = torch.Generator().manual_seed(2)
     x0 = torch.randint(K, (3, 6, 2), generator=g)
     t = torch.tensor([2, 4, 6])
@@ -240,7 +241,7 @@ def test_q_sample_draws_the_closed_form(vqd):
 @pytest.mark.exercise("05_vq_diffusion.q_sample")
 def test_q_sample_takes_each_images_own_step(vqd):
     """t = 0 is x_0 itself; at t = T of mask-only noise every code is [MASK]; t is per image."""
-    sched = vqd.noise_schedule(T, K, *vqd.NOISE["mask"])
+    sched = vqd.noise_schedule(T, K, *ENDS["mask"])
     x0 = torch.randint(K, (3, 50, 2), generator=torch.Generator().manual_seed(0))
     x_t = vqd.q_sample(x0, sched, torch.tensor([0, T, 0]))
     assert x_t.shape == x0.shape and x_t.dtype == x0.dtype
@@ -373,9 +374,8 @@ def test_a_model_that_knows_x0_samples_it(vqd, noise):
 @pytest.mark.parametrize(
     "flags, message",
     [
-        (dict(noise="mask", beta_end=0.1), "--noise mask fixes"),
-        (dict(noise="mask-replace", gamma_end=0.95, beta_end=0.1), "sum to 1"),
-        (dict(noise="mask-replace", gamma_end=0.5, beta_end=0.1), "sum to 1"),
+        (dict(gamma_end=1.5), r"--gamma-end must be in \[0, 1\], got 1.5"),
+        (dict(gamma_end=-0.1), r"--gamma-end must be in \[0, 1\], got -0.1"),
         (dict(truncation=0.0), "--truncation"),
         (dict(stride=0), "--stride"),
     ],
@@ -393,19 +393,8 @@ def test_the_default_tokenizer_is_a_depth_1_vq_with_128_codes(vqd, tokenizer, tm
     (tmp_path / "runs" / "02_rq" / "ckpt.pt").write_bytes(tokenizer.read_bytes())  # depth 2
     trained = []
     monkeypatch.setattr(ar.rq, "train", trained.append)
-    stage2.tokenizer_path(vqd.Config(dataset="shapes", out="r05"))
+    stage1.tokenizer_path(vqd.Config(dataset="shapes", out="r05"))
     assert (trained[0].depth, trained[0].codebook_size, trained[0].out) == (1, 128, "r05/tokenizer")
-
-
-def test_noise_flags_resolve(vqd):
-    assert (vqd.Config(noise="uniform").gamma_end, vqd.Config(noise="uniform").beta_end) == (
-        0.0,
-        1.0,
-    )
-    mr = dict(noise="mask-replace")
-    assert vqd.Config(**mr, gamma_end=0.7).beta_end == pytest.approx(0.3)  # the sum is 1
-    assert vqd.Config(**mr, beta_end=0.2).gamma_end == pytest.approx(0.8)
-    assert (vqd.Config().gamma_end, vqd.Config().beta_end) == (1.0, 0.0)  # default: mask-only
 
 
 def test_training_lowers_the_loss_and_writes_everything(vqd, tokenizer, tmp_path):
@@ -428,7 +417,7 @@ def test_training_lowers_the_loss_and_writes_everything(vqd, tokenizer, tmp_path
     torch.testing.assert_close(again.eval()(x_t, t, c), model(x_t, t, c))
 
 
-def test_command_line_help_and_a_contradicting_noise_flag(tmp_path):
+def test_command_line_help_and_a_bad_noise_flag(tmp_path):
     import subprocess
     import sys
     from pathlib import Path
@@ -437,8 +426,8 @@ def test_command_line_help_and_a_contradicting_noise_flag(tmp_path):
     run = lambda *a: subprocess.run([sys.executable, script, *a], cwd=tmp_path, capture_output=True, text=True, timeout=120)  # fmt: skip
     r = run("--help")
     assert r.returncode == 0 and "--steps-T" in r.stdout and "--truncation" in r.stdout
-    r = run("--noise", "mask", "--beta-end", "0.1")
-    assert r.returncode == 2 and "--noise mask fixes --gamma-end 1.0 --beta-end 0.0" in r.stderr
+    r = run("--gamma-end", "1.1")
+    assert r.returncode == 2 and "--gamma-end must be in [0, 1], got 1.1" in r.stderr
     assert "Traceback" not in r.stderr and not (tmp_path / "runs").exists()
 
 

@@ -1,6 +1,6 @@
-"""The authors' released tokenizers in the lessons' modules (common/official.py): tiny checkpoints in
-the official formats reproduce the official code's outputs, and every key of the four released
-models maps onto lesson 03's nets with lesson 02's quantizer.
+"""The authors' released tokenizers converted into lesson-03 checkpoints (released.py): tiny
+checkpoints in the official formats reproduce the official code's outputs once converted, and every
+key of the four released models maps onto lesson 03's nets with lesson 02's quantizer.
 
 tests/data/official/ holds, copied from the reference data the official code made: taming's
 VQModel and Kakao's RQVAE at a tiny size (32 px, 8x8 codes) with their checkpoints, configs, a fixed
@@ -19,7 +19,8 @@ import pytest
 import torch
 
 import common
-from common import official, released, stage2
+import released
+import stage1
 
 DATA = Path(__file__).resolve().parent / "data" / "official"
 TINY = {"taming": "taming_vqgan_tiny", "kakao": "kakao_rqvae_tiny"}
@@ -31,8 +32,15 @@ KEY_LISTS = {
 }
 
 
-def tiny(kind):
-    model, cfg = stage2.load_tokenizer(DATA / f"{TINY[kind]}.ckpt", config=DATA / f"{TINY[kind]}.yaml")
+def converted(kind, folder):
+    """The tiny official checkpoint of `kind`, converted into a lesson-03 checkpoint in folder."""
+    return released.convert_file(
+        DATA / f"{TINY[kind]}.ckpt", DATA / f"{TINY[kind]}.yaml", folder / f"{kind}.pt"
+    )
+
+
+def tiny(kind, folder):
+    model, cfg = stage1.load_tokenizer(converted(kind, folder))
     return model, cfg, torch.load(DATA / f"{TINY[kind]}_io.pt", weights_only=True)
 
 
@@ -41,8 +49,8 @@ def channels_last(kind, z):  # Kakao's latents are (B, h, w, C), taming's (B, C,
 
 
 @pytest.mark.parametrize("kind", ["taming", "kakao"])
-def test_the_tiny_official_checkpoints_reproduce_the_official_outputs(kind):
-    model, cfg, io = tiny(kind)
+def test_the_tiny_official_checkpoints_reproduce_the_official_outputs(kind, tmp_path):
+    model, cfg, io = tiny(kind, tmp_path)
     assert not model.training and not any(p.requires_grad for p in model.parameters())
     close = lambda a, b: torch.testing.assert_close(a, b, atol=1e-4, rtol=0)
     with torch.no_grad():
@@ -63,8 +71,8 @@ def test_the_tiny_official_checkpoints_reproduce_the_official_outputs(kind):
     torch.testing.assert_close(q_loss, io["q_loss"], rtol=1e-5, atol=0)
 
 
-def test_the_tiny_rq_vae_decodes_coarse_to_fine_as_the_official_code():
-    model, cfg, io = tiny("kakao")
+def test_the_tiny_rq_vae_decodes_coarse_to_fine_as_the_official_code(tmp_path):
+    model, cfg, io = tiny("kakao", tmp_path)
     rq = common.lesson("02_rq")
     codes, partial, x_hat, _ = rq.decode_partial(model, io["x"])  # every partial depth, lesson 02's
     assert cfg.depth == 4 and x_hat.shape[1] == 4
@@ -82,14 +90,20 @@ def test_the_config_is_found_where_the_released_downloads_put_it(tmp_path):
         shutil.copyfile(DATA / f"{TINY[name]}.ckpt", path)
         (path.parent / config).parent.mkdir(parents=True, exist_ok=True)
         shutil.copyfile(DATA / f"{TINY[name]}.yaml", path.parent / config)
-        model, cfg = stage2.load_tokenizer(path)
+        out = released.convert_file(path)  # beside it, <stem>.lessons.pt
+        assert out == path.with_name(f"{path.stem}.lessons.pt")
+        model, cfg = stage1.load_tokenizer(out)
         assert cfg.z_channels == 16 and cfg.image_size == 32
     shutil.copyfile(DATA / "taming_vqgan_tiny.yaml", kakao.parent / "config.yaml")  # the other kind's
     with pytest.raises(common.UserError, match=r"not a kakao config \(arch: hparams, ddconfig\): no 'arch'"):
-        stage2.load_tokenizer(kakao)
+        released.convert_file(kakao)
     (kakao.parent / "config.yaml").unlink()
-    with pytest.raises(common.UserError, match=r"without its config .*pass --tokenizer-config FILE"):
-        stage2.load_tokenizer(kakao)
+    with pytest.raises(common.UserError, match=r"without its config .*pass --config FILE"):
+        released.convert_file(kakao)
+    with pytest.raises(
+        common.UserError, match=r"official kakao checkpoint: convert it once with `python released.py"
+    ):
+        stage1.load_tokenizer(kakao)  # --tokenizer reads converted files only
 
 
 class Reads(dict):
@@ -108,13 +122,13 @@ class Reads(dict):
 def test_every_key_of_a_released_model_maps_onto_the_lessons_modules_with_its_shape(name):
     listed = json.loads((DATA / f"{KEY_LISTS[name]}.keys.json").read_text())
     state = Reads({k: torch.empty(shape, device="meta") for k, shape in listed["state_dict_shapes"].items()})
-    kind = official.kind_of({"state_dict": state})  # the nesting of both official formats
+    kind = released.kind_of({"state_dict": state})  # the nesting of both official formats
     assert len(state) == listed["num_keys"] and kind == RELEASED_KIND[name]
     gan = common.lesson("03_vqgan")
-    cfg = gan.Config(**official.lesson_config(kind, released.released_config(name)))
+    cfg = gan.Config(**released.lesson_config(kind, released.released_config(name)))
     with torch.device("meta"):  # shapes only: no memory for the 70-90M weights
         model = gan.build(cfg)
-    converted = official.convert(kind, state, model, cfg)
+    converted = released.convert(kind, state, model, cfg)
     model.load_state_dict(converted, strict=True)  # every lesson tensor, with its shape
     aliases = {
         k
@@ -135,7 +149,7 @@ def test_a_released_name_downloads_once_into_the_hub_cache_and_offline_says_what
 
     monkeypatch.setattr(torch.hub, "download_url_to_file", offline)
     with pytest.raises(common.UserError) as e:
-        stage2.load_tokenizer("taming-imagenet-f16-1024")
+        stage1.load_tokenizer("taming-imagenet-f16-1024")
     where = tmp_path / "hub" / "checkpoints" / "taming-imagenet-f16-1024.ckpt"
     assert released.RELEASED["taming-imagenet-f16-1024"][1] in str(e.value) and str(where) in str(e.value)
     # a file that is not the released model (here: the tiny one) is refused with a reason
@@ -146,9 +160,9 @@ def test_a_released_name_downloads_once_into_the_hub_cache_and_offline_says_what
         lambda url, dst, *a, **kw: fetched.append(shutil.copyfile(DATA / "taming_vqgan_tiny.ckpt", dst)),
     )
     with pytest.raises(common.UserError, match="does not match its config"):
-        stage2.load_tokenizer("taming-imagenet-f16-1024")
+        stage1.load_tokenizer("taming-imagenet-f16-1024")
     with pytest.raises(common.UserError, match="does not match its config"):
-        stage2.load_tokenizer("taming-imagenet-f16-1024")
+        stage1.load_tokenizer("taming-imagenet-f16-1024")
     assert len(fetched) == 1 and where.exists()  # downloaded once
 
 
@@ -156,8 +170,7 @@ def test_a_released_name_downloads_once_into_the_hub_cache_and_offline_says_what
 def test_the_stage_two_lessons_train_on_a_released_tokenizers_codes(lesson, kind, tmp_path):
     prior = common.lesson(lesson)
     cfg = prior.Config(
-        tokenizer=str(DATA / f"{TINY[kind]}.ckpt"),
-        tokenizer_config=str(DATA / f"{TINY[kind]}.yaml"),
+        tokenizer=str(converted(kind, tmp_path)),
         steps=2,
         batch_size=4,
         eval_images=4,
@@ -198,7 +211,26 @@ def test_a_kakao_tarball_is_unpacked_once_to_its_stage1_model(tmp_path, monkeypa
     path = released.fetch_released("rqvae-ffhq-8x8x4")
     assert path == tmp_path / "hub" / "checkpoints" / "rqvae-ffhq-8x8x4" / "stage1" / "model.pt"
     assert path.read_bytes() == (DATA / "kakao_rqvae_tiny.ckpt").read_bytes()
-    model, cfg = stage2.load_tokenizer(path, config=DATA / "kakao_rqvae_tiny.yaml")  # the file works
+    model, cfg = stage1.load_tokenizer(
+        released.convert_file(path, DATA / "kakao_rqvae_tiny.yaml")
+    )  # the file works
     assert cfg.depth == 4 and cfg.codebook_size == 64
     with pytest.raises(common.UserError, match="does not match its config"):  # the 256-px release's config
-        stage2.load_tokenizer("rqvae-ffhq-8x8x4")
+        stage1.load_tokenizer("rqvae-ffhq-8x8x4")
+
+
+def test_the_converter_writes_a_checkpoint_the_lessons_read_and_a_bad_file_is_one_line_exit_2(tmp_path):
+    script = Path(__file__).resolve().parent.parent / "released.py"
+    run = lambda *args: subprocess.run([sys.executable, str(script), *map(str, args)], cwd=tmp_path,
+                                       capture_output=True, text=True, timeout=300)  # fmt: skip
+    r = run(DATA / "taming_vqgan_tiny.ckpt", "--config", DATA / "taming_vqgan_tiny.yaml", "--out", "tok.pt")
+    assert r.returncode == 0 and "--tokenizer tok.pt" in r.stdout, r.stderr
+    ckpt = common.load_checkpoint(tmp_path / "tok.pt")
+    assert ckpt["lesson"] == "03_vqgan" and ckpt["config"]["codebook"] == "loss"
+    model, cfg, io = tiny("taming", tmp_path)  # the same weights as converted in-process
+    assert all(torch.equal(v, model.state_dict()[k]) for k, v in ckpt["model"].items())
+    (tmp_path / "bad.ckpt").write_bytes(b"not a checkpoint")
+    for args in (["bad.ckpt"], [tmp_path / "tok.pt"]):  # corrupt; a lesson's own file
+        r = run(*args)
+        assert r.returncode == 2 and len(r.stderr.strip().splitlines()) == 1 and "Traceback" not in r.stderr
+    assert ckpt["model"].keys() == common.load_checkpoint(tmp_path / "tok.pt")["model"].keys()  # untouched

@@ -14,6 +14,7 @@ import torch
 
 import common
 import sample_quality
+import stage1
 from common import stage2
 from common.text import SmallTextEncoder, word_ids
 
@@ -234,7 +235,7 @@ def test_the_small_text_encoder_starts_from_the_seed_not_from_what_ran_before(vq
     for before in (1, 2):
         torch.manual_seed(before)  # what a notebook or an earlier run left behind
         cfg = vqd.Config(tokenizer=str(tokenizer), condition="text", out=str(tmp_path / str(before)))
-        weights.append(stage2.setup(cfg).text.state_dict())
+        weights.append(stage2.setup(cfg, stage1.tokenizer).text.state_dict())
     for k in weights[0]:
         assert torch.equal(weights[0][k], weights[1][k]), k
 
@@ -273,7 +274,6 @@ def test_rejection_keeps_the_best_scored_fraction_of_each_row():
         (dict(condition="text", dataset="some/folder"), "--caption-column"),
         (dict(prompt=("a star",), condition="class"), "--prompt needs a text-conditional prior"),
         (dict(reject_keep=0.5, condition="none"), "not with --condition none"),
-        (dict(text_length=1), "--text-length must be at least 2"),
     ],
 )
 def test_text_flag_errors(vqd, flags, message):
@@ -289,7 +289,7 @@ def test_text_conditional_training_writes_samples_prompts_and_metrics_and_sample
 ):
     out = tmp_path / "run"
     flags = dict(tokenizer=str(tokenizer), width=32, heads=2, layers=1, steps_T=4, stride=2, batch_size=8,
-                 eval_images=8, eval_timesteps=2, samples_per_class=2, out=str(out), condition="text")  # fmt: skip
+                 eval_images=8, samples_per_class=2, out=str(out), condition="text")  # fmt: skip
     vqd.train(
         vqd.Config(steps=6, log_every=3, prompt=("a pink star", "a white ring"), reject_keep=0.5, **flags)
     )
@@ -328,7 +328,7 @@ def test_text_training_with_a_tiny_clip_keeps_it_frozen_and_out_of_the_checkpoin
     out = tmp_path / "run"
     cfg = ar.Config(tokenizer=str(tokenizer), width=16, heads=2, spatial_layers=1, depth_layers=1, batch_size=8,
                     eval_images=8, samples_per_class=1, steps=3, out=str(out), condition="text",
-                    text_encoder=str(clip), text_length=8)  # fmt: skip
+                    text_encoder=str(clip))  # fmt: skip
     model = ar.train(cfg)
     ckpt = common.load_checkpoint(out / "ckpt.pt")
     assert not any(k.startswith("text.model.") for k in ckpt["model"]) and "text_in.weight" in ckpt["model"]

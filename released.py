@@ -1,8 +1,12 @@
-"""The released tokenizers of the papers' authors, in the lessons' own modules: taming's VQGAN
-(VQModel) and Kakao Brain's RQ-VAE, loaded into lesson 03's nets with lesson 02's quantizer.
+"""The tokenizers the papers' authors released, converted once into a lesson-03 checkpoint: taming's
+VQGAN (VQModel) and Kakao Brain's RQ-VAE become lesson 03's nets with lesson 02's quantizer, saved
+in the lessons' own format, which lessons 04 and 05 read with --tokenizer.
 
-A student may skip this file: it only renames tensors. What it has to get right, each a fact of
-the official code:
+Run: python released.py rqvae-ffhq-8x8x4             (download once; prints the file it writes)
+     python released.py last.ckpt --config model.yaml  (an official file you have; --out FILE)
+
+A student may skip this file: it only fetches files and renames tensors. What it has to get right,
+each a fact of the official code:
 - both checkpoints nest the weights under "state_dict"; taming's also holds the training loss's
   weights ("loss.*": LPIPS and the discriminator), which are dropped;
 - both put a 1x1 quant_conv after the encoder and a post_quant_conv before the decoder
@@ -16,11 +20,89 @@ the official code:
 
 from __future__ import annotations
 
+import argparse
+import dataclasses
+import sys
 from pathlib import Path
 
 import torch
 
-from .errors import UserError
+import common
+from common import UserError
+from common.checkpoints import read_checkpoint, save_atomic
+
+HEIBOX = "https://heibox.uni-heidelberg.de/d/{}/files/?p=%2Fckpts%2Flast.ckpt&dl=1"
+KAKAO = "https://twg.kakaocdn.net/brainrepo/models/RQVAE/{}.tar.gz"
+RELEASED = {  # name -> (kind, download URL, codes K, attention resolution)
+    "taming-imagenet-f16-1024": ("taming", HEIBOX.format("8088892a516d4e3baf92"), 1024, 16),
+    "taming-imagenet-f16-16384": ("taming", HEIBOX.format("a7530b09fed84f80a887"), 16384, 16),
+    "rqvae-ffhq-8x8x4": ("kakao", KAKAO.format("d47570aeff6ba300735606a806f54663/ffhq"), 2048, 16),
+    "rqvae-imagenet-8x8x4": (
+        "kakao",
+        KAKAO.format("7518a004fe39120fcffbba76005dc6c3/imagenet_480M"),
+        16384,
+        8,
+    ),
+}
+
+
+def released_config(name: str) -> dict:
+    """The official config of a released model, in its own file's layout (taming's model.yaml,
+    Kakao's config.yaml): the values of the authors' configs (256 px, 256-d codes)."""
+    kind, _, K, attn = RELEASED[name]
+    dd = dict(double_z=False, z_channels=256, resolution=256, in_channels=3, out_ch=3, ch=128,
+              num_res_blocks=2, attn_resolutions=[attn], dropout=0.0)  # fmt: skip
+    if kind == "taming":
+        return {
+            "model": {
+                "params": {"embed_dim": 256, "n_embed": K, "ddconfig": {**dd, "ch_mult": [1, 1, 2, 2, 4]}}
+            }
+        }
+    hparams = {"embed_dim": 256, "n_embed": K, "code_shape": [8, 8, 4], "shared_codebook": True}
+    return {"arch": {"hparams": hparams, "ddconfig": {**dd, "ch_mult": [1, 1, 2, 2, 4, 4]}}}
+
+
+def cache() -> Path:
+    return Path(torch.hub.get_dir()) / "checkpoints"  # where torch.hub keeps downloaded weights
+
+
+def released_path(name: str) -> Path:
+    """Where a released model's checkpoint is kept in torch.hub's cache (it may not be there yet)."""
+    return cache() / (f"{name}.ckpt" if RELEASED[name][0] == "taming" else f"{name}/stage1/model.pt")
+
+
+def fetch_released(name: str) -> Path:
+    """The checkpoint of a released model in torch.hub's cache, downloaded (and for Kakao's
+    tarballs, its stage-1 model.pt extracted) once; offline: a UserError naming the file, the URL
+    and the folder."""
+    import tarfile
+
+    kind, url, *_ = RELEASED[name]
+    path = released_path(name)
+    if path.exists():
+        return path
+    download = path if kind == "taming" else cache() / f"{name}.tar.gz"
+    common.echo(f"tokenizer {name}: downloading {url} into {download} (once)")
+    try:
+        download.parent.mkdir(parents=True, exist_ok=True)
+        torch.hub.download_url_to_file(url, str(download))
+    except Exception as e:
+        put = path if kind == "taming" else f"{download} (or its stage1/model.pt as {path})"
+        raise UserError(
+            f"--tokenizer {name} needs {path.name}, which is not in {path.parent} and could not be downloaded "
+            f"from {url} ({type(e).__name__}); put the file at {put}"
+        ) from None
+    if kind == "kakao":
+        with tarfile.open(download) as tar:
+            member = next((m for m in tar.getmembers() if m.name.endswith("stage1/model.pt")), None)
+            if member is None:
+                raise UserError(f"{download} holds no stage1/model.pt; remove it and try again")
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_bytes(tar.extractfile(member).read())
+    return path
+
+
+# --- the official layouts and tensor names ---
 
 
 def kind_of(ckpt) -> str | None:
@@ -43,7 +125,7 @@ def read_config(path: Path) -> dict:
     try:
         return yaml.safe_load(path.read_text())
     except (OSError, yaml.YAMLError) as e:
-        raise UserError(f"--tokenizer-config {path}: not a readable YAML file ({e})") from e
+        raise UserError(f"--config {path}: not a readable YAML file ({e})") from e
 
 
 def config_next_to(ckpt: Path, kind: str) -> Path | None:
@@ -173,16 +255,14 @@ def load_official(path: Path, ckpt: dict, config: Path | dict | None = None):
     """(frozen lesson-03 VQGAN in eval mode, its Config) from an official checkpoint's contents
     (taming's training-loss tensors, "loss.*", dropped); config: a file, or an official config as
     a dict, or None: the file next to the checkpoint."""
-    from .cli import lesson
-
     kind = kind_of(ckpt)
     config = config or config_next_to(path, kind)
     if config is None:
         where = "<run>/configs/*.yaml" if kind == "taming" else "config.yaml next to it"
         raise UserError(
-            f"{path}: an official {kind} checkpoint without its config ({where}); pass --tokenizer-config FILE"
+            f"{path}: an official {kind} checkpoint without its config ({where}); pass --config FILE"
         )
-    gan = lesson("03_vqgan")
+    gan = common.lesson("03_vqgan")
     cfg = gan.Config(**lesson_config(kind, config if isinstance(config, dict) else read_config(Path(config))))
     model = gan.build(cfg)
     state = {k: v for k, v in ckpt["state_dict"].items() if not k.startswith("loss.")}
@@ -193,13 +273,52 @@ def load_official(path: Path, ckpt: dict, config: Path | dict | None = None):
     return model.eval().requires_grad_(False), cfg
 
 
-def load_released(name: str, config=None):
-    """A released model by name (downloaded once) -> (model, cfg), with its known config."""
-    from .checkpoints import read_checkpoint
-    from .released import fetch_released, released_config
-
-    path = fetch_released(name)
+def convert_file(path, config=None, out=None) -> Path:
+    """Convert an official checkpoint file once into a lesson-03 checkpoint at `out` (default: beside
+    it, <stem>.lessons.pt) that --tokenizer reads -> out. config: as load_official."""
+    path = Path(path)
     ckpt = read_checkpoint(path)
     if kind_of(ckpt) is None:
-        raise UserError(f"{path} is not the {name} checkpoint; remove it and download it again")
-    return load_official(path, ckpt, config or released_config(name))
+        raise UserError(f"{path} is not an official taming or Kakao checkpoint (no state_dict of either)")
+    model, cfg = load_official(path, ckpt, config)
+    out = Path(out) if out else path.with_name(f"{path.stem}.lessons.pt")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    save_atomic(
+        {"step": 0, "lesson": "03_vqgan", "config": dataclasses.asdict(cfg), "model": model.state_dict()}, out
+    )
+    return out
+
+
+def converted(name: str, out=None) -> Path:
+    """The lesson-03 checkpoint of a released tokenizer by name: downloaded and converted once
+    (default: into torch.hub's cache, <name>.lessons.pt), with its known config."""
+    out = Path(out) if out else cache() / f"{name}.lessons.pt"
+    if not out.exists():
+        path = fetch_released(name)
+        if kind_of(read_checkpoint(path)) is None:
+            raise UserError(f"{path} is not the {name} checkpoint; remove it and download it again")
+        convert_file(path, released_config(name), out)
+    return out
+
+
+def main(argv=None) -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument(
+        "checkpoint", help=f"a released name ({', '.join(RELEASED)}) or an official checkpoint file"
+    )
+    p.add_argument("--config", help="the official config of a file (default: where the downloads keep it)")
+    p.add_argument("--out", help="the converted file (default: <checkpoint>.lessons.pt, beside it)")
+    args = p.parse_args(argv)
+    try:
+        if args.checkpoint in RELEASED and not args.config:
+            out = converted(args.checkpoint, args.out)
+        else:
+            out = convert_file(args.checkpoint, args.config, args.out)
+    except UserError as e:
+        print(f"error: {e}", file=sys.stderr)
+        sys.exit(2)
+    print(f"wrote {out}; pass it to lessons 04 and 05 as --tokenizer {out}")
+
+
+if __name__ == "__main__":
+    main()
