@@ -25,7 +25,7 @@ Next: 03_vqgan.py
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Literal
+from typing import ClassVar, Literal
 
 import torch
 import torch.nn as nn
@@ -47,23 +47,17 @@ def residual_quantize(z: torch.Tensor, codebooks, depth: int, pick=vq.nearest_co
     z: (..., d); codebooks: one (K, d) tensor shared by every depth, or a list of D tensors
     -> codes (..., D) long, partial sums Z^(1..D): (..., D, d) float (RQ Eq. 5).
     pick(r, codebook) -> k chooses each code: the nearest (Q, RQ Eq. 1) unless lesson 04 draws it.
-    The outputs and e(k_d) are allocated once and r and Z^(d) updated in place: on a CPU every fresh
-    large tensor costs page faults, and this loop runs at every training step (F.embedding's fresh
-    (N, d) output per depth made the loop without its search 4-6x slower).
     """
     books = [codebooks] * depth if torch.is_tensor(codebooks) else list(codebooks)
     assert len(books) == depth, f"{len(books)} codebooks for depth {depth}"
-    codes = torch.empty(*z.shape[:-1], depth, dtype=torch.long, device=z.device)
-    partial = torch.empty(*z.shape[:-1], depth, z.shape[-1], dtype=z.dtype, device=z.device)
-    r, z_hat = z.clone(), torch.zeros_like(z)  # r_0 = z, Z^(0) = 0
-    e = torch.empty(z.shape, dtype=z.dtype, device=z.device)  # e(k_d): (..., d), one buffer
-    for d, book in enumerate(books):
+    r, z_hat, codes, partial = z, torch.zeros_like(z), [], []  # r_0 = z, Z^(0) = 0
+    for book in books:
         k = pick(r, book)  # k_d = Q(r_{d-1}; C)          RQ Eq. 4
-        torch.index_select(book, 0, k.flatten(), out=e.view(-1, e.shape[-1]))  # e = F.embedding(k, book)
-        r -= e  # r_d = r_{d-1} - e(k_d)
-        z_hat += e  # Z^(d) = sum_{d' <= d} e(k_d')      RQ Eq. 5
-        codes[..., d], partial[..., d, :] = k, z_hat
-    return codes, partial  # (..., D), (..., D, d)
+        e = F.embedding(k, book)  # e(k_d)
+        r = r - e  # r_d = r_{d-1} - e(k_d)
+        z_hat = z_hat + e  # Z^(d) = sum_{d' <= d} e(k_d')      RQ Eq. 5
+        codes.append(k), partial.append(z_hat)
+    return torch.stack(codes, -1), torch.stack(partial, -2)  # (..., D), (..., D, d)
 
 
 def rq_commitment_loss(z: torch.Tensor, partial: torch.Tensor) -> torch.Tensor:
@@ -74,13 +68,7 @@ def rq_commitment_loss(z: torch.Tensor, partial: torch.Tensor) -> torch.Tensor:
     official code does, so that beta means the same at every depth and depth 1 equals lesson 01's
     commitment loss exactly. A sum is this times D (use beta * D to match the paper's scale).
     """
-    # mean_d ||z - Z^(d)||^2 = ||z - Zbar||^2 + mean_d ||Z^(d) - Zbar||^2 with Zbar = mean_d Z^(d):
-    # the same value and gradient as (z[:, None] - partial).pow(2).mean(), but the gradient flows
-    # through an (N, d) tensor instead of an (N, D, d) one (4x faster forward+backward at d = 256)
-    p = partial.detach()
-    z_bar = p.mean(1)  # (N, d)
-    spread = (p - z_bar[:, None]).square_().mean()  # no gradient: sg[] covers every Z^(d)
-    return F.mse_loss(z, z_bar) + spread  # a mean over N, D and d
+    return (z[:, None] - partial.detach()).pow(2).mean()  # a mean over N, D and d
 
 
 class ResidualQuantizer(nn.Module):
@@ -127,11 +115,8 @@ class ResidualQuantizer(nn.Module):
             codes, partial = self.quantize(z)  # (N, D), (N, D, d)  RQ Eq. 3-5
             commit = rq_commitment_loss(z, partial)  # RQ Eq. 7
             loss = self.beta * commit
-            # r_{d-1} = z - Z^(d-1), the vector that depth d quantized: (N, D, d), with Z^(0) = 0;
-            # written into one buffer: z[:, None] - F.pad(partial[:, :-1], (0, 0, 1, 0)) without the pad
-            residuals = torch.empty_like(partial)
-            residuals[:, 0] = z.detach()
-            torch.sub(z.detach()[:, None], partial[:, :-1], out=residuals[:, 1:])
+            # r_{d-1} = z - Z^(d-1), the vector that depth d quantized: (N, D, d), with Z^(0) = 0
+            residuals = z.detach()[:, None] - F.pad(partial[:, :-1], (0, 0, 1, 0))
             if not self.books[0].ema:  # codebook loss at every depth: e(k_d) moves towards r_{d-1}
                 loss = loss + vq.codebook_loss(residuals, F.embedding(codes, self.codebook))
             if self.training:
@@ -294,12 +279,13 @@ PRESETS = {
     "ffhq": {**REAL, "downsample": 32, "codebook_size": 2048},
     "imagenet": {**REAL, "downsample": 32, "codebook_size": 16384, "steps": 500_000},
 }
-PRESETS["shapes-plain"] = PRESETS["small"] = PRESETS["shapes"]  # small: paths/--hf-id <= 64 px
+PRESETS["shapes-plain"] = PRESETS["small"] = PRESETS["shapes"]  # small: paths/hub ids <= 64 px
 PRESETS["large"] = {**REAL, "downsample": 16, "codebook_size": 2048}  # celebahq, lsun, the rest
 
 
 @dataclass
 class Config(vq.Config):
+    PRESETS: ClassVar = PRESETS  # --help lists them
     out: str = "runs/02_rq"  # run folder: ckpt.pt, metrics.jsonl, recon.png, figures
     depth: int = 4  # D: quantization steps per position (1 = lesson 01's VQ)
     codebooks: Literal["shared", "separate"] = "shared"  # one codebook, or D of size K/D (App. C.3)

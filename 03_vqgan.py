@@ -26,7 +26,7 @@ Next: 04_rq_transformer.py
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Literal
+from typing import ClassVar, Literal
 
 import torch
 import torch.nn as nn
@@ -72,10 +72,7 @@ def adaptive_weight(
     return lam.clamp(0, max_lambda).detach()
 
 
-# --- LPIPS: VGG16 features + learned linear heads, in plain torch ---
-
-
-# --- encoder and decoder (taming-transformers' architecture) ---
+# --- the model: taming's encoder and decoder (common/vqgan_nets.py), LPIPS (common/lpips.py) ---
 
 
 class VQGAN(vq.VQVAE):
@@ -206,12 +203,16 @@ NET = {
     "imagenet": {**PAPER, **GPU},
 }
 NET["shapes"].update(disc_ch=32, batch_size=32, lr=4e-4, steps=1500)
-NET["shapes-plain"] = NET["small"] = NET["shapes"]  # small: paths and --hf-id of <= 64 px
+NET["shapes-plain"] = NET["small"] = NET["shapes"]  # small: paths and hub ids of <= 64 px
 NET_OTHER = {**PAPER, "ch_mult": (1, 1, 2, 2, 4), "attn_resolutions": (16,), **GPU}  # f = 16
+# all that --dataset sets, lesson 02's presets included (f follows from --ch-mult here)
+without_f = lambda preset: {k: v for k, v in preset.items() if k != "downsample"}
+PRESETS = {name: {**without_f(preset), **NET.get(name, NET_OTHER)} for name, preset in rq.PRESETS.items()}
 
 
 @dataclass
 class Config(rq.Config):
+    PRESETS: ClassVar = PRESETS  # --help lists them
     out: str = "runs/03_vqgan"  # run folder: ckpt.pt, metrics.jsonl, recon.png, figures
     downsample: int | None = None  # f, implied by --ch-mult: 2^(levels - 1) (shapes 4, ffhq 32)
     ch: int | None = None  # base width (default: shapes 16, real datasets 128 as in the paper)
@@ -233,24 +234,20 @@ class Config(rq.Config):
     max_lambda: float = 1e4  # clamp of the adaptive weight
 
     def __post_init__(self):
-        if self.grad_accum != 1:
-            raise ValueError(
-                "--grad-accum is not supported by the two-player loop of lesson 03; raise --batch-size or use more processes"
-            )
+        accum = "--grad-accum is not supported by the two-player loop of lesson 03; raise --batch-size or use more processes"
+        common.require((self.grad_accum == 1, accum))
         common.apply_preset(self, NET, NET_OTHER)  # the flags left unset
-        implied = 2 ** (len(self.ch_mult) - 1)
-        if self.downsample is not None and self.downsample != implied:
-            raise ValueError(
-                f"--downsample {self.downsample} contradicts --ch-mult {' '.join(map(str, self.ch_mult))} (f = {implied})"
-            )
+        implied, mult = 2 ** (len(self.ch_mult) - 1), " ".join(map(str, self.ch_mult))  # f from --ch-mult
+        f = f"--downsample {self.downsample} contradicts --ch-mult {mult} (f = {implied})"
+        common.require((self.downsample in (None, implied), f))
         self.downsample = implied
         super().__post_init__()
-        if self.disc_start < 0 or self.disc_warmup < 0 or self.perceptual_weight < 0 or self.disc_weight < 0:
-            raise ValueError(
-                "--disc-start, --disc-warmup, --perceptual-weight and --disc-weight must be >= 0"
-            )
-        if self.disc_layers < 1 or self.num_res_blocks < 1 or min(self.ch_mult) < 1:
-            raise ValueError("--disc-layers, --num-res-blocks and --ch-mult values must be >= 1")
+        common.require(
+            (min(self.disc_start, self.disc_warmup, self.perceptual_weight, self.disc_weight) >= 0,
+             "--disc-start, --disc-warmup, --perceptual-weight and --disc-weight must be >= 0"),
+            (min(self.disc_layers, self.num_res_blocks, *self.ch_mult) >= 1,
+             "--disc-layers, --num-res-blocks and --ch-mult values must be >= 1"),
+        )  # fmt: skip
 
 
 if __name__ == "__main__":

@@ -212,16 +212,12 @@ class RQTransformer(nn.Module):
         if text is not None:  # its features become L prefix positions of the spatial transformer
             self.text_in = nn.Linear(text.width, cfg.width)
             self.pos_text = nn.Parameter(torch.zeros(text.length, cfg.width))
-        self.embed_spatial, self.embed_depth = (
-            nn.Linear(d_code, cfg.width),
-            nn.Linear(d_code, cfg.width),
-        )
+        self.embed_spatial = nn.Linear(d_code, cfg.width)  # e(k) -> the spatial stack's width
+        self.embed_depth = nn.Linear(d_code, cfg.width)  # and the depth stack's
         self.start = nn.Embedding(num_classes + 1, cfg.width)  # u_1's start, one per class + none
         self.null = num_classes  # "no class": trained with --label-dropout, for guidance
-        self.pos_t, self.pos_d = (
-            nn.Parameter(torch.zeros(T, cfg.width)),
-            nn.Parameter(torch.zeros(D, cfg.width)),
-        )
+        self.pos_t = nn.Parameter(torch.zeros(T, cfg.width))  # PE_T
+        self.pos_d = nn.Parameter(torch.zeros(D, cfg.width))  # PE_D
         self.spatial = Transformer(cfg.width, cfg.spatial_layers, cfg.heads, cfg.dropout)
         self.depth = Transformer(cfg.width, cfg.depth_layers, cfg.heads, cfg.dropout)
         self.head = nn.Sequential(nn.LayerNorm(cfg.width), nn.Linear(cfg.width, K))  # shared over d
@@ -312,9 +308,7 @@ def build(cfg: Config, s: stage2.Stage2, Model=None) -> nn.Module:
 
 def train(cfg: Config, Model=None) -> nn.Module:
     """Fit the prior on the frozen tokenizer's codes; write ckpt.pt, metrics.jsonl and samples.png."""
-    s = stage2.setup(
-        cfg, stage1.tokenizer
-    )  # run folder, frozen tokenizer (trained once if none), data, classes
+    s = stage2.setup(cfg, stage1.tokenizer)  # run folder, frozen tokenizer (found or trained), data
     model = build(cfg, s, Model)
     if cfg.sample_only:  # a trained prior draws samples.png / prompts.png again; no training
         finish(stage2.load_prior(s, model), s, cfg)
@@ -351,20 +345,18 @@ def train(cfg: Config, Model=None) -> nn.Module:
 
 
 def finish(model, s: stage2.Stage2, cfg: Config) -> None:
-    """The validation NLL, samples.png (one row per class) judged for sample quality, the final
-    record of metrics.jsonl, and prompts.png for --prompt. --sample-only: prompts.png for --prompt,
-    else samples.png again (with this command's sampling flags), nothing else."""
+    """The validation NLL, samples.png (one row per class, judged for sample quality), prompts.png
+    for --prompt, and the final record of metrics.jsonl. --sample-only: the pictures only, with this
+    command's sampling flags."""
     draw = lambda c: model.sample(c, cfg.temperature, cfg.top_k, cfg.top_p, cfg.guidance)[0]
-    if not cfg.sample_only:
-        val_nll = evaluate(model, s, cfg)
-        common.echo(f"validation NLL {val_nll:.4f} nats = {val_nll / math.log(2):.3f} bits per code")
-        quality = sample_quality.samples_png(s, cfg, draw)  # one row per class (or per caption naming it)
-        record = {"val_nll": val_nll, "val_bits_per_code": val_nll / math.log(2), **quality}
-        s.run.log({"step": cfg.steps, "final": True, **record})
-    elif not cfg.prompt:
-        sample_quality.samples_png(s, cfg, draw)
-    if cfg.prompt:
-        sample_quality.prompts_png(s, cfg, draw)
+    if cfg.sample_only:
+        sample_quality.pictures(s, cfg, draw)
+        return
+    val_nll = evaluate(model, s, cfg)
+    common.echo(f"validation NLL {val_nll:.4f} nats = {val_nll / math.log(2):.3f} bits per code")
+    quality = sample_quality.pictures(s, cfg, draw)
+    record = {"val_nll": val_nll, "val_bits_per_code": val_nll / math.log(2), **quality}
+    s.run.log({"step": cfg.steps, "final": True, **record})
 
 
 @torch.no_grad()

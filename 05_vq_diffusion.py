@@ -4,31 +4,21 @@ Paper: S. Gu, D. Chen, J. Bao, F. Wen, B. Zhang, D. Chen, L. Yuan, B. Guo, "Vect
 Diffusion Model for Text-to-Image Synthesis" (arXiv:2111.14822), Sec. 3-4. Equations are cited by
 what they compute (VQD one step, VQD closed form, VQD posterior, ...: docs/equations.md).
 
-Idea. Lesson 04 writes an image code by code, each conditioned on the ones before. VQ-Diffusion
-corrupts ALL codes at once and learns to undo it: a forward Markov chain q(x_t | x_{t-1}) turns
-each code into [MASK] with probability gamma_t or into a uniformly drawn code with probability
-K*beta_t (mask-and-replace); after T steps nothing of x_0 is left. A bidirectional transformer
-sees the corrupted x_t and predicts x_0 (the x0-parameterization); the exact Bayes posterior of
-the forward chain turns that prediction into p_theta(x_{t-1} | x_t). Sampling starts from the
-prior p(x_T) and runs the chain backwards; because every position is predicted at every step, it
-can also jump dt steps at a time (fast inference) and fill in a masked region (inpainting).
+Idea. Lesson 04 writes an image code by code. VQ-Diffusion corrupts ALL codes at once and learns
+to undo it: a forward Markov chain q(x_t | x_{t-1}) turns each code into [MASK] with probability
+gamma_t or into a uniformly drawn code with probability K*beta_t (mask-and-replace); after T steps
+nothing of x_0 is left. A bidirectional transformer sees x_t and predicts x_0 (x0-parameterization);
+the exact posterior of the forward chain turns that into p_theta(x_{t-1} | x_t). Sampling runs the
+chain backwards from p(x_T), dt steps at a time if asked (fast inference), and can hold some codes
+fixed (inpainting). The K codes are states 0..K-1 and [MASK] is state K: every distribution is over
+K+1 states, as log-probabilities clamped at LOG_EPS (as the official code, at -70).
 
-CPU defaults (docs/lessons.md, Lesson 05, says what each changed): a depth-1 VQ tokenizer, K = 128 (the
-paper's kind); mask-only noise (the paper's mask-and-replace is --gamma-end 0.9); lambda = 1 on
-L_x0 (official 5e-4: at this scale the x_0 cross-entropy is what teaches); guidance 3.
-
-States: the K codes are 0..K-1 and [MASK] is state K, so every distribution below is over K+1
-states, stored as log-probabilities clamped at LOG_EPS (the official code does the same at -70).
-
-Codes of RQ tokenizers (D > 1): every code S_td of lesson 04 is a diffusion variable of its own,
-noised and denoised independently given x_t, exactly as the paper treats positions. The network
-keeps the paper's sequence of H*W tokens: a position's token embedding is the SUM of D
-depth-specific embeddings of its D codes (each of K+1 states), and it predicts D x K logits per
-position. With a depth-1 tokenizer (02_rq.py --depth 1) this is the paper's model exactly.
-
-Text (--condition text, the paper's setting; VQD Sec. 3.2): the caption's features (a small text
-encoder trained with the prior, or a frozen CLIP text model) are read by a CROSS-ATTENTION layer in
-every block; the timestep still enters through AdaLN.
+CPU defaults (docs/lessons.md says why): a depth-1 VQ tokenizer with K = 128 (the paper's kind);
+mask-only noise (the paper's mask-and-replace: --gamma-end 0.9); lambda = 1 on L_x0 (official 5e-4);
+guidance 3. An RQ tokenizer (D > 1): each of a position's D codes is a diffusion variable of its
+own; the position's token is the sum of D depth-specific embeddings, and the network predicts
+D x K logits per position. Text (--condition text; VQD Sec. 3.2): every block cross-attends to the
+caption's features; the timestep enters through AdaLN.
 
 Notation:
     symbol          code name     shape
@@ -69,7 +59,85 @@ LOG_EPS = -70.0  # log-probabilities are clamped to [-70, 0]: exp(-70) ~ 4e-31 s
 LOG_ZERO = -1e4  # log 0 where a zero must stay exactly zero; finite, so no -inf - -inf = NaN
 EVAL_TIMESTEPS = 10  # values of t (evenly spread) that estimate the validation bound
 
-# --- the forward process: schedules and transition matrices ---
+# --- the network: a bidirectional transformer with AdaLN ---
+
+
+class CrossAttention(nn.Module):
+    """VQD Sec. 3.2: queries from the code positions x (B, N, W), keys and values from the text
+    features (B, L, W), so each position reads the caption of ITS image only. No mask: padding is
+    a token of its own (common/text.py)."""
+
+    def __init__(self, width: int, heads: int, dropout: float):
+        super().__init__()
+        self.heads, self.q, self.kv = heads, nn.Linear(width, width), nn.Linear(width, 2 * width)
+        self.proj, self.drop = nn.Linear(width, width), nn.Dropout(dropout)
+
+    def forward(self, x: torch.Tensor, text: torch.Tensor) -> torch.Tensor:
+        q = rearrange(self.q(x), "b n (h c) -> b h n c", h=self.heads)
+        k, v = rearrange(self.kv(text), "b l (two h c) -> two b h l c", two=2, h=self.heads)
+        a = F.scaled_dot_product_attention(q, k, v)  # (B, heads, N, W / heads)
+        return self.drop(self.proj(rearrange(a, "b h n c -> b n (h c)")))
+
+
+class AdaLNBlock(ar.Block):
+    """Lesson 04's block with full attention and AdaLN(h, c) = a_c LayerNorm(h) + b_c on both
+    branches, (a_c - 1, b_c) linear in the condition embedding (timestep + class). Starts as a
+    plain pre-LN block: the AdaLN projection is zero-initialised. cross=True: a cross-attention
+    to the text between the two (text-conditional)."""
+
+    causal = False  # every code sees every other code: x_t is given whole
+
+    def __init__(self, width: int, heads: int, dropout: float, cross: bool = False):
+        super().__init__(width, heads, dropout)
+        self.ln1 = nn.LayerNorm(width, elementwise_affine=False)
+        self.ln2 = nn.LayerNorm(width, elementwise_affine=False)
+        self.ada = nn.Linear(width, 4 * width)
+        nn.init.zeros_(self.ada.weight)
+        nn.init.zeros_(self.ada.bias)
+        self.cross = CrossAttention(width, heads, dropout) if cross else None
+        self.ln_cross = nn.LayerNorm(width) if cross else None
+
+    def forward(self, x: torch.Tensor, cond: torch.Tensor, text: torch.Tensor | None = None) -> torch.Tensor:
+        a1, b1, a2, b2 = self.ada(cond)[:, None].chunk(4, dim=-1)  # each (B, 1, W)
+        x = x + self.attention((1 + a1) * self.ln1(x) + b1)  # AdaLN before attention
+        if self.cross is not None:  # then every position reads the caption
+            x = x + self.cross(self.ln_cross(x), text)
+        return x + self.mlp((1 + a2) * self.ln2(x) + b2)  # and AdaLN before the MLP
+
+
+class DiffusionTransformer(nn.Module):
+    """p_theta(x_0 | x_t, t, c): x_t (B, N, D) in [0, K], t (B,), c (B,) classes or (B, L) caption
+    token ids -> logits (B, N, D, K)."""
+
+    def __init__(self, K: int, H: int, D: int, cfg: Config, num_classes: int, text=None):
+        super().__init__()
+        self.K, self.H, self.D, W = K, H, D, cfg.width
+        self.embed = nn.Embedding(D * (K + 1), W)  # one table per depth: row d*(K+1) + state
+        self.register_buffer("offsets", torch.arange(D) * (K + 1), persistent=False)
+        self.pos_row, self.pos_col = nn.Parameter(torch.zeros(H, W)), nn.Parameter(torch.zeros(H, W))
+        self.time = nn.Embedding(cfg.steps_T + 1, W)
+        self.label = nn.Embedding(num_classes + 1, W)  # one per class + "no class" (guidance)
+        self.null = num_classes
+        self.text = text  # --condition text: the text encoder, token ids (B, L) -> (B, L, text.width)
+        self.text_in = None if text is None else nn.Linear(text.width, W)
+        cross = text is not None
+        self.blocks = nn.ModuleList(AdaLNBlock(W, cfg.heads, cfg.dropout, cross) for _ in range(cfg.layers))
+        self.ln = nn.LayerNorm(W, elementwise_affine=False)
+        self.ada = nn.Linear(W, 2 * W)
+        self.head = nn.Linear(W, D * K)  # x0-parameterization: K logits per code, no [MASK]
+
+    def forward(self, x_t: torch.Tensor, t: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
+        pos = rearrange(self.pos_row[:, None] + self.pos_col[None], "h w c -> (h w) c")  # 2D
+        h = self.embed(x_t + self.offsets).sum(2) + pos  # (B, N, W): sum over depth
+        text = self.text_in(self.text(c)) if c.dim() == 2 else None  # (B, L, W): the caption
+        cond = F.silu(self.time(t) + self.label(c if text is None else c.new_zeros(len(c))))  # (B, W)
+        for block in self.blocks:
+            h = block(h, cond, text)
+        a, b = self.ada(cond)[:, None].chunk(2, dim=-1)
+        return rearrange(self.head((1 + a) * self.ln(h) + b), "b n (d k) -> b n d k", d=self.D)
+
+
+# --- the forward process q, its posterior, and the loss ---
 
 
 @dataclass
@@ -239,84 +307,6 @@ def loss_T(x0: torch.Tensor, sched: Schedule) -> torch.Tensor:
     return kl(log_qT, log_prior(sched).to(x0.device))
 
 
-# --- the network: a bidirectional transformer with AdaLN ---
-
-
-class CrossAttention(nn.Module):
-    """VQD Sec. 3.2: queries from the code positions x (B, N, W), keys and values from the text
-    features (B, L, W), so each position reads the caption of ITS image only. No mask: padding is
-    a token of its own (common/text.py)."""
-
-    def __init__(self, width: int, heads: int, dropout: float):
-        super().__init__()
-        self.heads, self.q, self.kv = heads, nn.Linear(width, width), nn.Linear(width, 2 * width)
-        self.proj, self.drop = nn.Linear(width, width), nn.Dropout(dropout)
-
-    def forward(self, x: torch.Tensor, text: torch.Tensor) -> torch.Tensor:
-        q = rearrange(self.q(x), "b n (h c) -> b h n c", h=self.heads)
-        k, v = rearrange(self.kv(text), "b l (two h c) -> two b h l c", two=2, h=self.heads)
-        a = F.scaled_dot_product_attention(q, k, v)  # (B, heads, N, W / heads)
-        return self.drop(self.proj(rearrange(a, "b h n c -> b n (h c)")))
-
-
-class AdaLNBlock(ar.Block):
-    """Lesson 04's block with full attention and AdaLN(h, c) = a_c LayerNorm(h) + b_c on both
-    branches, (a_c - 1, b_c) linear in the condition embedding (timestep + class). Starts as a
-    plain pre-LN block: the AdaLN projection is zero-initialised. cross=True: a cross-attention
-    to the text between the two (text-conditional)."""
-
-    causal = False  # every code sees every other code: x_t is given whole
-
-    def __init__(self, width: int, heads: int, dropout: float, cross: bool = False):
-        super().__init__(width, heads, dropout)
-        self.ln1 = nn.LayerNorm(width, elementwise_affine=False)
-        self.ln2 = nn.LayerNorm(width, elementwise_affine=False)
-        self.ada = nn.Linear(width, 4 * width)
-        nn.init.zeros_(self.ada.weight)
-        nn.init.zeros_(self.ada.bias)
-        self.cross = CrossAttention(width, heads, dropout) if cross else None
-        self.ln_cross = nn.LayerNorm(width) if cross else None
-
-    def forward(self, x: torch.Tensor, cond: torch.Tensor, text: torch.Tensor | None = None) -> torch.Tensor:
-        a1, b1, a2, b2 = self.ada(cond)[:, None].chunk(4, dim=-1)  # each (B, 1, W)
-        x = x + self.attention((1 + a1) * self.ln1(x) + b1)  # AdaLN before attention
-        if self.cross is not None:  # then every position reads the caption
-            x = x + self.cross(self.ln_cross(x), text)
-        return x + self.mlp((1 + a2) * self.ln2(x) + b2)  # and AdaLN before the MLP
-
-
-class DiffusionTransformer(nn.Module):
-    """p_theta(x_0 | x_t, t, c): x_t (B, N, D) in [0, K], t (B,), c (B,) classes or (B, L) caption
-    token ids -> logits (B, N, D, K)."""
-
-    def __init__(self, K: int, H: int, D: int, cfg: Config, num_classes: int, text=None):
-        super().__init__()
-        self.K, self.H, self.D, W = K, H, D, cfg.width
-        self.embed = nn.Embedding(D * (K + 1), W)  # one table per depth: row d*(K+1) + state
-        self.register_buffer("offsets", torch.arange(D) * (K + 1), persistent=False)
-        self.pos_row, self.pos_col = nn.Parameter(torch.zeros(H, W)), nn.Parameter(torch.zeros(H, W))
-        self.time = nn.Embedding(cfg.steps_T + 1, W)
-        self.label = nn.Embedding(num_classes + 1, W)  # one per class + "no class" (guidance)
-        self.null = num_classes
-        self.text = text  # --condition text: the text encoder, token ids (B, L) -> (B, L, text.width)
-        self.text_in = None if text is None else nn.Linear(text.width, W)
-        cross = text is not None
-        self.blocks = nn.ModuleList(AdaLNBlock(W, cfg.heads, cfg.dropout, cross) for _ in range(cfg.layers))
-        self.ln = nn.LayerNorm(W, elementwise_affine=False)
-        self.ada = nn.Linear(W, 2 * W)
-        self.head = nn.Linear(W, D * K)  # x0-parameterization: K logits per code, no [MASK]
-
-    def forward(self, x_t: torch.Tensor, t: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
-        pos = rearrange(self.pos_row[:, None] + self.pos_col[None], "h w c -> (h w) c")  # 2D
-        h = self.embed(x_t + self.offsets).sum(2) + pos  # (B, N, W): sum over depth
-        text = self.text_in(self.text(c)) if c.dim() == 2 else None  # (B, L, W): the caption
-        cond = F.silu(self.time(t) + self.label(c if text is None else c.new_zeros(len(c))))  # (B, W)
-        for block in self.blocks:
-            h = block(h, cond, text)
-        a, b = self.ada(cond)[:, None].chunk(2, dim=-1)
-        return rearrange(self.head((1 + a) * self.ln(h) + b), "b n (d k) -> b n d k", d=self.D)
-
-
 # --- sampling: one reverse step, and the chain ---
 
 
@@ -375,9 +365,7 @@ def build(cfg: Config, s) -> tuple[DiffusionTransformer, Schedule]:
 def train(cfg: Config) -> nn.Module:
     """Fit the diffusion prior on the frozen tokenizer's codes; write ckpt.pt, metrics.jsonl,
     samples.png (one row per class) and inpaint.png."""
-    s = stage2.setup(
-        cfg, stage1.tokenizer
-    )  # run folder, frozen tokenizer (trained once if none), data, classes
+    s = stage2.setup(cfg, stage1.tokenizer)  # run folder, frozen tokenizer (found or trained), data
     model, sched = build(cfg, s)
     if cfg.sample_only:  # a trained prior draws samples.png / prompts.png again; no training
         finish(stage2.load_prior(s, model), sched, s, cfg)
@@ -417,25 +405,20 @@ def train(cfg: Config) -> nn.Module:
 
 
 def finish(model, sched: Schedule, s, cfg: Config) -> None:
-    """The validation bound, samples.png (one row per class) judged for sample quality, the final
-    record of metrics.jsonl, inpaint.png, and prompts.png for --prompt. --sample-only: prompts.png
-    for --prompt, else samples.png again (with this command's sampling flags), nothing else."""
+    """The validation bound, samples.png (one row per class, judged for sample quality), prompts.png
+    for --prompt, the final record of metrics.jsonl, and inpaint.png. --sample-only: the pictures
+    only, with this command's sampling flags."""
     draw = lambda c: sample(model, sched, c, cfg.stride, cfg.truncation, cfg.guidance)
-    if not cfg.sample_only:
-        val = evaluate(model, sched, s, cfg)
-        values = " | ".join(f"{k} {v:.4f}" for k, v in val.items())
-        common.echo(
-            f"validation (nats per code): {values} | bound {val['vlb'] / math.log(2):.3f} bits per code"
-        )
-        quality = sample_quality.samples_png(s, cfg, draw)  # one row per class (or per caption naming it)
-        s.run.log({"step": cfg.steps, "final": True, **{f"val_{k}": v for k, v in val.items()}, **quality})
-        inpaint(model, sched, s, cfg)
-    elif not cfg.prompt:
-        sample_quality.samples_png(s, cfg, draw)
-    if cfg.prompt:
-        sample_quality.prompts_png(s, cfg, draw)
-    if not cfg.sample_only:
-        common.echo(f"wrote {s.run.dir / 'samples.png'} and inpaint.png")
+    if cfg.sample_only:
+        sample_quality.pictures(s, cfg, draw)
+        return
+    val = evaluate(model, sched, s, cfg)
+    values = " | ".join(f"{k} {v:.4f}" for k, v in val.items())
+    common.echo(f"validation (nats per code): {values} | bound {val['vlb'] / math.log(2):.3f} bits per code")
+    quality = sample_quality.pictures(s, cfg, draw)
+    s.run.log({"step": cfg.steps, "final": True, **{f"val_{k}": v for k, v in val.items()}, **quality})
+    inpaint(model, sched, s, cfg)
+    common.echo(f"wrote {s.run.dir / 'samples.png'} and inpaint.png")
 
 
 @torch.no_grad()

@@ -246,10 +246,18 @@ def samples_png(s, cfg, draw, name: str = "samples.png") -> dict:
     common.save_grid(list(images.view(-1, per_row, *images.shape[1:])), s.run.dir / name)
     colours = stage2.prompt_colours(prompts) if prompts else None
     labels, colours = (None if v is None else v.repeat_interleave(per_row) for v in (labels, colours))
-    dataset = cfg.dataset if cfg.hf_id is None else cfg.hf_id
-    quality = judge(images, labels, s.val_set, dataset, colours)
+    quality = judge(images, labels, s.val_set, cfg.dataset, colours)
     common.echo(f"{name} ({len(images)} images): {summary(quality)}")
     return {f"sample_{k}": v for k, v in quality.items()}
+
+
+def pictures(s, cfg, draw) -> dict:
+    """What lessons 04 and 05 draw after training: samples.png (samples_png) and, for --prompt,
+    prompts.png; --sample-only with --prompt draws prompts.png only. -> samples.png's metrics."""
+    quality = {} if cfg.sample_only and cfg.prompt else samples_png(s, cfg, draw)
+    if cfg.prompt:
+        prompts_png(s, cfg, draw)
+    return quality
 
 
 def prompts_png(s, cfg, draw) -> None:

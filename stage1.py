@@ -54,9 +54,9 @@ def tokenizer_path(cfg) -> Path:
         return Path(cfg.tokenizer)
     # the depth always; K on the built-in shapes only (elsewhere lesson 02's preset for the data)
     shape = {k: v for k, v in cfg.TOKENIZER.items() if k == "depth" or cfg.dataset in common.BUILTIN}
-    same = lambda ckpt_cfg: (
-        (ckpt_cfg["dataset"], ckpt_cfg["hf_id"], ckpt_cfg["image_size"])
-        == (cfg.dataset, cfg.hf_id, cfg.image_size)
+    same = lambda ckpt_cfg: (  # (a run from before --hf-id joined --dataset: its hub id in "hf_id")
+        (ckpt_cfg.get("hf_id") or ckpt_cfg["dataset"], ckpt_cfg["image_size"])
+        == (cfg.dataset, cfg.image_size)
         and all(ckpt_cfg.get(k) == v for k, v in shape.items())
     )
     folders = ("runs/02_rq", "runs/04_rq_transformer/tokenizer", f"{cfg.out}/tokenizer")
@@ -72,9 +72,7 @@ def tokenizer_path(cfg) -> Path:
     out = Path(cfg.out) / "tokenizer"
     common.echo(f"tokenizer: none given; training a lesson-02 RQ-VAE into {out}")
     rq = common.lesson("02_rq")  # imported here, when a tokenizer must be trained
-    flags = dict(
-        dataset=cfg.dataset, hf_id=cfg.hf_id, image_size=cfg.image_size, image_column=cfg.image_column
-    )
+    flags = dict(dataset=cfg.dataset, image_size=cfg.image_size, image_column=cfg.image_column)
     rq.train(
         rq.Config(
             **flags, label_column=cfg.label_column, device=cfg.device, seed=cfg.seed, out=str(out), overwrite=True,

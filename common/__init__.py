@@ -13,8 +13,6 @@ from .errors import UserError, Interrupted
 # cli.py: Config -> flags, the entry point, importing a lesson
 from .cli import lesson, main, TrainConfig, require, _field_help, parse
 
-# reductions.py: a row argmin that is vectorised on CPUs
-from .reductions import argmin_rows
 
 # device.py: device, seeds, precision, progress bars
 from .device import get_device, seed_everything, autocast, exact_float32, progress, echo
@@ -49,6 +47,7 @@ from .datasets import (
     HELD_OUT,
     HOLD_OUT_SEED,
     held_out_indices,
+    is_hub_id,
 )
 
 # loading.py: loading images, batches

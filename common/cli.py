@@ -58,11 +58,10 @@ def main(train_fn, config_cls, argv=None):
 class TrainConfig:
     """Flags every lesson shares. A lesson's Config subclasses this and adds its own fields."""
 
-    dataset: str = "shapes"  # a name (see the list at the end), an image folder or a .parquet file
+    dataset: str = "shapes"  # a name (see the list at the end), an image folder, a .parquet file or a hub id
     image_size: int | None = None  # pixels (default: shapes/mnist/cifar10 32, flowers 64, others 256)
-    hf_id: str | None = None  # any Hugging Face hub dataset id (overrides --dataset)
-    image_column: str | None = None  # image column of --hf-id or a local dataset (default: image)
-    label_column: str | None = None  # label column of --hf-id or a local dataset (default: none)
+    image_column: str | None = None  # image column of a hub id or a local dataset (default: image)
+    label_column: str | None = None  # label column of a hub id or a local dataset (default: none)
     caption_column: str | None = None  # caption column (a folder: in its metadata.jsonl) for --condition text
     streaming: bool | None = None  # stream from the hub, no download (default: on for imagenet)
     batch_size: int = 64  # images per step (per process under torchrun)
@@ -92,7 +91,7 @@ class TrainConfig:
         if self.device not in ("auto", "cpu", "cuda", "mps"):
             raise ValueError(f"unknown --device '{self.device}'; choose one of: auto, cpu, cuda, mps")
         is_path = "/" in self.dataset or self.dataset.endswith(".parquet") or Path(self.dataset).exists()
-        if self.hf_id is None and self.dataset not in (*BUILTIN, *DATASETS) and not is_path:
+        if self.dataset not in (*BUILTIN, *DATASETS) and not is_path:
             raise ValueError(f"unknown dataset '{self.dataset}'; choose one of: {dataset_choices()}")
         size = default_image_size(self)
         if size % 8 or not 8 <= size <= (256 if self.dataset in BUILTIN else 4096):
@@ -139,14 +138,29 @@ def parse(config_cls, argv=None):
     """
     hints = typing.get_type_hints(config_cls)
     helps = _field_help(config_cls)
+    epilog = textwrap.fill(
+        f"datasets: {dataset_choices()}. Hub ids: "
+        + ", ".join(f"{k} = {v.hub_id}" for k, v in DATASETS.items())
+        + ". ImageNet is gated (run `hf auth login`); an ungated 256 px copy: "
+        "--dataset benjamin-paine/imagenet-1k-256x256 --label-column label. Any other hub "
+        "dataset: --dataset owner/name (a hub id: one slash, no such local path).",
+        78,
+    )
+    if presets := getattr(config_cls, "PRESETS", None):  # what --dataset gives the flags left unset
+        epilog += "\n\npresets: what --dataset gives the flags left unset (small: other data of <= 64 px)"
+        for name, values in presets.items():
+            flags = ", ".join(
+                f"{k.replace('_', '-')} {' '.join(map(str, v)) if isinstance(v, tuple) else v}"
+                for k, v in values.items()
+            )
+            epilog += "\n" + textwrap.fill(
+                f"{name}: {flags}", 78, initial_indent="  ", subsequent_indent="    "
+            )
     p = argparse.ArgumentParser(
         description=(sys.modules[config_cls.__module__].__doc__ or "").split("\n")[0],
         formatter_class=_HelpFormatter,
         allow_abbrev=False,
-        epilog=f"datasets: {dataset_choices()}. Hub ids: "
-        + ", ".join(f"{k} = {v.hub_id}" for k, v in DATASETS.items())
-        + ". ImageNet is gated (run `hf auth login`); an ungated 256 px copy: "
-        "--hf-id benjamin-paine/imagenet-1k-256x256 --label-column label.",
+        epilog=epilog,
     )
     for f in dataclasses.fields(config_cls):
         kind = hints[f.name]
@@ -178,7 +192,7 @@ def parse(config_cls, argv=None):
     return cfg
 
 
-class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
+class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescriptionHelpFormatter):
     """Shows '(default: X)' unless the default is None (the help text then says what happens)."""
 
     def _get_help_string(self, action):

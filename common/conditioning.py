@@ -47,7 +47,7 @@ def check_prior_flags(cfg) -> None:
         ),
         (not cfg.prompt or text, "--prompt needs a text-conditional prior (--condition text)"),
         (
-            cfg.reject_keep == 1 or (cfg.dataset in BUILTIN and cfg.hf_id is None),
+            cfg.reject_keep == 1 or cfg.dataset in BUILTIN,
             "--reject-keep < 1 ranks samples by the shapes classifier: built-in data only",
         ),
         (

@@ -38,7 +38,7 @@ DATASETS = {
     "ffhq": HubDataset("merkol/ffhq-256", "image", None, "train", None, 256),
     "celebahq": HubDataset("korexyz/celeba-hq-256x256", "image", "label", "train", "validation", 256),
     # Gated: accept the terms on the hub, then `hf auth login` or set HF_TOKEN. Ungated 256 px mirror
-    # with the same labels: --hf-id benjamin-paine/imagenet-1k-256x256 --label-column label
+    # with the same labels: --dataset benjamin-paine/imagenet-1k-256x256 --label-column label
     "imagenet": HubDataset(
         "ILSVRC/imagenet-1k", "image", "label", "train", "validation", 256, streaming=True
     ),
@@ -49,7 +49,8 @@ DATASETS = {
 
 def dataset_choices() -> str:
     return (
-        ", ".join([*BUILTIN, *DATASETS]) + ", --hf-id <hub id>, or a path to an image folder or .parquet file"
+        ", ".join([*BUILTIN, *DATASETS])
+        + ", a hub id (owner/name), or a path to an image folder or .parquet file"
     )
 
 
@@ -79,16 +80,22 @@ def native_image_size(path: str, image_column: str = "image") -> int | None:
     return side if side and side % 8 == 0 and 8 <= side <= 4096 else None
 
 
+def is_hub_id(name: str) -> bool:
+    """Whether --dataset names a Hugging Face hub dataset, owner/name: one slash, and no local
+    file or folder of that name (a path with more slashes, or a .parquet file, is local)."""
+    return name.count("/") == 1 and not name.startswith((".", "/", "~")) and not Path(name).exists()
+
+
 def default_image_size(cfg) -> int:
     """--image-size, else the dataset's: shapes 32, the table's size for hub names, a local
     dataset's own size when its images share one, else 256."""
     if cfg.image_size is not None:
         return cfg.image_size
-    if cfg.dataset in DATASETS and cfg.hf_id is None:
+    if cfg.dataset in DATASETS:
         return DATASETS[cfg.dataset].size
-    if cfg.dataset in BUILTIN and cfg.hf_id is None:
+    if cfg.dataset in BUILTIN:
         return 32
-    if cfg.hf_id is None and Path(cfg.dataset).exists():
+    if Path(cfg.dataset).exists():
         return native_image_size(cfg.dataset, cfg.image_column or "image") or 256
     return 256
 
@@ -96,7 +103,7 @@ def default_image_size(cfg) -> int:
 def preset_name(cfg) -> str:
     """Which per-dataset defaults a lesson takes: the dataset's name when it has its own, else
     "small" for images of 64 px or less (a CPU-scale run) and "large" for the others."""
-    if cfg.hf_id is None and (cfg.dataset in BUILTIN or cfg.dataset in DATASETS):
+    if cfg.dataset in BUILTIN or cfg.dataset in DATASETS:
         return cfg.dataset
     return "small" if default_image_size(cfg) <= 64 else "large"
 

@@ -20,6 +20,7 @@ from .datasets import (
     dataset_choices,
     default_image_size,
     held_out_indices,
+    is_hub_id,
     native_image_size,
 )
 from .device import echo
@@ -41,12 +42,12 @@ def _hf_transform(image_col: str, label_col: str | None, caption_col: str | None
 
 
 def _spec(cfg) -> HubDataset:
-    """What to load for --dataset / --hf-id, with the column and streaming flags applied."""
+    """What to load for --dataset, with the column and streaming flags applied."""
     path = Path(cfg.dataset)
-    if cfg.hf_id:
-        spec = HubDataset(cfg.hf_id, "image", None, "train", None, 256)
-    elif cfg.dataset in DATASETS:
+    if cfg.dataset in DATASETS:
         spec = DATASETS[cfg.dataset]
+    elif is_hub_id(cfg.dataset):
+        spec = HubDataset(cfg.dataset, "image", None, "train", None, 256)
     elif path.exists() or "/" in cfg.dataset or cfg.dataset.endswith(".parquet"):
         if not path.exists():
             raise UserError(f"--dataset {cfg.dataset}: no such file or folder")
@@ -68,10 +69,10 @@ def _open_hf(cfg, split: str | None):
     import datasets
 
     datasets.logging.set_verbosity_error()
-    name, path, spec = cfg.hf_id or cfg.dataset, Path(cfg.dataset), _spec(cfg)
+    name, path, spec = cfg.dataset, Path(cfg.dataset), _spec(cfg)
     split = split or spec.train_split
     try:
-        if path.is_file() or (path.is_dir() and not cfg.hf_id and cfg.dataset not in DATASETS):
+        if path.is_file() or (path.is_dir() and cfg.dataset not in DATASETS):
             if path.is_dir() and not any(p.is_file() for p in path.rglob("*")):
                 raise UserError(f"--dataset {path}: the folder holds no files")
             kind = "parquet" if path.suffix == ".parquet" or any(path.rglob("*.parquet")) else "imagefolder"
@@ -112,7 +113,7 @@ def _validation_split(cfg, train, spec: HubDataset):
     held = min(HELD_OUT, n // 10)
     if held < 1:
         raise UserError(
-            f"dataset '{cfg.hf_id or cfg.dataset}' has only {n} images; it needs at least 10 to hold some out for validation"
+            f"dataset '{cfg.dataset}' has only {n} images; it needs at least 10 to hold some out for validation"
         )
     labels = train[spec.label_column] if spec.label_column else None
     train_idx, val_idx = held_out_indices(n, held, labels)
@@ -126,13 +127,13 @@ def load_data(cfg, rank: int = 0, world: int = 1):
     `datasets.IterableDataset`s split by rank; map-style ones are split by `batches`.
     """
     size = default_image_size(cfg)
-    if cfg.dataset in BUILTIN and cfg.hf_id is None:
+    if cfg.dataset in BUILTIN:
         plain = cfg.dataset == "shapes-plain"
         train, val = (Shapes(split, size, cfg.seed, plain) for split in ("train", "val"))
         return train, val, SHAPE_CLASSES
     if size % 8 or size < 8:
         raise UserError(f"--image-size must be a positive multiple of 8, got {size}")
-    if cfg.image_size is None and cfg.hf_id is None and Path(cfg.dataset).exists():
+    if cfg.image_size is None and Path(cfg.dataset).exists():
         own = native_image_size(cfg.dataset, cfg.image_column or "image")
         echo(
             f"--image-size {size}: "

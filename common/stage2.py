@@ -134,7 +134,7 @@ def setup(cfg, tokenizer) -> Stage2:
         if cfg.guidance != type(cfg).guidance:  # a value the user chose, not the default
             echo(f"--guidance {cfg.guidance}: the prior is unconditional, so it samples without guidance (1)")
         cfg.guidance = 1.0
-    H, plain = size // tok_cfg.downsample, cfg.dataset == "shapes-plain" and cfg.hf_id is None
+    H, plain = size // tok_cfg.downsample, cfg.dataset == "shapes-plain"
     return Stage2(
         device, rank, world, run, path, tok, train_set, val_set, num_classes, H, size,
         condition, text, classes, plain,

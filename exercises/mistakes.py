@@ -11,14 +11,14 @@ MISTAKES: dict[str, list[tuple[str, str]]] = {
         (
             "the most similar code (largest dot product), not the nearest",
             """
-def nearest_code(z, codebook, chunk=512):
+def nearest_code(z, codebook):
     return (z @ codebook.t()).argmax(-1)
 """,
         ),
         (
             "the argmax of the distance",
             """
-def nearest_code(z, codebook, chunk=512):
+def nearest_code(z, codebook):
     return torch.cdist(z.reshape(-1, z.shape[-1]), codebook).argmax(1).view(z.shape[:-1])
 """,
         ),

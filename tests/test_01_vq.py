@@ -47,13 +47,6 @@ def test_code_vectors_are_fixed_points(vq):
     assert torch.equal(vq.nearest_code(codebook, codebook), torch.arange(50))
 
 
-@pytest.mark.exercise("01_vq.nearest_code")
-@pytest.mark.parametrize("chunk", [1, 3, 7])
-def test_nearest_code_does_not_depend_on_the_chunk_size(vq, chunk):
-    z, codebook = rand(20, 5), rand(9, 5, seed=1)
-    assert torch.equal(vq.nearest_code(z, codebook, chunk=chunk), vq.nearest_code(z, codebook))
-
-
 # --- the VQ loss terms ---
 
 
@@ -199,9 +192,7 @@ def test_quantizer_outputs_codebook_rows_at_the_chosen_codes(vq):
 def test_the_nearest_code_search_runs_in_true_float32_also_where_tf32_is_on(vq, monkeypatch, tf32_on):
     seen, nearest = [], vq.nearest_code
     monkeypatch.setattr(
-        vq,
-        "nearest_code",
-        lambda *a: seen.append(torch.get_float32_matmul_precision()) or nearest(*a),
+        vq, "nearest_code", lambda *a: seen.append(torch.get_float32_matmul_precision()) or nearest(*a)
     )
     vq.VectorQuantizer(8, 4)(torch.randn(2, 4, 3, 3))
     assert seen == ["highest"] and torch.get_float32_matmul_precision() == "high"

@@ -259,9 +259,7 @@ def test_command_line_without_lpips_weights_exits_2_with_the_flag(tmp_path):
 def test_resume_restores_both_players_exactly(gan, tmp_path):
     straight = gan.train(small(gan, tmp_path / "a", steps=4, disc_start=1, disc_warmup=1))
     gan.train(small(gan, tmp_path / "b", steps=2, disc_start=1, disc_warmup=1))
-    resumed = gan.train(
-        small(gan, tmp_path / "b", steps=4, disc_start=1, disc_warmup=1, resume=True)
-    )
+    resumed = gan.train(small(gan, tmp_path / "b", steps=4, disc_start=1, disc_warmup=1, resume=True))
     for (name, a), b in zip(straight.state_dict().items(), resumed.state_dict().values()):
         torch.testing.assert_close(a, b, rtol=0, atol=0, msg=name)
     disc_a = common.load_checkpoint(tmp_path / "a" / "ckpt.pt")["disc"]
@@ -280,3 +278,17 @@ def test_gradient_accumulation_is_refused_by_the_gan_loop_with_exit_2(tmp_path):
                        cwd=tmp_path, capture_output=True, text=True, timeout=120)  # fmt: skip
     assert r.returncode == 2 and "--grad-accum is not supported by the two-player loop" in r.stderr
     assert "Traceback" not in r.stderr and not (tmp_path / "runs").exists()
+
+
+@pytest.mark.parametrize("lesson", ["02_rq", "03_vqgan"])
+def test_help_lists_the_presets_each_dataset_gives_and_they_are_what_the_config_takes(lesson, capsys):
+    module = common.lesson(lesson)
+    for name in ("shapes", "mnist", "flowers", "ffhq", "imagenet"):
+        cfg = module.Config(dataset=name)
+        for flag, value in module.Config.PRESETS[name].items():
+            assert getattr(cfg, flag) == value, (name, flag)
+    with pytest.raises(SystemExit):
+        common.parse(module.Config, ["--help"])
+    out = capsys.readouterr().out
+    assert "presets: what --dataset gives the flags left unset" in out
+    assert "  imagenet: " in out and "codebook-size 16384" in out.split("  imagenet: ")[1]

@@ -52,7 +52,7 @@ def test_the_noise_types_give_the_matrices_they_name(vqd):
     assert (Qu[K, :K] == 0).all() and (Qu[:K, :K][off] > 0).all()  # uniform: never masked
     assert torch.allclose(Qu[:K, :K][off], Qu[0, 1])  # ... and redrawn uniformly
     assert (Qb[K, :K] > 0).all() and (Qb[:K, :K][off] > 0).all()  # mask-and-replace: both
-    # the cumulative schedule ends where --gamma-end / --beta-end say (VQD: 0.9 and 0.1)
+    # the cumulative schedule ends where gamma_end / beta_end say (VQD: 0.9 and 0.1)
     assert both.gammabar[-1].item() == pytest.approx(0.9)
     assert (K * both.betabar[-1]).item() == pytest.approx(0.1)
     assert both.alphabar[-1].item() == pytest.approx(0.0, abs=1e-12)

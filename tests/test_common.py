@@ -359,14 +359,21 @@ def test_a_local_dataset_defaults_to_its_own_image_size_and_small_images_to_the_
 # --- the row argmin ---
 
 
-@pytest.mark.parametrize("K", [7, 100, 128, 512, 1000, 2048])
-def test_the_blocked_argmin_is_the_first_minimal_index_of_each_row(K):
-    g = torch.Generator().manual_seed(K)
-    ties = torch.randint(0, 4, (257, K), generator=g).float()  # many equal minima per row
-    rows = torch.randn(257, K, generator=g)
-    rows[5, :] = 3.0  # a constant row: the answer is 0
-    rows[6, -1] = -1e9  # the minimum in the last entry of the last block
-    for x in (ties, rows):
-        first = torch.stack([torch.nonzero(r == r.min())[0, 0] for r in x])  # independent oracle
-        assert torch.equal(common.argmin_rows(x), first)
-    assert common.argmin_rows(rows)[5] == 0 and common.argmin_rows(rows)[6] == K - 1
+def test_a_hub_id_as_dataset_loads_from_the_hub_and_a_path_of_that_name_wins(tmp_path, monkeypatch):
+    import datasets
+
+    local = datasets.load_dataset(
+        "parquet", data_files=str(write_parquet(tmp_path / "d.parquet")), split="train"
+    )
+    asked = []
+    monkeypatch.setattr(datasets, "load_dataset", lambda *a, **kw: asked.append((a, kw)) or local)
+    monkeypatch.chdir(tmp_path)
+    cfg = data_cfg(dataset="owner/name", image_size=8, image_column="picture", label_column="kind")
+    train, val, classes = common.load_data(cfg)
+    assert asked[0][0] == ("owner/name",) and asked[0][1]["split"] == "train" and classes == ("a", "b", "c")
+    assert len(train) + len(val) == 20 and common.first_images(val, 2)[0].shape == (2, 3, 8, 8)
+    assert common.is_hub_id("owner/name") and not common.is_hub_id("no/such/folder")
+    (tmp_path / "owner" / "name").mkdir(parents=True)  # a local folder of that name is read instead
+    assert not common.is_hub_id("owner/name")
+    with pytest.raises(common.UserError, match="no/such/folder: no such file or folder"):
+        common.load_data(data_cfg(dataset="no/such/folder"))
