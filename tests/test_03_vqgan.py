@@ -259,9 +259,7 @@ def test_command_line_without_lpips_weights_exits_2_with_the_flag(tmp_path):
 def test_resume_restores_both_players_exactly(gan, tmp_path):
     straight = gan.train(small(gan, tmp_path / "a", steps=4, disc_start=1, disc_warmup=1))
     gan.train(small(gan, tmp_path / "b", steps=2, disc_start=1, disc_warmup=1))
-    resumed = gan.train(
-        small(gan, tmp_path / "b", steps=4, disc_start=1, disc_warmup=1, resume=True)
-    )
+    resumed = gan.train(small(gan, tmp_path / "b", steps=4, disc_start=1, disc_warmup=1, resume=True))
     for (name, a), b in zip(straight.state_dict().items(), resumed.state_dict().values()):
         torch.testing.assert_close(a, b, rtol=0, atol=0, msg=name)
     disc_a = common.load_checkpoint(tmp_path / "a" / "ckpt.pt")["disc"]

@@ -395,7 +395,9 @@ def test_command_line_with_a_missing_tokenizer_exits_2(tmp_path):
         (dict(dropout=-0.5), r"--dropout must be in \[0, 1\) \(got -0.5\)"),
         (dict(samples_per_class=0), r"--samples-per-class >= 1 \(got 0\)"),
         (dict(label_dropout=1.0), r"--label-dropout must be in \[0, 1\) \(got 1.0\)"),
-        (dict(guidance=-1.0), r"--guidance >= 0 \(got -1.0\)"),
+        (dict(guidance=-1.0), r"--guidance must be a finite number >= 0 \(got -1.0\)"),
+        (dict(guidance=float("inf")), r"--guidance must be a finite number >= 0 \(got inf\)"),
+        (dict(guidance=float("nan")), r"--guidance must be a finite number >= 0 \(got nan\)"),
     ],
 )
 def test_bad_prior_flags_are_one_line_errors_before_training(lesson, flags, message):
