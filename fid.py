@@ -302,7 +302,10 @@ def folder_batches(folder, batch_size: int):
     for i in range(0, len(files), batch_size):
         group = {}
         for f in files[i : i + batch_size]:
-            img = Image.open(f).convert("RGB")
+            try:  # 16-bit and float images scaled, not clipped (common.to_rgb)
+                img = common.to_rgb(Image.open(f))
+            except (OSError, ValueError) as e:  # empty, truncated or not an image at all
+                raise common.UserError(f"{f}: not a readable image ({str(e).splitlines()[0]})") from None
             x = torch.from_numpy(np.asarray(img).copy()).permute(2, 0, 1).float() / 127.5 - 1
             group.setdefault(img.size, []).append(x)
         yield from (torch.stack(xs) for xs in group.values())

@@ -49,7 +49,9 @@ def tokenizer_path(cfg) -> Path:
     """--tokenizer, else the first of runs/02_rq/ckpt.pt (lesson 02's default run),
     runs/04_rq_transformer/tokenizer/ckpt.pt (the one lesson 04 trains) and
     <out>/tokenizer/ckpt.pt that was trained on this dataset with the shape the lesson's
-    TOKENIZER names, else a lesson-02 RQ-VAE of that shape trained (once) into <out>/tokenizer."""
+    TOKENIZER names, else a lesson-02 RQ-VAE of that shape trained (once) into <out>/tokenizer.
+    Only a finished tokenizer (its log holds the final record) is reused; an interrupted one in
+    <out>/tokenizer is resumed."""
     if cfg.tokenizer:
         return Path(cfg.tokenizer)
     # the depth always; K on the built-in shapes only (elsewhere lesson 02's preset for the data)
@@ -60,23 +62,26 @@ def tokenizer_path(cfg) -> Path:
         and all(ckpt_cfg.get(k) == v for k, v in shape.items())
     )
     folders = ("runs/02_rq", "runs/04_rq_transformer/tokenizer", f"{cfg.out}/tokenizer")
+    out, unfinished = Path(cfg.out) / "tokenizer", False
     for path in (Path(folder) / "ckpt.pt" for folder in folders):
         if path.exists() and same((ckpt := load_checkpoint(path))["config"]):
             final = [r for r in common.read_log(path.parent) if r.get("final")]
-            psnr = f"validation PSNR {final[-1]['val_psnr']:.2f} dB" if final else "no validation yet"
+            if not final:  # stopped before its end: never reused as if it were trained
+                unfinished = unfinished or path.parent == out
+                continue
             common.echo(
-                f"tokenizer: reusing {path} ({ckpt['step']} steps, {psnr}); pass --tokenizer, or "
-                f"train a fresh one with `python 02_rq.py --dataset {cfg.dataset} --overwrite`"
+                f"tokenizer: reusing {path} ({ckpt['step']} steps, validation PSNR {final[-1]['val_psnr']:.2f} dB); "
+                f"pass --tokenizer, or train a fresh one with `python 02_rq.py --dataset {cfg.dataset} --overwrite`"
             )
             return path
-    out = Path(cfg.out) / "tokenizer"
-    common.echo(f"tokenizer: none given; training a lesson-02 RQ-VAE into {out}")
+    doing = "resuming the interrupted" if unfinished else "none given; training a"
+    common.echo(f"tokenizer: {doing} lesson-02 RQ-VAE in {out}")
     rq = common.lesson("02_rq")  # imported here, when a tokenizer must be trained
     flags = dict(dataset=cfg.dataset, image_size=cfg.image_size, image_column=cfg.image_column)
     rq.train(
         rq.Config(
-            **flags, label_column=cfg.label_column, device=cfg.device, seed=cfg.seed, out=str(out), overwrite=True,
-            **shape,
+            **flags, label_column=cfg.label_column, device=cfg.device, seed=cfg.seed, out=str(out),
+            overwrite=not unfinished, resume=unfinished, **shape,
         )
     )  # fmt: skip
     barrier()  # under torchrun: rank 0 has written the checkpoint before anyone reads it

@@ -86,7 +86,10 @@ class Config(ar.Config):
     def __post_init__(self):
         super().__post_init__()
         size = f"--canvas takes two positive numbers of codes, H W (got {' '.join(map(str, self.canvas))})"
-        common.require((len(self.canvas) == 2 and min(self.canvas) >= 1, size))
+        big = f"--canvas {' '.join(map(str, self.canvas))}: at most 256 x 256 codes (a picture of 4096 px at f = 16)"
+        common.require(
+            (len(self.canvas) == 2 and min(self.canvas) >= 1, size), (max(self.canvas) <= 256, big)
+        )
 
 
 def draw_canvas(cfg: Config) -> None:

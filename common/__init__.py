@@ -54,7 +54,7 @@ from .datasets import (
 from .loading import load_data, batches, first_images
 
 # images.py: image values <-> tensors, image grids
-from .images import image_to_tensor, to_uint8, save_grid, save_titled_grid
+from .images import image_to_tensor, to_rgb, to_uint8, save_grid, save_titled_grid
 
 # nets.py: the conv encoder/decoder of lessons 01-02, PSNR, code usage
 from .nets import ResBlock, Encoder, Decoder, psnr, codebook_stats

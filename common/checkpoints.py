@@ -36,8 +36,14 @@ def save_atomic(obj, path: Path) -> None:
     """torch.save to a temporary file, then rename: a crash never leaves a half-written file."""
     path = Path(path)
     tmp = path.with_name(path.name + ".tmp")
-    torch.save(obj, tmp)
-    os.replace(tmp, path)
+    try:
+        torch.save(obj, tmp)
+        os.replace(tmp, path)
+    except (OSError, RuntimeError) as e:  # a full disk, a read-only folder: the old file stays
+        tmp.unlink(missing_ok=True)
+        raise UserError(
+            f"cannot write {path} ({str(e).splitlines()[0]}); the previous file is as it was"
+        ) from None
 
 
 def read_checkpoint(path):

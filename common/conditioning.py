@@ -37,10 +37,14 @@ def check_prior_flags(cfg) -> None:
     require(
         (cfg.heads >= 1 and cfg.width % max(cfg.heads, 1) == 0, width),
         (0 <= cfg.label_dropout < 1, f"--label-dropout must be in [0, 1) (got {cfg.label_dropout})"),
-        (cfg.guidance >= 0, f"--guidance >= 0 (got {cfg.guidance})"),
+        (0 <= cfg.guidance < float("inf"), f"--guidance must be a finite number >= 0 (got {cfg.guidance})"),
         (0 <= cfg.dropout < 1, f"--dropout must be in [0, 1) (got {cfg.dropout})"),
         (cfg.samples_per_class >= 1, f"--samples-per-class >= 1 (got {cfg.samples_per_class})"),
         (0 < cfg.reject_keep <= 1, f"--reject-keep must be in (0, 1] (got {cfg.reject_keep})"),
+        (
+            cfg.samples_per_class / max(cfg.reject_keep, 1e-300) <= 1024,
+            f"--reject-keep {cfg.reject_keep} draws {cfg.samples_per_class / max(cfg.reject_keep, 1e-300):.3g} images per row of samples.png; at most 1024",
+        ),
         (
             captions,
             "--condition text needs captions: pass --caption-column (for a folder: a metadata.jsonl field)",

@@ -14,6 +14,7 @@ from pathlib import Path
 import torch
 from PIL import Image
 
+from .errors import UserError
 from .images import _to_pil, _to_pil_bytes
 from .shapes import BUILTIN
 
@@ -59,8 +60,9 @@ IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".ti
 
 @functools.lru_cache(maxsize=16)
 def native_image_size(path: str, image_column: str = "image") -> int | None:
-    """The short side of a local folder's or parquet file's images when the first 64 share one
-    size and it is a multiple of 8 from 8 to 4096; else None."""
+    """The short side of a local folder's or parquet file's images when the first 64 readable ones
+    share one size and it is a multiple of 8 from 8 to 4096; else None. A folder none of whose
+    first 64 images can be read is a UserError."""
     p = Path(path)
     parquet = [p] if p.suffix == ".parquet" else sorted(p.rglob("*.parquet"))[:1] if p.is_dir() else []
     try:
@@ -71,9 +73,20 @@ def native_image_size(path: str, image_column: str = "image") -> int | None:
             sizes = {_to_pil(v).size for v in rows.column(0).to_pylist()}
         elif p.is_dir():
             files = sorted(f for f in p.rglob("*") if f.suffix.lower() in IMAGE_SUFFIXES)[:64]
-            sizes = {Image.open(f).size for f in files}
+            sizes = set()
+            for f in files:
+                try:
+                    sizes.add(Image.open(f).size)
+                except (OSError, ValueError, SyntaxError) as e:  # skipped, as training skips it
+                    error = f"{f} ({str(e).splitlines()[0][:80]})"
+            if files and not sizes:
+                raise UserError(
+                    f"--dataset {path}: none of its first {len(files)} images can be read, e.g. {error}"
+                )
         else:
             return None
+    except UserError:
+        raise
     except Exception:  # unreadable: load_data reports it
         return None
     side = min(next(iter(sizes))) if len(sizes) == 1 else None

@@ -32,9 +32,26 @@ def _to_pil(value) -> Image.Image:
     raise UserError(f"cannot read an image from a value of type {type(value).__name__}")
 
 
+def to_rgb(img: Image.Image) -> Image.Image:
+    """Any PIL image -> 8-bit RGB of the same picture. 16-bit (I;16, and I holding values above
+    255) and float (F, in [0, 1]) pixels are scaled to 0..255 first: convert("RGB") alone clips
+    them, and a 16-bit PNG would become a white image."""
+    if img.mode.startswith("I") or img.mode == "F":
+        a = np.asarray(img, dtype=np.float64)
+        peak = (
+            1.0
+            if img.mode == "F" and a.max() <= 1
+            else 65535.0
+            if img.mode.startswith("I;16") or a.max() > 255
+            else 255.0
+        )
+        img = Image.fromarray((a * (255 / peak)).round().clip(0, 255).astype(np.uint8))
+    return img.convert("RGB")
+
+
 def image_to_tensor(img: Image.Image, size: int) -> torch.Tensor:
     """PIL image of any mode/size -> (3, size, size) float in [-1, 1]: RGB, resize the short side, centre crop."""
-    img = img.convert("RGB")
+    img = to_rgb(img)
     w, h = img.size
     s = size / min(w, h)
     img = img.resize((max(size, round(w * s)), max(size, round(h * s))), Image.BICUBIC)

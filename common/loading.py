@@ -28,17 +28,87 @@ from .errors import UserError
 from .images import _to_pil, image_to_tensor
 from .shapes import BUILTIN, SHAPE_CLASSES, Shapes
 
+SKIPPED: set = set()  # the unreadable images met so far (each is named once)
 
-def _hf_transform(image_col: str, label_col: str | None, caption_col: str | None, size: int):
+
+def _image(value, size: int) -> torch.Tensor | None:
+    """An image value -> (3, size, size), or None (and a warning naming it, once) if it cannot be
+    read: training skips it (the batch is one image smaller), rather than stopping hours in."""
+    try:
+        return image_to_tensor(_to_pil(value), size)
+    except (OSError, ValueError, SyntaxError) as e:  # empty, truncated, not an image
+        where = value.get("path") if isinstance(value, dict) else None
+        key = where or hash(value.get("bytes") if isinstance(value, dict) else repr(value)[:200])
+        if key not in SKIPPED:
+            SKIPPED.add(key)
+            what = (
+                where
+                or f"an image of {len(value.get('bytes') or b'') if isinstance(value, dict) else '?'} bytes"
+            )
+            echo(
+                f"skipping an unreadable image ({len(SKIPPED)} so far): {what} ({str(e).splitlines()[0][:100]})"
+            )
+        return None
+
+
+def _caption(value, column: str) -> str:
+    if value is None:
+        return ""  # a missing caption is no caption (what guidance contrasts with)
+    if not isinstance(value, str):
+        raise UserError(f"caption column '{column}' holds a {type(value).__name__} ({value!r:.60}), not text")
+    return value
+
+
+def _hf_transform(image_col, label_col, caption_col, size: int, classes_of: dict | None = None):
+    """The lazy per-batch map from the dataset's columns to {"image", "label", "caption"};
+    classes_of: label value -> class index, when the column is not a ClassLabel."""
+
     def fn(batch):  # runs lazily on access (with_transform): nothing is written to disk
         n = len(batch[image_col])
+        labels = [classes_of[v] if classes_of else int(v) for v in batch[label_col]] if label_col else [0] * n
         return {
-            "image": [image_to_tensor(_to_pil(v), size) for v in batch[image_col]],
-            "label": [int(v) for v in batch[label_col]] if label_col else [0] * n,
-            "caption": [str(v or "") for v in batch[caption_col]] if caption_col else [""] * n,
+            "image": [_image(v, size) for v in batch[image_col]],
+            "label": labels,
+            "caption": [_caption(v, caption_col) for v in batch[caption_col]] if caption_col else [""] * n,
         }
 
     return fn
+
+
+def _classes(ds, column: str, streaming: bool) -> tuple[tuple, dict | None]:
+    """(class names, label value -> class index or None) of the label column. A ClassLabel has
+    its names; integers or names are counted from the values (sorted; the log says so). A null or
+    another kind of value is a UserError naming its row."""
+    feature = (ds.features or {}).get(column)
+    if hasattr(feature, "names"):
+        return tuple(feature.names), None
+    if streaming:
+        raise UserError(
+            f"--label-column {column} of a stream must be a ClassLabel (its classes cannot be counted without reading it all)"
+        )
+    values = ds[column]
+    bad = next(
+        (i for i, v in enumerate(values) if not isinstance(v, (int, str)) or isinstance(v, bool)), None
+    )
+    if bad is not None:
+        raise UserError(
+            f"label column '{column}' row {bad}: {values[bad]!r} is not a class (an integer or a name)"
+        )
+    names = sorted(set(values), key=lambda v: (isinstance(v, str), v))
+    shown = ", ".join(map(str, names[:8])) + (", ..." if len(names) > 8 else "")
+    echo(
+        f"labels: {len(names)} classes counted from the values of column '{column}' (not a ClassLabel): {shown}"
+    )
+    return tuple(map(str, names)), {v: i for i, v in enumerate(names)}
+
+
+def _check_captions(ds, column: str) -> None:
+    """Every caption is text or null (null: no caption); else a UserError naming the row."""
+    values = ds[column]
+    bad = next((i for i, v in enumerate(values) if v is not None and not isinstance(v, str)), None)
+    if bad is not None:
+        v = values[bad]
+        raise UserError(f"caption column '{column}' row {bad}: a {type(v).__name__} ({v!r:.60}), not text")
 
 
 def _spec(cfg) -> HubDataset:
@@ -70,7 +140,7 @@ def _open_hf(cfg, split: str | None):
 
     datasets.logging.set_verbosity_error()
     name, path, spec = cfg.dataset, Path(cfg.dataset), _spec(cfg)
-    split = split or spec.train_split
+    split, kind = split or spec.train_split, None
     try:
         if path.is_file() or (path.is_dir() and cfg.dataset not in DATASETS):
             if path.is_dir() and not any(p.is_file() for p in path.rglob("*")):
@@ -96,13 +166,20 @@ def _open_hf(cfg, split: str | None):
         ("caption", spec.caption_column),
     ):
         if col is not None and col not in columns:
+            if role == "label" and path.is_dir() and kind == "imagefolder":
+                raise UserError(
+                    f"--dataset {path}: no labels: an image folder has them when its images sit in class folders, at least two, all at the same depth"
+                )
             raise UserError(
                 f"dataset '{name}' has no {role} column '{col}'; its columns are: {', '.join(columns)} (pass --{role}-column)"
             )
+    feature = (ds.features or {}).get(spec.image_column)
+    if isinstance(feature, datasets.Image) and feature.decode:  # decoded by _image: unreadable ones skipped
+        ds = ds.cast_column(spec.image_column, datasets.Image(decode=False))
     return ds, spec
 
 
-def _validation_split(cfg, train, spec: HubDataset):
+def _validation_split(cfg, train, spec: HubDataset, classes_of: dict | None = None):
     """(train, val): the dataset's own validation split, else held-out images (a hash-chosen 1000
     of a stream; a seeded, class-stratified 1000, or a tenth of a small dataset, of the others)."""
     if spec.eval_split is not None:
@@ -116,6 +193,7 @@ def _validation_split(cfg, train, spec: HubDataset):
             f"dataset '{cfg.dataset}' has only {n} images; it needs at least 10 to hold some out for validation"
         )
     labels = train[spec.label_column] if spec.label_column else None
+    labels = [classes_of[v] for v in labels] if classes_of and labels else labels
     train_idx, val_idx = held_out_indices(n, held, labels)
     return train.select(train_idx), train.select(val_idx)
 
@@ -133,23 +211,18 @@ def load_data(cfg, rank: int = 0, world: int = 1):
         return train, val, SHAPE_CLASSES
     if size % 8 or size < 8:
         raise UserError(f"--image-size must be a positive multiple of 8, got {size}")
+    train, spec = _open_hf(cfg, None)  # its errors first
     if cfg.image_size is None and Path(cfg.dataset).exists():
         own = native_image_size(cfg.dataset, cfg.image_column or "image")
-        echo(
-            f"--image-size {size}: "
-            + (
-                "the images' own size"
-                if own
-                else "the images differ in size (or are not a multiple of 8); pass --image-size"
-            )
-        )
-    train, spec = _open_hf(cfg, None)
-    train, val = _validation_split(cfg, train, spec)
-    classes = None
+        why = "the images' own size" if own else "the images differ in size (or are not a multiple of 8)"
+        echo(f"--image-size {size}: {why}" + ("" if own else "; pass --image-size"))
+    classes, classes_of = None, None
     if spec.label_column is not None:
-        feature = (train.features or {}).get(spec.label_column)
-        classes = tuple(feature.names) if hasattr(feature, "names") else None
-    fn = _hf_transform(spec.image_column, spec.label_column, spec.caption_column, size)
+        classes, classes_of = _classes(train, spec.label_column, spec.streaming)
+    if spec.caption_column is not None and not spec.streaming:
+        _check_captions(train, spec.caption_column)
+    train, val = _validation_split(cfg, train, spec, classes_of)
+    fn = _hf_transform(spec.image_column, spec.label_column, spec.caption_column, size, classes_of)
     if spec.streaming:  # IterableDataset has no with_transform; its map is lazy and writes nothing
         from datasets.distributed import split_dataset_by_node
 
@@ -164,6 +237,7 @@ def load_data(cfg, rank: int = 0, world: int = 1):
 
 
 def _collate(items):
+    items = [it for it in items if it["image"] is not None]  # unreadable images are skipped (_image)
     images, labels = torch.stack([it["image"] for it in items]), torch.tensor([it["label"] for it in items])
     return images, labels, [it.get("caption", "") for it in items]  # (B, 3, S, S), (B,), B strings
 

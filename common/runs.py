@@ -5,9 +5,12 @@ A student may skip this folder: nothing in it is a concept the lessons teach.
 
 from __future__ import annotations
 
+import atexit
 import dataclasses
 import json
+import os
 import signal
+import socket
 import sys
 import time
 from pathlib import Path
@@ -16,7 +19,7 @@ import torch
 import torch.nn as nn
 
 from .checkpoints import load_checkpoint, load_state, rng_state, save_atomic, set_rng_state
-from .device import get_device, progress, seed_everything
+from .device import echo, get_device, progress, seed_everything
 from .dist import dist_on, distributed, is_main
 from .errors import Interrupted, UserError
 from .loading import load_data
@@ -48,11 +51,19 @@ class Run:
         for flag, wanted in (("--resume", cfg.resume), ("--sample-only", sample_only)):
             if wanted and not self.ckpt_path.exists():
                 raise UserError(f"{flag}: no checkpoint at {self.ckpt_path}")
+        created = not self.dir.exists()
         try:
             self.dir.mkdir(parents=True, exist_ok=True)
         except OSError as e:
             raise UserError(f"cannot create run folder {self.dir}: {e.strerror}") from None
-        self.fresh_log = not cfg.resume  # the first log() of a fresh run replaces the old file
+        if is_main():
+            lock(self.dir, created)  # one run at a time in a folder
+        # A fresh run logs beside the old log and replaces it with its first checkpoint: a run that
+        # fails before it saves leaves the old run's ckpt.pt and metrics.jsonl as they were.
+        self.log_path = self.dir / "metrics.jsonl"
+        if not cfg.resume and self.log_path.exists():
+            self.log_path = self.dir / "metrics.jsonl.new"
+        self.fresh_log = not cfg.resume  # the first log() of a fresh run starts its file
         self.saved_step, self.saved_at, self.signalled = None, time.monotonic(), None
         self.began = self.saved_at
 
@@ -63,7 +74,7 @@ class Run:
         if torch.cuda.is_available() and torch.cuda.is_initialized():
             record["peak_mem_gib"] = round(torch.cuda.max_memory_allocated() / 2**30, 3)
         if is_main():  # under torchrun, rank 0 writes for everyone
-            with open(self.dir / "metrics.jsonl", "w" if self.fresh_log else "a") as f:
+            with writing(self.log_path), open(self.log_path, "w" if self.fresh_log else "a") as f:
                 f.write(json.dumps(record) + "\n")
             self.fresh_log = False
 
@@ -140,30 +151,40 @@ class Run:
         }
         save_atomic(payload, self.ckpt_path)
         self.saved_step = step
-        if self.fresh_log:  # the old run's log must not outlive its checkpoint
-            (self.dir / "metrics.jsonl").write_text("")
-            self.fresh_log = False
+        log = self.dir / "metrics.jsonl"
+        with writing(log):  # the old run's log must not outlive its checkpoint
+            if self.log_path != log:
+                if self.fresh_log:  # nothing logged yet
+                    self.log_path.write_text("")
+                os.replace(self.log_path, log)
+            elif self.fresh_log:
+                log.write_text("")
+        self.log_path, self.fresh_log = log, False
 
     def load(self, lesson: str | None = None) -> dict:
         """ckpt.pt, checked: written by this lesson (or by `lesson`: a tool that samples from another
         lesson's prior), with the same model flags, at a step within --steps; the RNG restored."""
         ckpt = load_checkpoint(self.ckpt_path)
-        mine = lesson or lesson_name(self.cfg)
+        mine, flag = (
+            lesson or lesson_name(self.cfg),
+            "--sample-only" if getattr(self.cfg, "sample_only", False) else "--resume",
+        )
         if ckpt.get("lesson") != mine:
             raise UserError(
-                f"--resume: {self.ckpt_path} was written by {ckpt.get('lesson') or 'another script'}, not {mine}; pass another --out"
+                f"{flag}: {self.ckpt_path} was written by {ckpt.get('lesson') or 'another script'}, not {mine}; pass another --out"
             )
         saved, now = ckpt["config"], dataclasses.asdict(self.cfg)
         # a flag newer than the checkpoint: it was made with what is now that flag's default
         defaults = {f.name: f.default for f in dataclasses.fields(self.cfg)}
         saved = {k: saved.get(k, defaults[k]) for k in now}
+        free = resumable(self.cfg) | ({"tokenizer"} if flag == "--sample-only" else set())  # (moved files)
         diff = [
             f"--{k.replace('_', '-')} {saved[k]} (now {now[k]})"
             for k in now
-            if k not in resumable(self.cfg) and saved[k] != now[k]
+            if k not in free and saved[k] != now[k]
         ]
         if diff:
-            raise UserError(f"--resume: {self.ckpt_path} was made with different flags: {'; '.join(diff)}")
+            raise UserError(f"{flag}: {self.ckpt_path} was made with different flags: {'; '.join(diff)}")
         if ckpt["step"] > self.cfg.steps:
             raise UserError(
                 f"--resume: {self.ckpt_path} is at step {ckpt['step']}, past --steps {self.cfg.steps}; pass --steps above {ckpt['step']} to train on"
@@ -199,8 +220,12 @@ class Run:
                 obj.load_state_dict(ckpt[key])
         self.saved_step = ckpt["step"]
         if (self.dir / "metrics.jsonl").exists() and is_main():
-            kept = [r for r in read_log(self.dir) if r.get("step", 0) <= ckpt["step"] and not r.get("final")]
-            (self.dir / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in kept))
+            records, dropped = read_log(self.dir, dropped=True)
+            if dropped:
+                echo(f"--resume: dropped {dropped} unreadable line(s) of {self.dir / 'metrics.jsonl'}")
+            kept = [r for r in records if r.get("step", 0) <= ckpt["step"] and not r.get("final")]
+            with writing(self.dir / "metrics.jsonl"):
+                (self.dir / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in kept))
         return ckpt["step"]
 
 
@@ -215,10 +240,72 @@ def rank_seed(seed: int, rank: int) -> int:
     return seed * 100_003 + rank
 
 
-def read_log(run_dir) -> list[dict]:
-    """The records of a run folder's metrics.jsonl ([] when it has none)."""
-    log = Path(run_dir) / "metrics.jsonl"
-    return [json.loads(line) for line in log.read_text().splitlines() if line.strip()] if log.exists() else []
+def read_log(run_dir, dropped: bool = False):
+    """The records of a run folder's metrics.jsonl ([] when it has none). A line that is not a JSON
+    object (a kill or a full disk mid-write, a damaged file) is left out; dropped=True: -> (records,
+    how many lines were left out)."""
+    log, records, bad = Path(run_dir) / "metrics.jsonl", [], 0
+    lines = log.read_bytes().decode("utf-8", "replace").splitlines() if log.exists() else []
+    for line in filter(str.strip, lines):
+        try:
+            record = json.loads(line)
+        except ValueError:
+            record = None
+        if isinstance(record, dict):
+            records.append(record)
+        else:
+            bad += 1
+    return (records, bad) if dropped else records
+
+
+class writing:
+    """`with writing(path):` turns a failed write (read-only folder, full disk) into one line."""
+
+    def __init__(self, path):
+        self.path = path
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, kind, e, tb):
+        if isinstance(e, OSError):
+            raise UserError(f"cannot write {self.path}: {e.strerror or e}") from None
+
+
+def lock(folder: Path, created: bool = False) -> None:
+    """Hold the run folder for this process: folder/.lock names its pid and host. A lock of a live
+    process is a UserError; one of a process that is gone (on this host) is taken over. The lock
+    goes when the process exits, and with it the folder if this run created it and wrote nothing
+    (a run that failed before its first file)."""
+    path, me = folder / ".lock", f"{os.getpid()} {socket.gethostname()}"
+    if path.exists():
+        owner = path.read_text().split()
+        pid, host = (int(owner[0]), owner[1]) if len(owner) == 2 and owner[0].isdigit() else (0, "")
+        if pid != os.getpid() and (host != socket.gethostname() or alive(pid)):
+            where = f"pid {pid}" if host == socket.gethostname() else f"pid {pid} on {host}"
+            raise UserError(
+                f"{folder} is in use by another run ({where}); wait for it, pass another --out, or delete {path} if that run is gone"
+            )
+    with writing(path):
+        path.write_text(me)
+
+    def release():
+        if path.exists() and path.read_text() == me:
+            path.unlink()
+            if created and not any(folder.iterdir()):
+                folder.rmdir()
+
+    atexit.register(release)
+
+
+def alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # it exists, owned by someone else
+        return True
+    return pid > 0
 
 
 def lesson_name(cfg) -> str:

@@ -28,7 +28,7 @@ from .device import echo, get_device, seed_everything
 from .dist import distributed
 from .errors import UserError
 from .loading import load_data
-from .runs import Run, resumable
+from .runs import Run, lesson_name, resumable
 from .samples import centre_square, decode
 from .text import text_encoder
 
@@ -85,15 +85,20 @@ class Stage2:
         return torch.where(torch.rand(len(c), device=self.device) < drop, self.num_classes, c)
 
 
-def adopt_trained_flags(cfg) -> dict | None:
+def adopt_trained_flags(cfg, lesson: str | None = None) -> dict | None:
     """--sample-only: the model's flags become those the prior in --out was trained with (the
-    sampling flags stay this command's); -> its checkpoint, or None without --sample-only."""
+    sampling flags stay this command's); -> its checkpoint, or None without --sample-only.
+    lesson: the lesson whose prior it must be (default: cfg's)."""
     path = Path(cfg.out) / "ckpt.pt"
     if not (cfg.sample_only and path.exists()):
         return None  # (a missing checkpoint is Run's one-line error)
-    ckpt = load_checkpoint(path)
+    ckpt, mine = load_checkpoint(path), lesson or lesson_name(cfg)
+    if ckpt.get("lesson") != mine or "tokenizer" not in ckpt:
+        raise UserError(
+            f"--sample-only: {path} was written by {ckpt.get('lesson') or 'another script'}, not by the prior of {mine}; pass its run folder as --out"
+        )
     flags = {f.name for f in dataclasses.fields(cfg)}  # a flag that left the lesson is not adopted
-    for name in (ckpt["config"].keys() & flags) - resumable(cfg):
+    for name in (ckpt["config"].keys() & flags) - resumable(cfg) - {"tokenizer"}:  # (see setup)
         value = ckpt["config"][name]
         setattr(cfg, name, tuple(value) if isinstance(value, list) else value)
     if cfg.prompt and cfg.condition != "text":
@@ -103,19 +108,40 @@ def adopt_trained_flags(cfg) -> dict | None:
     return ckpt
 
 
-def setup(cfg, tokenizer) -> Stage2:
+def trained_tokenizer(cfg, ckpt: dict) -> Path:
+    """--sample-only: the tokenizer the prior was trained on: --tokenizer if given, else the path
+    its checkpoint names, else <out>/tokenizer/ckpt.pt (a run folder moved with the tokenizer
+    it trained); else a UserError."""
+    stored, inside = Path(ckpt["tokenizer"]), Path(cfg.out) / "tokenizer" / "ckpt.pt"
+    for path in (Path(cfg.tokenizer) if cfg.tokenizer else None, stored, inside):
+        if path is not None and path.exists():
+            return path
+    raise UserError(
+        f"--sample-only: the prior's tokenizer {stored} is not there (a moved or copied run folder?); pass it as --tokenizer FILE"
+    )
+
+
+def setup(cfg, tokenizer, lesson: str | None = None) -> Stage2:
     """Run folder, tokenizer (checked against --image-size), data, and class conditioning.
     tokenizer(cfg, path) -> (path, frozen model, its Config): stage1.tokenizer, which finds one
     (path None: --tokenizer, else a trained one, else lesson 02 trains one) and loads it."""
     rank, world = distributed()  # (0, 1) unless launched by torchrun
     device = get_device(cfg.device)
-    trained = adopt_trained_flags(cfg)  # --sample-only: the checkpoint in --out (else None)
+    trained = adopt_trained_flags(cfg, lesson)  # --sample-only: the checkpoint in --out (else None)
+    out = Path(cfg.out)
+    if cfg.tokenizer and not cfg.sample_only and Path(cfg.tokenizer).resolve() == (out / "ckpt.pt").resolve():
+        raise UserError(
+            f"--out {out} holds the tokenizer {cfg.tokenizer}; the prior would replace it: pass another --out"
+        )
+    if cfg.resume and not (out / "ckpt.pt").exists() and (out / "tokenizer" / "ckpt.pt").exists():
+        echo("--resume: the prior had not started; its tokenizer goes on, then the prior trains afresh")
+        cfg.resume = False  # stopped while lesson 02 trained its tokenizer (stage1 resumes that)
     run = Run(cfg)
     text = None
     seed_everything(cfg.seed)  # the text encoder's initial weights too
     if cfg.condition == "text":  # before the tokenizer: an unreachable CLIP fails before minutes of training
         text = text_encoder(cfg.text_encoder, cfg.width).to(device)
-    path, tok, tok_cfg = tokenizer(cfg, trained and trained["tokenizer"])  # --sample-only: the prior's own
+    path, tok, tok_cfg = tokenizer(cfg, trained and trained_tokenizer(cfg, trained))
     tok = tok.to(device)
     if not tok.quantizer.shared:
         raise UserError(
@@ -152,7 +178,7 @@ def load_trained(cfg, build, lesson: str, tokenizer) -> tuple:
     with the flags it was trained with (this command's sampling flags), and what the lesson's
     build(cfg, s) makes (the prior, or the prior and more), the prior loaded -> (s, prior, ...)."""
     cfg.sample_only = True
-    s = setup(cfg, tokenizer)
+    s = setup(cfg, tokenizer, lesson)
     built = build(cfg, s)
     model, *rest = built if isinstance(built, tuple) else (built,)
     return (s, load_prior(s, model, lesson), *rest)

@@ -86,10 +86,12 @@ def run_tests(folder: Path, names: list[str], extra: list[str] = (), timeout: fl
         return json.loads(report.read_text())
 
 
-def run_graded(folder: Path, names: list[str], timeout: float = 1800) -> dict:
+def run_graded(folder: Path, names: list[str], timeout: float = 1800, per_test: float = 120) -> dict:
     """Run the tests of `names` on the student's code in `folder` -> {nodeid: row} for every test
     that collecting the grader's own repository finds; each outcome comes signed from the test
-    process as the test ends (the first one counts), and a test without one has failed."""
+    process as the test ends (the first one counts), and a test without one has failed. A test's
+    call may take `per_test` seconds (then it fails); the whole run `timeout` (then the tests that
+    have not reported fail, and the others keep their outcome)."""
     expected = run_tests(ROOT, names, ["--collect-only"]).get("", {})
     key = secrets.token_bytes(32)
     with tempfile.TemporaryDirectory(prefix="grade-") as tmp:
@@ -100,7 +102,11 @@ def run_graded(folder: Path, names: list[str], timeout: float = 1800) -> dict:
         os.close(write_key)
         try:
             signed = ["--exercise-stream", str(stream), "--exercise-key-fd", str(read_key)]
+            signed += ["--exercise-seconds", str(per_test)]
             done = pytest_run(folder, names, signed, timeout, pass_fds=(read_key,))
+            ended = f"the test process ended before it reported this test (exit {done.returncode})"
+        except subprocess.TimeoutExpired:
+            ended = f"grading stopped after {timeout:g} s before this test reported"
         finally:
             os.close(read_key)
         lines = stream.read_text(errors="replace").splitlines()
@@ -119,7 +125,6 @@ def run_graded(folder: Path, names: list[str], timeout: float = 1800) -> dict:
                 "outcome": got["outcome"],
                 "output": f"{name}: {got['output']}",
             }
-    ended = f"the test process ended before it reported this test (exit {done.returncode})"
     for nodeid, row in expected.items():
         rows.setdefault(
             nodeid, {**row, "outcome": "failed", "output": f"{nodeid.rsplit('::', 1)[-1]}: {ended}"}
@@ -160,13 +165,15 @@ def handed_out(folder: Path) -> list[str]:
         names = json.loads(manifest.read_text())["exercises"]
     except (ValueError, KeyError, TypeError) as e:
         raise UserError(f"{manifest}: not a manifest written by `python -m exercises make` ({e})") from e
+    if not names:
+        raise UserError(f"{manifest}: hands out no exercise; write it again with `python -m exercises make`")
     unknown = [n for n in names if n not in BY_NAME]
     if unknown:
         raise UserError(f"{manifest}: unknown exercise {unknown[0]}; see `python -m exercises list`")
     return names
 
 
-def grade(folder: Path, names: list[str]) -> tuple[list[Score], float]:
+def grade(folder: Path, names: list[str], per_test: float = 120) -> tuple[list[Score], float]:
     """The student's lesson files from `folder` in a fresh copy of this repository, graded
     -> (one Score per exercise, seconds the tests took). An exercise whose lesson file the
     folder lacks scores 0 (the reference's file must not stand in for a missing answer)."""
@@ -179,7 +186,7 @@ def grade(folder: Path, names: list[str]) -> tuple[list[Score], float]:
         for f in found:
             shutil.copyfile(folder / f, work / f)
         start = time.perf_counter()
-        results = run_graded(work, names)
+        results = run_graded(work, names, per_test=per_test)
         seconds = time.perf_counter() - start
     rows = score(results, names)
     for r in rows:

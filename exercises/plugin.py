@@ -16,8 +16,10 @@
   process) keeps the first signed outcome of each test. A test whose outcome is never written
   (the process exited early) scores nothing, and so does every test after the student's code
   replaced a function or class the verdict rests on (pytest's runner and reports, torch's
-  comparisons, builtins: `GUARDED`). Code that reads this process's memory to find the key is
-  out of scope: run grading in a container (docs/teaching.md).
+  comparisons, builtins: `GUARDED`). Each test's call has a time limit, `--exercise-seconds`
+  (a student's loop that never ends fails that test with a TimeoutError; the others are graded).
+  Code that reads this process's memory to find the key is out of scope: run grading in a
+  container (docs/teaching.md).
 """
 
 from __future__ import annotations
@@ -28,6 +30,7 @@ import inspect
 import json
 import os
 import re
+import signal
 import sys
 import types
 from contextlib import contextmanager, nullcontext
@@ -56,6 +59,9 @@ def pytest_addoption(parser):
     )
     group.addoption("--exercise-stream", metavar="FILE", help="grading: append each signed outcome to FILE")
     group.addoption("--exercise-key-fd", type=int, metavar="FD", help="grading: read the signing key from FD")
+    group.addoption(
+        "--exercise-seconds", type=float, default=120, help="grading: time limit of each test's call"
+    )
 
 
 def pytest_configure(config):
@@ -125,8 +131,24 @@ def signed_outcomes(config):
         line = dumps({"nodeid": report.nodeid, "outcome": outcome, "output": why[:800], "mac": mac})
         write(out, (line + "\n").encode())
 
-    plugin = types.ModuleType("exercise_stream")  # a plugin object that holds only this hook
+    limit = config.getoption("--exercise-seconds")
+
+    @pytest.hookimpl(wrapper=True)
+    def pytest_runtest_call(item):  # a loop that never ends fails its test, not the whole grading
+        def too_long(signum, frame):
+            raise TimeoutError(f"the test took longer than {limit:g} s (a loop that never ends?)")
+
+        old = signal.signal(signal.SIGALRM, too_long)
+        signal.setitimer(signal.ITIMER_REAL, limit)
+        try:
+            return (yield)
+        finally:
+            signal.setitimer(signal.ITIMER_REAL, 0)
+            signal.signal(signal.SIGALRM, old)
+
+    plugin = types.ModuleType("exercise_stream")  # a plugin object that holds only these hooks
     plugin.pytest_runtest_logreport = pytest_runtest_logreport
+    plugin.pytest_runtest_call = pytest_runtest_call
     return plugin
 
 
@@ -151,7 +173,10 @@ def pytest_collection_modifyitems(config, items):
 def pytest_runtest_makereport(item, call):
     report = yield
     if report.failed:
-        unfinished = UNFINISHED.search(ANSI.sub("", report.longreprtext or ""))  # kernels colour them
+        from .catalog import BY_NAME
+
+        found = UNFINISHED.finditer(ANSI.sub("", report.longreprtext or ""))  # kernels colour them
+        unfinished = next((m for m in found if m.group(1) in BY_NAME), None)  # not a test's own f-string
         if unfinished and unfinished.group(1) not in exercises_of(item):
             report.outcome = "skipped"
             why = f"needs exercise {unfinished.group(1)}, not implemented in this copy"

@@ -342,7 +342,8 @@ def test_wrong_image_size_for_the_tokenizer_is_an_error(ar, tokenizer, tmp_path)
 def test_without_a_flag_a_matching_tokenizer_is_reused(ar, tokenizer, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     (tmp_path / "runs" / "02_rq").mkdir(parents=True)
-    (tmp_path / "runs" / "02_rq" / "ckpt.pt").write_bytes(tokenizer.read_bytes())
+    for name in ("ckpt.pt", "metrics.jsonl"):  # a finished run: its log holds the final record
+        (tmp_path / "runs" / "02_rq" / name).write_bytes((tokenizer.parent / name).read_bytes())
     assert stage1.tokenizer_path(ar.Config(out="elsewhere", dataset="shapes")) == Path("runs/02_rq/ckpt.pt")
     assert stage1.tokenizer_path(ar.Config(tokenizer="given.pt")) == Path("given.pt")
 
@@ -395,7 +396,9 @@ def test_command_line_with_a_missing_tokenizer_exits_2(tmp_path):
         (dict(dropout=-0.5), r"--dropout must be in \[0, 1\) \(got -0.5\)"),
         (dict(samples_per_class=0), r"--samples-per-class >= 1 \(got 0\)"),
         (dict(label_dropout=1.0), r"--label-dropout must be in \[0, 1\) \(got 1.0\)"),
-        (dict(guidance=-1.0), r"--guidance >= 0 \(got -1.0\)"),
+        (dict(guidance=-1.0), r"--guidance must be a finite number >= 0 \(got -1.0\)"),
+        (dict(guidance=float("inf")), r"--guidance must be a finite number >= 0 \(got inf\)"),
+        (dict(guidance=float("nan")), r"--guidance must be a finite number >= 0 \(got nan\)"),
     ],
 )
 def test_bad_prior_flags_are_one_line_errors_before_training(lesson, flags, message):

@@ -109,3 +109,8 @@ def test_the_command_line_gives_one_line_and_exit_2_for_a_bad_canvas_or_no_train
     missing = run("--out", str(tmp_path / "none"))
     assert missing.returncode == 2 and missing.stderr.strip().count("\n") == 0, missing.stderr
     assert "--sample-only: no checkpoint at" in missing.stderr and "Traceback" not in missing.stderr
+
+
+def test_a_canvas_too_large_to_draw_is_refused_before_anything_loads(window):
+    with pytest.raises(ValueError, match="--canvas 100000 100000: at most 256 x 256 codes"):
+        window.Config(canvas=(100000, 100000))

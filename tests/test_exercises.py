@@ -328,3 +328,17 @@ def test_a_lesson_file_cannot_rewrite_its_own_grade(tmp_path, forgery):
     (tmp_path / "01_vq.py").write_text(text + "\n" + FORGERIES[forgery])
     (row,) = grading.grade(tmp_path, [name])[0]
     assert (row.passed, row.total, row.points) == (0, 2, 0), row.output
+
+
+@needs_answers
+def test_a_loop_that_never_ends_fails_its_own_tests_only_and_an_empty_manifest_is_one_line(tmp_path):
+    text = (ROOT / "01_vq.py").read_text()
+    endless = "def straight_through(z_e, z_q):\n    while True:\n        pass\n"
+    (tmp_path / "01_vq.py").write_text(text + "\n\n" + endless)  # the later def replaces the answer
+    rows, seconds = grading.grade(tmp_path, ["01_vq.straight_through", "01_vq.vq_loss"], per_test=3)
+    loop, fine = rows
+    assert (loop.passed, loop.points) == (0, 0) and "took longer than 3 s" in loop.output
+    assert fine.points == catalog.BY_NAME["01_vq.vq_loss"].points and seconds < 600
+    (tmp_path / grading.MANIFEST).write_text('{"exercises": []}')
+    with pytest.raises(grading.UserError, match="hands out no exercise"):
+        grading.handed_out(tmp_path)

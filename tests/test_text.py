@@ -270,6 +270,7 @@ def test_rejection_keeps_the_best_scored_fraction_of_each_row():
     "flags, message",
     [
         (dict(reject_keep=0.0), "--reject-keep"),
+        (dict(reject_keep=1e-9), "draws 1.6e.10 images per row of samples.png; at most 1024"),
         (dict(reject_keep=0.5, dataset="some/folder"), "built-in data only"),
         (dict(condition="text", dataset="some/folder"), "--caption-column"),
         (dict(prompt=("a star",), condition="class"), "--prompt needs a text-conditional prior"),
