@@ -39,7 +39,7 @@ def load_tokenizer(path, device="cpu"):
             f"checkpoint {path} was written by {name or 'an unknown script'}, not by 02_rq.py or 03_vqgan.py: it holds no RQ tokenizer"
         )
     maker = common.lesson(name)  # the lesson that wrote it rebuilds it
-    cfg = maker.Config(**{k: tuple(v) if isinstance(v, list) else v for k, v in ckpt["config"].items()})
+    cfg = maker.Config(**common.saved_config(maker.Config, ckpt["config"]))
     model = maker.build(cfg)
     load_state(model, ckpt["model"], path)
     return model.to(device).eval().requires_grad_(False), cfg

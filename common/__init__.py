@@ -71,6 +71,7 @@ from .checkpoints import (
     save_atomic,
     load_checkpoint,
     load_state,
+    saved_config,
     rng_state,
     set_rng_state,
 )

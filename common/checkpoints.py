@@ -5,6 +5,7 @@ A student may skip this folder: nothing in it is a concept the lessons teach.
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import random
 from pathlib import Path
@@ -69,6 +70,14 @@ def lessons_checkpoint(ckpt, path) -> dict:
 def load_checkpoint(path) -> dict:
     """A lesson's checkpoint file, with errors that name the file and what is wrong."""
     return lessons_checkpoint(read_checkpoint(path), path)
+
+
+def saved_config(config_class, saved: dict) -> dict:
+    """Config(**saved_config(Config, ckpt["config"])): lists as tuples, flags that have since left
+    the Config dropped (a run from before --hf-id joined --dataset: its hub id is its dataset)."""
+    saved = {**saved, "dataset": saved.get("hf_id") or saved.get("dataset")}
+    fields = {f.name for f in dataclasses.fields(config_class)}
+    return {k: tuple(v) if isinstance(v, list) else v for k, v in saved.items() if k in fields}
 
 
 def load_state(module: nn.Module, state: dict, path) -> None:

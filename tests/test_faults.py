@@ -336,3 +336,19 @@ def test_a_moved_prior_samples_with_the_tokenizer_it_is_given_or_says_to_give_it
     (tmp_path / "b" / "samples.png").unlink()
     vqd.train(vqd.Config(**again, tokenizer=str(tmp_path / "moved.pt")))
     assert (tmp_path / "b" / "samples.png").exists()
+
+
+def test_a_tokenizer_saved_with_flags_that_have_since_gone_still_loads(tokenizer, tmp_path):
+    """A checkpoint from before --hf-id joined --dataset (and --num-workers, --ckpt-every left):
+    the gone flags are dropped, a hub id in hf_id becomes the dataset."""
+    import stage1
+
+    ckpt = torch.load(tokenizer, weights_only=False)
+    ckpt["config"].update(hf_id="owner/faces", num_workers=0, ckpt_every=500)
+    torch.save(ckpt, tmp_path / "old.pt")
+    model, cfg = stage1.load_tokenizer(tmp_path / "old.pt")
+    fresh, fresh_cfg = stage1.load_tokenizer(tokenizer)
+    assert cfg.dataset == "owner/faces" and cfg.depth == fresh_cfg.depth == 2
+    assert not hasattr(cfg, "hf_id") and not hasattr(cfg, "num_workers")
+    x = torch.rand(2, 3, 32, 32) * 2 - 1
+    torch.testing.assert_close(model.encoder(x), fresh.encoder(x))
