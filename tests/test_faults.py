@@ -6,6 +6,7 @@ import json
 import os
 import subprocess
 import sys
+import time
 
 import pytest
 import torch
@@ -61,8 +62,11 @@ def test_two_processes_in_one_folder_the_second_exits_2_and_the_first_is_untouch
     first = subprocess.Popen([*script, *flags, "--steps", "100000"], cwd=tmp_path, stdout=subprocess.PIPE,
                              stderr=subprocess.PIPE, text=True)  # fmt: skip
     try:
-        while not (tmp_path / "run" / ".lock").exists():
+        deadline = time.monotonic() + 120
+        while not (tmp_path / "run" / ".lock").exists():  # the first run holds the folder
             assert first.poll() is None, first.stderr.read()
+            assert time.monotonic() < deadline, "the first run took no lock in 120 s"
+            time.sleep(0.05)
         r = subprocess.run([*script, *flags, "--steps", "10", "--overwrite"], cwd=tmp_path,
                            capture_output=True, text=True, timeout=300)  # fmt: skip
         assert r.returncode == 2 and "in use by another run" in r.stderr
