@@ -14,11 +14,17 @@ fixed (inpainting). The K codes are states 0..K-1 and [MASK] is state K: every d
 K+1 states, as log-probabilities clamped at LOG_EPS (as the official code, at -70).
 
 CPU defaults (docs/lessons.md says why): a depth-1 VQ tokenizer with K = 128 (the paper's kind);
-mask-only noise (the paper's mask-and-replace: --gamma-end 0.9); lambda = 1 on L_x0 (official 5e-4);
+mask-only noise (the paper's mask-and-replace: --gamma-end 0.9); lambda = 0.01 on L_x0 (official 5e-4);
 guidance 3. An RQ tokenizer (D > 1): each of a position's D codes is a diffusion variable of its
 own; the position's token is the sum of D depth-specific embeddings, and the network predicts
 D x K logits per position. Text (--condition text; VQD Sec. 3.2): every block cross-attends to the
 caption's features; the timestep enters through AdaLN.
+
+Where the bits go (docs/lessons.md): under mask-only noise the bound is a 1/t-weighted cross-entropy
+on the [MASK] codes (mask_only_weight). On the built-in data it is 1.5x lesson 04's likelihood on
+the same codes. About 1.15x is the price of every order against raster order. The rest is
+training: after 2500 steps the network predicts the one hidden code of an image no better than a
+code of a half-hidden image, because it has not yet learned to read what it is given.
 
 Notation:
     symbol          code name     shape
@@ -32,9 +38,10 @@ Notation:
     K*betabar_t     sched.replaced (T+1,)      prob. that x_t was redrawn uniformly
     p_theta(x_0|.)  logits        (B, N, D, K)
 
-Run: python 05_vq_diffusion.py                 (CPU, built-in shapes-plain, about 9 minutes)
+Run: python 05_vq_diffusion.py                 (CPU, built-in shapes-plain, about 13 minutes)
      python 05_vq_diffusion.py --condition text     (its captions; about 12 minutes)
-Beyond it: beyond/purity_sampler.py (improved VQ-Diffusion), beyond/repaint.py (RePaint inpainting)
+Beyond it: beyond/purity_sampler.py (improved VQ-Diffusion), beyond/repaint.py (RePaint inpainting),
+           beyond/maskgit.py (MaskGIT's confidence-ordered sampler)
 """
 
 from __future__ import annotations
@@ -265,6 +272,15 @@ def log_prior(sched: Schedule) -> torch.Tensor:
     return _log(torch.cat([sched.betabar[-1].expand(K), sched.gammabar[-1:]]).float())
 
 
+def stratified_timesteps(B: int, T: int, device=None) -> torch.Tensor:
+    """VDM stratified t for a batch (B,) in 1..T: one uniform u shifted by i/B for image i, so each
+    t is uniform (the loss stays an unbiased estimate) but the batch covers 1..T evenly, not by
+    chance: less variance in the loss (the low-discrepancy timesteps of VDM, arXiv:2107.00630,
+    that MDLM trains with; measured, it changes little here: docs/lessons.md)."""
+    u = (torch.rand(1) + torch.arange(B) / B) % 1  # (B,) in [0, 1), evenly spaced
+    return (u * T).long().add(1).to(device)
+
+
 def q_sample(x0: torch.Tensor, sched: Schedule, t: torch.Tensor) -> torch.Tensor:
     """x_t ~ q(x_t | x_0) by the closed form's three cases, without K+1 probabilities per code.
     x0: (B, ...) long in [0, K); t: (B,) long -> x_t (B, ...) long in [0, K]."""
@@ -299,6 +315,19 @@ def losses(logits: torch.Tensor, x0: torch.Tensor, x_t: torch.Tensor, sched: Sch
     l_0 = -log_pred.gather(-1, x0[..., None]).squeeze(-1)  # at t = 1, x_{t-1} is x_0
     l_x0 = -log_x0_pred.gather(-1, x0[..., None]).squeeze(-1)
     return torch.where(t_ == 1, l_0, l_prev), l_x0
+
+
+def mask_only_weight(sched: Schedule, t) -> torch.Tensor:
+    """VQD mask-only weight, where the bits go under mask-only noise (--gamma-end 1; MDLM,
+    arXiv:2406.07524):  L_{t-1} = w_t * [x_t = MASK] * -log p_theta(x_0 | x_t),
+                        w_t = (gammabar_t - gammabar_{t-1}) / gammabar_t.
+    A [MASK] at t was masked exactly at step t with prob. w_t (then x_{t-1} = x_0), else earlier
+    (x_{t-1} = [MASK]); p_theta puts its x_0 guess where q puts x_0 and the same 1 - w_t on [MASK],
+    so the [MASK] branches cancel in the KL; an unmasked x_t is x_0 itself, and its KL is 0. The
+    linear schedule has w_t = 1/t: the bound is a 1/t-weighted masked cross-entropy, while L_x0
+    weighs every step alike (MaskGIT's loss). t: int or long (...) -> w_t (...) float64."""
+    t = torch.as_tensor(t).cpu()
+    return (sched.gammabar[t] - sched.gammabar[t - 1]) / sched.gammabar[t]
 
 
 def loss_T(x0: torch.Tensor, sched: Schedule) -> torch.Tensor:
@@ -381,7 +410,7 @@ def train(cfg: Config) -> nn.Module:
             x, y, text = next(data)  # images, labels, captions
             c = s.condition_of(y, text, cfg.label_dropout)  # class or caption; "none" at times (CFG)
             x0, _ = ar.encode(s.tok, x.to(s.device))  # the codes, (B, N, D)
-            t = torch.randint(1, sched.T + 1, (len(x0),), device=s.device)  # uniform in 1..T
+            t = stratified_timesteps(len(x0), sched.T, s.device)  # each uniform in 1..T, evenly spread
             x_t = q_sample(x0, sched, t)  # corrupt every code at once (VQD closed form)
             with common.accumulating(ddp, micro, cfg.grad_accum):  # DDP syncs on the last one
                 with common.autocast(s.device, cfg.precision):  # bf16 on CUDA (see --precision)
@@ -483,7 +512,7 @@ class Config(stage2.PriorConfig):
     gamma_end: float = (
         1.0  # gammabar_T: masked at t = T, the rest redrawn (1: mask only, 0: uniform, paper 0.9)
     )
-    aux_weight: float = 1.0  # lambda on the auxiliary loss L_x0 = -log p_theta(x_0 | x_t) (official 5e-4)
+    aux_weight: float = 0.01  # lambda on the auxiliary loss L_x0 = -log p_theta(x_0 | x_t) (official 5e-4)
     stride: int = 1  # dt: sampling jumps from t to t - dt (fast inference); 1 = all T steps
     truncation: float = 0.86  # r: sample x_0 only from its smallest top set of mass >= r (1 = off)
     label_dropout: float = 0.1  # training: the class is replaced by "no class" this often (CFG)

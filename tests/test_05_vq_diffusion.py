@@ -448,3 +448,37 @@ def test_samples_and_inpainting_use_one_guidance_and_none_without_a_condition(
     monkeypatch.setattr(vqd, "sample", lambda *a, **k: seen.append(guidance(*a, **k)) or sample(*a, **k))
     vqd.train(tiny(vqd, tokenizer, tmp_path, condition=condition, guidance=2.5))
     assert len(seen) == 3 and set(seen) == {used}  # samples.png, then two inpaint.png completions
+
+
+def test_under_mask_only_noise_each_kl_term_is_the_weighted_masked_cross_entropy(vqd):
+    """docs/equations.md, VQD mask-only weight: L_{t-1} = w_t [x_t = MASK] (-log p_theta(x_0 | x_t)) at
+    every t = 1..T, w_t = 1/t for the linear schedule; the KL form is computed by the full posterior."""
+    T_ = 20
+    sched = vqd.noise_schedule(T_, K, 1.0, 0.0)
+    torch.testing.assert_close(
+        vqd.mask_only_weight(sched, torch.arange(1, T_ + 1)), 1 / torch.arange(1, T_ + 1.0).double()
+    )
+    g = torch.Generator().manual_seed(3)
+    for t_val in range(1, T_ + 1):
+        x0 = torch.randint(K, (4, 16, 2), generator=g)
+        t = torch.full((4,), t_val)
+        x_t = vqd.q_sample(x0, sched, t)
+        logits = torch.randn(4, 16, 2, K, generator=g) * 2
+        l_prev, l_x0 = vqd.losses(logits, x0, x_t, sched, t)
+        ce = -logits.log_softmax(-1).gather(-1, x0[..., None]).squeeze(-1)
+        expected = vqd.mask_only_weight(sched, t_val).item() * (x_t == K) * ce
+        torch.testing.assert_close(l_prev, expected.float(), atol=1e-5, rtol=1e-5)
+        torch.testing.assert_close(l_x0, ce)
+
+
+def test_stratified_timesteps_put_one_t_in_each_of_b_equal_strata_and_each_t_is_uniform(vqd):
+    """B = T: every t in 1..T exactly once per batch; B < T: one t per stratum of width T/B; over
+    many batches each position's t is uniform on 1..T (the loss stays unbiased)."""
+    torch.manual_seed(0)
+    for _ in range(20):
+        assert sorted(vqd.stratified_timesteps(100, 100).tolist()) == list(range(1, 101))
+        t = vqd.stratified_timesteps(8, 100).sort().values
+        assert ((t - 1) // 12.5).long().tolist() == list(range(8)) and t.min() >= 1 and t.max() <= 100
+    first = torch.stack([vqd.stratified_timesteps(4, 10)[0] for _ in range(20000)])
+    freq = torch.bincount(first, minlength=11)[1:] / 20000
+    assert (freq - 0.1).abs().max() < 0.015  # 4.5 standard errors
