@@ -53,10 +53,9 @@ def uniform_timesteps(B, T, device=None):
     return torch.randint(1, T + 1, (B,), device=device)
 
 
-def cosine_schedule(T, K, gamma_end, beta_end):
-    sched = LESSON["noise_schedule"](T, K, 1.0, 0.0)  # mask-only, then MaskGIT's curve
+def cosine_schedule(T, K, gamma_end, beta_end):  # mask-only, on MaskGIT's curve
     gammabar = torch.sin(math.pi / 2 * torch.arange(T + 1, dtype=torch.float64) / T)
-    return vqd.Schedule(1 - gammabar, gammabar, sched.K)
+    return vqd.Schedule(1 - gammabar, gammabar, K)
 
 
 def build_without_t(cfg, s):
