@@ -75,7 +75,12 @@ def broadcast_from_main(t: torch.Tensor) -> torch.Tensor:
 def compiled(model: nn.Module, cfg) -> nn.Module:
     """torch.compile(model) with --compile, else model. The first steps are slow while it
     compiles; the quantizers' data-dependent restarts run eagerly (graph breaks)."""
-    return torch.compile(model) if cfg.compile else model
+    if not cfg.compile:
+        return model
+    # lesson 03's adaptive weight differentiates one graph twice (retain_graph=True), which a
+    # compiled backward that reuses ("donates") its saved buffers refuses on CUDA
+    torch._functorch.config.donated_buffer = False
+    return torch.compile(model)
 
 
 def accumulating(model: nn.Module, micro: int, n: int):
