@@ -159,18 +159,19 @@ class Block(nn.Module):
         )
         self.drop = nn.Dropout(dropout)
 
-    def attention(self, x: torch.Tensor, cache: KVCache | None = None) -> torch.Tensor:
-        """Multi-head self-attention of the normalised x (B, L, W) -> (B, L, W)."""
+    def attention(self, x: torch.Tensor, cache: KVCache | None = None, mask=None) -> torch.Tensor:
+        """Multi-head self-attention of the normalised x (B, L, W) -> (B, L, W). mask (L, L) bool,
+        True where a position may look, replaces the causal mask (beyond/var.py's is block-causal)."""
         q, k, v = rearrange(self.qkv(x), "b l (three h c) -> three b h l c", three=3, h=self.heads)
+        causal = self.causal and mask is None
         if cache is None:  # training: the whole sequence at once
-            a = F.scaled_dot_product_attention(q, k, v, is_causal=self.causal)
-        else:  # sampling: one new position attends to every cached one (no mask needed)
-            assert x.shape[1] == 1, "cached attention takes one position at a time"
+            a = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=causal)
+        else:  # sampling: the new positions (one here, a whole scale in VAR) see the cached ones and each other
             a = F.scaled_dot_product_attention(q, *cache.append(k, v))
         return self.drop(self.proj(rearrange(a, "b h l c -> b l (h c)")))
 
-    def forward(self, x: torch.Tensor, cache: KVCache | None = None) -> torch.Tensor:
-        x = x + self.attention(self.ln1(x), cache)
+    def forward(self, x: torch.Tensor, cache: KVCache | None = None, mask=None) -> torch.Tensor:
+        x = x + self.attention(self.ln1(x), cache, mask)
         return x + self.mlp(self.ln2(x))
 
 
@@ -187,9 +188,9 @@ class Transformer(nn.Module):
         hd = self.blocks[0].qkv.in_features // self.heads
         return [KVCache(B, self.heads, max_len, hd, device) for _ in self.blocks]
 
-    def forward(self, x, caches: list[KVCache] | None = None):
+    def forward(self, x, caches: list[KVCache] | None = None, mask=None):
         for i, block in enumerate(self.blocks):
-            x = block(x, None if caches is None else caches[i])
+            x = block(x, None if caches is None else caches[i], mask)
         return self.ln(x)
 
 

@@ -13,7 +13,10 @@ from einops import rearrange
 
 @torch.no_grad()
 def decode(tok, codes: torch.Tensor, H: int) -> torch.Tensor:
-    """codes (B, T, D) -> images (B, 3, S, S) through the tokenizer: z^ = sum_d e(S_td)."""
+    """codes (B, T, D) -> images (B, 3, S, S) through the tokenizer: z^ = sum_d e(S_td). A tokenizer
+    with codes of another layout (beyond/var.py's scales) decodes them itself."""
+    if hasattr(tok, "decode_codes"):
+        return tok.decode_codes(codes)
     z_q = rearrange(tok.quantizer.codebook[codes].sum(2), "b (h w) d -> b d h w", h=H)
     return tok.decoder(z_q)
 
