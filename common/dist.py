@@ -79,7 +79,10 @@ def compiled(model: nn.Module, cfg) -> nn.Module:
         return model
     # lesson 03's adaptive weight differentiates one graph twice (retain_graph=True), which a
     # compiled backward that reuses ("donates") its saved buffers refuses on CUDA
-    torch._functorch.config.donated_buffer = False
+    import torch._functorch.config as functorch  # (torch.compile's own settings)
+
+    if hasattr(functorch, "donated_buffer"):  # torch >= 2.5
+        functorch.donated_buffer = False
     return torch.compile(model)
 
 

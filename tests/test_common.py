@@ -377,3 +377,21 @@ def test_a_hub_id_as_dataset_loads_from_the_hub_and_a_path_of_that_name_wins(tmp
     assert not common.is_hub_id("owner/name")
     with pytest.raises(common.UserError, match="no/such/folder: no such file or folder"):
         common.load_data(data_cfg(dataset="no/such/folder"))
+
+
+def test_compile_turns_off_buffer_donation_in_a_fresh_process():
+    """--compile: lesson 03's adaptive weight differentiates one graph twice, which a compiled
+    backward with donated buffers refuses (seen on CUDA). In a fresh interpreter, where torch has
+    not loaded torch.compile's settings yet, common.compiled must still reach and set them."""
+    import subprocess
+    import sys
+
+    code = (
+        "import types, torch, common\n"
+        "m = common.compiled(torch.nn.Linear(2, 2), types.SimpleNamespace(compile=True))\n"
+        "import torch._functorch.config as f\n"
+        "print(type(m).__name__, getattr(f, 'donated_buffer', False))\n"
+    )
+    r = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert r.stdout.split() == ["OptimizedModule", "False"]
