@@ -7,8 +7,8 @@ Idea. Lesson 02 quantizes a residual again and again at the SAME resolution. VAR
 growing resolutions s_1 < ... < s_K (for a 16 x 16 latent: 1, 2, 3, 4, 5, 6, 8, 10, 13, 16), one
 shared codebook for all: the residual, averaged down to s_k x s_k, gets its nearest codes r_k; their
 code vectors, upsampled back and passed through a small convolution phi_k, are added to f^ and
-subtracted from the residual (Algorithm 1). Scale 1 holds the gist of the image in one code, the
-last scale its detail. The transformer then predicts a whole scale at once, r_k from r_<k (VAR's
+subtracted from the residual (Algorithm 1). Scale 1 holds the coarsest summary in one code, the
+last scale the detail. The transformer then predicts a whole scale at once, r_k from r_<k (VAR's
 next-scale likelihood): its input for scale k is f^ after scales < k resized to s_k x s_k, and a
 block-causal mask lets every token see its own scale and the coarser ones. Drawing an image takes
 K network calls (lesson 04 takes T spatial and T*D depth steps), each with a key/value cache.
@@ -256,9 +256,14 @@ def tokenizer(cfg: Config, path=None) -> tuple:
 # --- the next-scale transformer (VAR Sec. 3.2) ---
 
 
+def scale_of_token(scales) -> torch.Tensor:
+    """(L,): the index k of the scale each token belongs to: s_1^2 zeros, then s_2^2 ones, ..."""
+    return torch.repeat_interleave(torch.arange(len(scales)), torch.tensor([s * s for s in scales]))
+
+
 def block_causal_mask(scales) -> torch.Tensor:
     """(L, L) bool, True where token i may attend to token j: j's scale is i's or a coarser one."""
-    level = torch.repeat_interleave(torch.arange(len(scales)), torch.tensor([s * s for s in scales]))
+    level = scale_of_token(scales)
     return level[:, None] >= level[None, :]
 
 
@@ -282,13 +287,7 @@ class NextScaleTransformer(nn.Module):
         self.null = num_classes
         self.pos = nn.Parameter(0.02 * torch.randn(self.L, cfg.width))
         self.level = nn.Embedding(len(self.scales), cfg.width)  # which scale a token belongs to
-        self.register_buffer(
-            "levels",
-            torch.repeat_interleave(
-                torch.arange(len(self.scales)), torch.tensor([s * s for s in self.scales])
-            ),
-            persistent=False,
-        )
+        self.register_buffer("levels", scale_of_token(self.scales), persistent=False)
         self.register_buffer("mask", block_causal_mask(self.scales), persistent=False)
         self.gpt = ar.Transformer(cfg.width, cfg.layers, cfg.heads, cfg.dropout)  # lesson 04's blocks
         self.head = nn.Sequential(nn.LayerNorm(cfg.width), nn.Linear(cfg.width, K))
