@@ -7,7 +7,7 @@ class accuracy and shapes-FD of one row per class drawn by the lesson's posterio
 10 and 25 calls; training steps per second and minutes. Variants (a variant is the lesson with
 one thing changed; "default" is the lesson as it is):
   uniform-t      t drawn uniformly per image, as VQD (the lesson draws stratified t)
-  lambda-0.01    L_x0 weighted 0.01 against L_{t-1} (the lesson: 1), close to the bound's own weights
+  lambda-1       L_x0 weighted 1 against L_{t-1}, the lesson's weight before this ablation (now 0.01)
   bound-only     lambda 0: the bound alone, a 1/t-weighted masked cross-entropy (MDLM's loss)
   no-t           the network does not see t (MDLM: under mask-only noise the mask count says it)
   cosine         gammabar_t = sin(pi/2 t/T): MaskGIT's cosine schedule (most steps mostly masked)
@@ -114,7 +114,7 @@ def importance_patches():
 PATCHES = {
     "default": {},
     "uniform-t": {"stratified_timesteps": uniform_timesteps},
-    "lambda-0.01": {},
+    "lambda-1": {},
     "bound-only": {},
     "no-t": {"build": build_without_t},
     "cosine": {"noise_schedule": cosine_schedule},
@@ -123,7 +123,7 @@ PATCHES = {
     "wide": {},
 }
 FLAGS = {
-    "lambda-0.01": ["--aux-weight", "0.01"],
+    "lambda-1": ["--aux-weight", "1"],
     "bound-only": ["--aux-weight", "0"],
     "wide": ["--width", "192", "--heads", "6"],
 }
