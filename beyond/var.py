@@ -23,8 +23,9 @@ Notation (as lessons 02 and 04; new here):
 
 Run: python beyond/var.py                     (CPU, built-in shapes-plain; tokenizer included)
      python beyond/var.py tokenizer           (the multi-scale tokenizer alone, --scales to choose)
-Builds on: 02_rq.py (shared codebook, EMA, restarts, commitment) and 04_rq_transformer.py
-(block, cache, sampling, guidance)
+     python beyond/var.py vqgan --perceptual-weight 0   (the same in lesson 03's adversarial training)
+Builds on: 02_rq.py (shared codebook, EMA, restarts, commitment), 03_vqgan.py (its adversarial
+loop, for `vqgan`) and 04_rq_transformer.py (block, cache, sampling, guidance)
 """
 
 from __future__ import annotations
@@ -34,6 +35,7 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import ClassVar
+from unittest import mock
 
 import torch
 import torch.nn as nn
@@ -48,6 +50,7 @@ from common.checkpoints import load_checkpoint, load_state
 
 vq = common.lesson("01_vq")  # nearest_code, VectorQuantizer (EMA + restarts), VQVAE, straight_through
 rq = common.lesson("02_rq")  # rq_commitment_loss
+vqgan = common.lesson("03_vqgan")  # VQGAN and train: the adversarial loop, for `vqgan`
 ar = common.lesson("04_rq_transformer")  # Transformer (block + cache), sample_logits, guide
 
 VAR_16 = (1, 2, 3, 4, 5, 6, 8, 10, 13, 16)  # the paper's scales for a 16 x 16 latent (ImageNet 256)
@@ -143,18 +146,31 @@ def unflatten(seq: torch.Tensor, scales) -> list[torch.Tensor]:
     return [r.view(len(seq), s, s) for r, s in zip(seq.split([s * s for s in scales], 1), scales)]
 
 
+def make_quantizer(cfg: TokenizerConfig | GanTokenizerConfig) -> MultiScaleQuantizer:
+    return MultiScaleQuantizer(cfg.codebook_size, cfg.code_dim, cfg.scales, cfg.phi_blend, cfg.beta, cfg.decay,
+                               cfg.dead_threshold)  # fmt: skip
+
+
 class Tokenizer(vq.VQVAE):
     """Lesson 01's encoder and decoder around the multi-scale quantizer; decode_codes for stage 2."""
 
     def __init__(self, cfg: TokenizerConfig):
-        q = MultiScaleQuantizer(cfg.codebook_size, cfg.code_dim, cfg.scales, cfg.phi_blend, cfg.beta, cfg.decay,
-                                cfg.dead_threshold)  # fmt: skip
-        super().__init__(cfg, quantizer=q)
+        super().__init__(cfg, quantizer=make_quantizer(cfg))
 
     @torch.no_grad()
     def decode_codes(self, seq: torch.Tensor, upto: int | None = None) -> torch.Tensor:
         """codes (B, L) -> images (B, 3, S, S), from the first `upto` scales (all by default)."""
         return self.decoder(self.quantizer.decode_f(seq, upto))
+
+
+class GanTokenizer(vqgan.VQGAN):
+    """Lesson 03's encoder and decoder around the multi-scale quantizer (`python beyond/var.py vqgan`)."""
+
+    def __init__(self, cfg: GanTokenizerConfig):
+        super().__init__(cfg)
+        self.quantizer = make_quantizer(cfg)
+
+    decode_codes = Tokenizer.decode_codes
 
 
 @torch.no_grad()
@@ -222,16 +238,29 @@ def train_tokenizer(cfg: TokenizerConfig) -> nn.Module:
     return model
 
 
+def train_gan_tokenizer(cfg: GanTokenizerConfig) -> nn.Module:
+    """Lesson 03's adversarial training, its loop as it is: it builds its model with vqgan.build, which
+    for this call is GanTokenizer (VAR trains its tokenizer with VQGAN's losses); then
+    the report by scale."""
+    with mock.patch.object(vqgan, "build", GanTokenizer):
+        model = vqgan.train(cfg)
+    if common.is_main():
+        report(model, common.load_data(cfg)[1], Path(cfg.out), next(model.parameters()).device, cfg)
+    return model
+
+
 def load_tokenizer(path, device="cpu"):
-    """(frozen Tokenizer, its TokenizerConfig) from a checkpoint that `python beyond/var.py tokenizer` wrote."""
+    """(frozen tokenizer, its config) from a checkpoint that `python beyond/var.py tokenizer` (or vqgan) wrote."""
     ckpt = load_checkpoint(path)
     if ckpt.get("lesson") != "var" or "scales" not in ckpt["config"]:
         raise common.UserError(
             f"{path} is not a VAR tokenizer (written by {ckpt.get('lesson') or 'an unknown script'}); "
             "train one with `python beyond/var.py tokenizer` or leave --tokenizer out"
         )
-    cfg = TokenizerConfig(**common.saved_config(TokenizerConfig, ckpt["config"]))
-    model = Tokenizer(cfg)
+    gan = "disc_weight" in ckpt["config"]
+    Cfg = GanTokenizerConfig if gan else TokenizerConfig
+    cfg = Cfg(**common.saved_config(Cfg, ckpt["config"]))
+    model = (GanTokenizer if gan else Tokenizer)(cfg)
     load_state(model, ckpt["model"], path)
     return model.to(device).eval().requires_grad_(False), cfg
 
@@ -412,14 +441,34 @@ class TokenizerConfig(vq.Config):
 
     def __post_init__(self):
         super().__post_init__()
-        h = common.default_image_size(self) // self.downsample
-        self.scales = tuple(self.scales or default_scales(h))
-        common.require(
-            (list(self.scales) == sorted(set(self.scales)) and self.scales[0] >= 1,
-             f"--scales must grow strictly from at least 1, got {' '.join(map(str, self.scales))}"),
-            (self.scales[-1] == h, f"--scales must end at the latent side {h} (image size / --downsample), got {self.scales[-1]}"),
-            (0 <= self.phi_blend <= 1, f"--phi-blend must be in [0, 1], got {self.phi_blend}"),
-        )  # fmt: skip
+        check_scales(self)
+
+
+def check_scales(cfg: TokenizerConfig | GanTokenizerConfig) -> None:
+    """--scales (default: doubling up to the latent side) and --phi-blend, for both tokenizers."""
+    h = common.default_image_size(cfg) // cfg.downsample
+    cfg.scales = tuple(cfg.scales or default_scales(h))
+    common.require(
+        (list(cfg.scales) == sorted(set(cfg.scales)) and cfg.scales[0] >= 1,
+         f"--scales must grow strictly from at least 1, got {' '.join(map(str, cfg.scales))}"),
+        (cfg.scales[-1] == h, f"--scales must end at the latent side {h} (image size / --downsample), got {cfg.scales[-1]}"),
+        (0 <= cfg.phi_blend <= 1, f"--phi-blend must be in [0, 1], got {cfg.phi_blend}"),
+    )  # fmt: skip
+
+
+@dataclass
+class GanTokenizerConfig(vqgan.Config):
+    out: str = "runs/var_vqgan"  # run folder: ckpt.pt, metrics.jsonl, recon.png, coarse_to_fine.png
+    dataset: str = "shapes-plain"  # as lesson 03; by default the data the prior draws
+    scales: tuple[int, ...] | None = None  # s_1 < ... < s_K, the latent side last (default: 1 2 4 .. side)
+    phi_blend: float = 0.5  # b in phi_k(z) = (1 - b) z + b conv(z) (paper's code: 0.5; 0 = no phi)
+    codebook_size: int = 32  # K, shared by every scale (paper: 4096)
+    depth: int = 1  # not used: the scales take the place of lesson 02's depths
+
+    def __post_init__(self):
+        super().__post_init__()
+        common.require((self.depth == 1, "--depth: VAR's tokenizer has scales, not depths; drop --depth"))
+        check_scales(self)
 
 
 @dataclass
@@ -459,5 +508,7 @@ class Config(stage2.PriorConfig):
 if __name__ == "__main__":
     if sys.argv[1:2] == ["tokenizer"]:
         common.main(train_tokenizer, TokenizerConfig, sys.argv[2:])
+    elif sys.argv[1:2] == ["vqgan"]:
+        common.main(train_gan_tokenizer, GanTokenizerConfig, sys.argv[2:])
     else:
         common.main(train, Config)

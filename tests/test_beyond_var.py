@@ -171,3 +171,30 @@ def test_bad_scales_and_a_tokenizer_of_another_script_are_one_line_errors(tokeni
     r = run("--tokenizer", str(tokenizer), "--steps", "1", "--out", str(tmp_path / "o"), cwd=tmp_path)
     assert r.returncode == 2 and "not a VAR tokenizer (written by 02_rq)" in r.stderr
     assert "Traceback" not in r.stderr and not (tmp_path / "o" / "ckpt.pt").exists()
+
+
+def test_the_tokenizer_trains_in_lesson_03s_adversarial_loop_and_decodes_its_own_codes(var, tmp_path):
+    flags = (
+        "--steps",
+        "6",
+        "--disc-start",
+        "2",
+        "--disc-warmup",
+        "2",
+        "--perceptual-weight",
+        "0",
+        "--log-every",
+        "3",
+    )
+    r = run("vqgan", *flags, "--out", "g", cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    log = common.read_log(tmp_path / "g")
+    assert log[-1]["final"] and "d_loss" in log[-2]  # lesson 03's loop: the discriminator ran
+    assert (tmp_path / "g" / "coarse_to_fine.png").exists()  # and the report by scale
+    tok, cfg = var.load_tokenizer(tmp_path / "g" / "ckpt.pt")
+    assert isinstance(tok, var.GanTokenizer) and cfg.scales == (1, 2, 4, 8)
+    x = common.first_images(common.load_data(cfg)[1], 4)[0]
+    x_hat, seq, _ = tok(x)
+    assert seq.shape == (4, 85) and torch.allclose(tok.decode_codes(seq), x_hat, atol=1e-5)
+    r = run("vqgan", "--depth", "2", "--out", "bad", cwd=tmp_path)
+    assert r.returncode == 2 and "drop --depth" in r.stderr and not (tmp_path / "bad").exists()
