@@ -60,15 +60,15 @@ rq = common.lesson("02_rq")  # residual_quantize, which soft_codes runs with Q_t
 def soft_codes(z: torch.Tensor, codebook: torch.Tensor, depth: int, tau: float, stochastic: bool = False):
     """RQ Eq. 15 at every depth: Q_tau(k | r_{d-1}) = softmax_k(-||r_{d-1} - e(k)||^2 / tau).
 
-    z: (N, d), codebook: (K, d) shared -> codes (N, D) long, probs (N, D, K). tau acts on SQUARED
-    distances, so its meaning depends on the scale of the features (official value 0.5). With
-    stochastic=False k_d is the argmin (RQ Eq. 4, the same codes as lesson 02); with True it is
-    drawn from Q_tau, and the residual follows the drawn code.
+    z: (N, d), codebook: (K, d) shared (or a list of D, one per depth) -> codes (N, D) long, probs
+    (N, D, K). tau acts on SQUARED distances, so its meaning depends on the scale of the features
+    (official value 0.5). With stochastic=False k_d is the argmin (RQ Eq. 4, the same codes as
+    lesson 02); with True it is drawn from Q_tau, and the residual follows the drawn code.
     """
-    e_sq, probs = codebook.pow(2).sum(1), []  # (K,)
+    probs = []
 
     def pick(r, codebook):  # r_{d-1}: (N, d) -> k_d (N,), and Q_tau(. | r_{d-1}) kept
-        dist = e_sq - 2 * r @ codebook.t()  # (N, K): ||r - e(k)||^2 less ||r||^2, the same for all k
+        dist = codebook.pow(2).sum(1) - 2 * r @ codebook.t()  # (N, K): ||r - e(k)||^2 less ||r||^2
         q = F.softmax(-dist / tau, dim=-1)  # Q_tau(. | r_{d-1})                     RQ Eq. 15
         probs.append(q)
         return torch.multinomial(q, 1).squeeze(1) if stochastic else dist.argmin(1)
@@ -294,7 +294,8 @@ def encode(tok, x: torch.Tensor, tau: float = 0.5, stochastic: bool = False):
     training and validation must see the same codes for the same image."""
     with common.exact_float32(x.device.type):
         z = rearrange(tok.encoder(x).float(), "b d h w -> (b h w) d")  # raster order: row by row
-        codes, probs = soft_codes(z, tok.quantizer.codebook, tok.quantizer.depth, tau, stochastic)
+        books = getattr(tok.quantizer, "codebooks", tok.quantizer.codebook)  # one per depth: beyond/fsq.py
+        codes, probs = soft_codes(z, books, tok.quantizer.depth, tau, stochastic)
     return codes.view(len(x), -1, tok.quantizer.depth), probs
 
 

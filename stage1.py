@@ -1,7 +1,7 @@
 """Stage 1 for lessons 04 and 05: the frozen tokenizer their prior is trained on. It is found
 (--tokenizer, else a lesson-02 run on the same data, else lesson 02 trains one) and rebuilt by the
-lesson that wrote its checkpoint (02_rq.py or 03_vqgan.py); a released tokenizer is converted once
-into a lesson-03 checkpoint by released.py.
+file that wrote its checkpoint (02_rq.py, 03_vqgan.py or beyond/fsq.py); a released tokenizer is
+converted once into a lesson-03 checkpoint by released.py.
 
 A student may skip this file: it finds and loads files. The lessons pass `tokenizer` to
 common.stage2.setup, so that the plumbing in common/ imports no lesson.
@@ -9,6 +9,7 @@ common.stage2.setup, so that the plumbing in common/ imports no lesson.
 
 from __future__ import annotations
 
+import importlib
 from pathlib import Path
 
 import common
@@ -34,9 +35,11 @@ def load_tokenizer(path, device="cpu"):
             "--config CONFIG.yaml` and pass the file it writes as --tokenizer"
         )
     name = lessons_checkpoint(ckpt, path).get("lesson")
+    if name == "fsq":  # beyond/fsq.py: lesson 02's or 03's autoencoder with FSQ, rebuilt there
+        return importlib.import_module("beyond.fsq").load_tokenizer(ckpt, path, device)
     if name not in ("02_rq", "03_vqgan"):
         raise UserError(
-            f"checkpoint {path} was written by {name or 'an unknown script'}, not by 02_rq.py or 03_vqgan.py: it holds no RQ tokenizer"
+            f"checkpoint {path} was written by {name or 'an unknown script'}, not by 02_rq.py, 03_vqgan.py or beyond/fsq.py: it holds no tokenizer"
         )
     maker = common.lesson(name)  # the lesson that wrote it rebuilds it
     cfg = maker.Config(**common.saved_config(maker.Config, ckpt["config"]))

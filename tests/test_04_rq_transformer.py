@@ -364,7 +364,7 @@ def test_a_reused_tokenizer_is_announced_with_its_steps_and_psnr(
 
 def test_a_lesson_01_checkpoint_is_not_a_tokenizer(ar, vq, tmp_path):
     vq.train(vq.Config(steps=1, batch_size=8, eval_images=8, out=str(tmp_path / "vq")))
-    with pytest.raises(common.UserError, match="holds no RQ tokenizer"):
+    with pytest.raises(common.UserError, match="holds no tokenizer"):
         ar.train(ar.Config(tokenizer=str(tmp_path / "vq" / "ckpt.pt"), steps=1, out=str(tmp_path / "ar")))
 
 
