@@ -233,7 +233,9 @@ def test_load_tokenizer_round_trips_a_02_and_a_03_checkpoint(gan, tmp_path):
 
 def test_load_tokenizer_rejects_a_lesson_01_checkpoint(gan, vq, tmp_path):
     vq.train(vq.Config(steps=2, batch_size=8, eval_images=16, out=str(tmp_path)))
-    with pytest.raises(common.UserError, match=r"written by 01_vq, not by 02_rq\.py, 03_vqgan\.py or beyond/fsq\.py"):
+    with pytest.raises(
+        common.UserError, match=r"written by 01_vq, not by 02_rq\.py, 03_vqgan\.py or beyond/fsq\.py"
+    ):
         stage1.load_tokenizer(tmp_path / "ckpt.pt")
 
 
