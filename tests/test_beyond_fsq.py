@@ -128,18 +128,7 @@ def test_a_short_run_of_lesson_02s_loop_then_stage_1_loads_it(fsq, tmp_path):
 
 
 def test_lesson_03s_loop_trains_fsq_and_bad_flags_are_one_line_errors(fsq, tmp_path):
-    flags = (
-        "--steps",
-        "6",
-        "--disc-start",
-        "2",
-        "--disc-warmup",
-        "2",
-        "--perceptual-weight",
-        "0",
-        "--log-every",
-        "3",
-    )
+    flags = "--steps 6 --disc-start 2 --disc-warmup 2 --perceptual-weight 0 --log-every 3".split()
     r = run("vqgan", *flags, "--levels", "4", "4", "--out", "g", cwd=tmp_path)
     assert r.returncode == 0, r.stderr
     log = common.read_log(tmp_path / "g")

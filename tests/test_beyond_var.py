@@ -174,18 +174,7 @@ def test_bad_scales_and_a_tokenizer_of_another_script_are_one_line_errors(tokeni
 
 
 def test_the_tokenizer_trains_in_lesson_03s_adversarial_loop_and_decodes_its_own_codes(var, tmp_path):
-    flags = (
-        "--steps",
-        "6",
-        "--disc-start",
-        "2",
-        "--disc-warmup",
-        "2",
-        "--perceptual-weight",
-        "0",
-        "--log-every",
-        "3",
-    )
+    flags = "--steps 6 --disc-start 2 --disc-warmup 2 --perceptual-weight 0 --log-every 3".split()
     r = run("vqgan", *flags, "--out", "g", cwd=tmp_path)
     assert r.returncode == 0, r.stderr
     log = common.read_log(tmp_path / "g")
