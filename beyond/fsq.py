@@ -73,19 +73,21 @@ def fsq(z: torch.Tensor, levels: torch.Tensor) -> torch.Tensor:
     return vq.straight_through(z, snap(z, levels))
 
 
+def place_values(levels: torch.Tensor) -> torch.Tensor:
+    """(d,): 1, L_1, L_1 L_2, ...: the mixed radix in which a grid point's digits are read."""
+    return torch.cumprod(torch.cat([levels.new_ones(1), levels[:-1]]), 0)
+
+
 def codes_to_index(q: torch.Tensor, levels: torch.Tensor) -> torch.Tensor:
-    """A grid point (..., d) -> its index (...,) in [0, prod L_i): digit i = q_i floor(L_i/2) + floor(L_i/2),
-    read in the mixed radix whose place values are 1, L_1, L_1 L_2, ..."""
+    """A grid point (..., d) -> its index (...,) in [0, prod L_i): digit i = q_i floor(L_i/2) + floor(L_i/2)."""
     half = levels // 2
-    place = torch.cumprod(torch.cat([levels.new_ones(1), levels[:-1]]), 0)
-    return (((q * half).round().long() + half) * place).sum(-1)
+    return (((q * half).round().long() + half) * place_values(levels)).sum(-1)
 
 
 def index_to_codes(k: torch.Tensor, levels: torch.Tensor) -> torch.Tensor:
     """The inverse: indices (...,) -> grid points (..., d)."""
     half = levels // 2
-    place = torch.cumprod(torch.cat([levels.new_ones(1), levels[:-1]]), 0)
-    return ((k[..., None] // place) % levels - half) / half
+    return ((k[..., None] // place_values(levels)) % levels - half) / half
 
 
 def grid(levels: torch.Tensor) -> torch.Tensor:

@@ -139,6 +139,8 @@ def test_lesson_03s_loop_trains_fsq_and_bad_flags_are_one_line_errors(fsq, tmp_p
         (("--levels", "1", "4"), "--levels must be numbers >= 2"),
         (("--code-dim", "8"), "--code-dim is len(--levels) = 4"),
         (("--beta", "1", "--decay", "0.5"), "FSQ learns no codebook: --beta --decay does not apply"),
+        (("--codebook-size", "64"), "--codebook-size is prod(--levels) = 1000"),
+        (("--depth", "2", "--codebooks", "separate"), "FSQ has one grid for every depth"),
     ):
         r = run(*bad, "--out", "bad", cwd=tmp_path)
         assert r.returncode == 2 and says in r.stderr and "Traceback" not in r.stderr
