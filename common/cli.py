@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Literal
 
 from .datasets import DATASETS, dataset_choices, default_image_size
-from .dist import teardown
+from .dist import is_main, teardown
 from .errors import Interrupted, UserError
 from .shapes import BUILTIN
 
@@ -38,17 +38,25 @@ def lesson(name: str) -> types.ModuleType:
 
 
 def main(train_fn, config_cls, argv=None):
-    """The CLI of every lesson: parse flags into a Config, train, and turn UserError into exit 2."""
+    """The CLI of every lesson: parse flags into a Config, train, and turn UserError into exit 2
+    and Ctrl-C / SIGTERM into 130 / 143. Under torchrun the process group is left whatever
+    happened, before the process exits (gloo's threads must not outlive it)."""
     cfg = parse(config_cls, argv)
+    code, together = 0, False  # together: every rank got here at the same step
     try:
         train_fn(cfg)
-    except UserError as e:
+        together = True
+    except UserError as e:  # maybe this rank's alone: no barrier, the others may be mid-step
         print(f"error: {e}", file=sys.stderr)
-        sys.exit(2)
-    except Interrupted as e:
-        print(e, file=sys.stderr)
-        sys.exit(e.code)  # 130 after Ctrl-C, 143 after SIGTERM, as a shell reports them
-    teardown()
+        code = 2
+    except Interrupted as e:  # every rank saved at the same step (Run.save_due agreed on it)
+        if is_main():
+            print(e, file=sys.stderr)
+        code, together = e.code, True  # 130 after Ctrl-C, 143 after SIGTERM, as a shell reports them
+    finally:
+        teardown(wait=together)
+    if code:
+        sys.exit(code)
 
 
 # --- config -> command line ---

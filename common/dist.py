@@ -5,6 +5,7 @@ A student may skip this folder: nothing in it is a concept the lessons teach.
 
 from __future__ import annotations
 
+import gc
 import os
 from contextlib import nullcontext
 
@@ -101,8 +102,14 @@ def barrier() -> None:
         torch.distributed.barrier()
 
 
-def teardown() -> None:
-    """Wait for every process, then leave the process group (end of a torchrun job)."""
+def teardown(wait: bool = True) -> None:
+    """Leave the process group (the end of a torchrun job, however it ended): first free what
+    still refers to it (a DDP reducer held by the frames of an exception is only freed by a
+    collection), then wait for every process (unless this one failed alone), then destroy it.
+    A process that exits with a gloo group alive can abort in its C++ threads ("terminate called
+    without an active exception")."""
     if dist_on():
-        barrier()
+        gc.collect()
+        if wait:
+            barrier()
         torch.distributed.destroy_process_group()

@@ -1,5 +1,6 @@
 """The helper module: datasets (built-in and Hugging Face), the CLI builder, checkpoints."""
 
+import contextlib
 import dataclasses
 import typing
 from pathlib import Path
@@ -395,3 +396,22 @@ def test_compile_turns_off_buffer_donation_in_a_fresh_process():
     r = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert r.returncode == 0, r.stderr[-2000:]
     assert r.stdout.split() == ["OptimizedModule", "False"]
+
+
+@pytest.mark.parametrize("ending, code", [("done", 0), ("mistake", 2), ("sigterm", 143)])
+def test_the_command_line_leaves_the_process_group_however_training_ends(ending, code, capsys):
+    """common.main tears a torchrun job's process group down after a normal end, a user's mistake
+    and an interrupt alike (a process that exits with a live gloo group can abort)."""
+    torch.distributed.init_process_group("gloo", store=torch.distributed.HashStore(), rank=0, world_size=1)
+
+    def train(cfg):
+        if ending != "done":
+            raise common.UserError("bad") if ending == "mistake" else common.Interrupted("stopped", 143)
+
+    try:
+        with pytest.raises(SystemExit) if code else contextlib.nullcontext() as stop:
+            common.main(train, common.TrainConfig, [])
+        assert not torch.distributed.is_initialized() and (stop.value.code if code else 0) == code
+    finally:
+        if torch.distributed.is_initialized():
+            torch.distributed.destroy_process_group()

@@ -7,9 +7,12 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 import torch
 
 import common
+
+pytestmark = pytest.mark.slow  # each test starts torchrun and two processes
 
 WORKER = Path(__file__).resolve().parent / "ddp_worker.py"
 
@@ -21,7 +24,7 @@ def torchrun(lesson: str, out: Path, stop_at: int = 0, **flags) -> tuple[dict, d
            str(WORKER), lesson, str(out), json.dumps(flags)]  # fmt: skip
     out.mkdir(parents=True, exist_ok=True)  # also the working folder: no runs/ to reuse there
     r = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env=env, cwd=out)
-    assert r.returncode == 0, r.stderr[-3000:]
+    assert r.returncode == 0 and "terminate called" not in r.stderr, r.stderr[-3000:]  # a clean exit
     return None if stop_at else tuple(torch.load(out / f"rank{i}.pt") for i in (0, 1))
 
 
@@ -73,22 +76,30 @@ def test_vqgan_both_players_stay_in_sync(tmp_path):
     assert any(r.get("lam", 0) > 0 for r in log)  # the GAN term reached G on both ranks
 
 
-def test_stage_two_priors_stay_in_sync(tokenizer, tmp_path):
-    """04 and 05 share their training loop (04's fit)."""
-    flags = dict(SMALL, tokenizer=str(tokenizer), width=16, heads=2)
-    a, b = torchrun("05_vq_diffusion", tmp_path / "05", **flags, layers=1, steps_T=4)
+PRIOR = dict(SMALL, steps=4, width=16, heads=2, layers=1, steps_T=50)  # lesson 05, tiny
+
+
+@pytest.fixture(scope="module")
+def whole05(tokenizer, tmp_path_factory):
+    """One uninterrupted torchrun run of lesson 05 -> (its folder, both ranks' state dicts)."""
+    out = tmp_path_factory.mktemp("whole05")
+    return out, torchrun("05_vq_diffusion", out, **PRIOR, tokenizer=str(tokenizer))
+
+
+def test_stage_two_priors_stay_in_sync(whole05):
+    """05 (04 shares its training loop, stage2.fit): both ranks end with the same weights."""
+    out, (a, b) = whole05
     for k in a:
         assert torch.equal(a[k], b[k]), k
-    assert (tmp_path / "05" / "samples.png").exists() and (tmp_path / "05" / "inpaint.png").exists()
+    assert (out / "samples.png").exists() and (out / "inpaint.png").exists()
 
 
-def test_each_rank_draws_its_own_noise_and_a_resumed_run_is_bit_identical(tokenizer, tmp_path):
+def test_each_rank_draws_its_own_noise_and_a_resumed_run_is_bit_identical(whole05, tokenizer, tmp_path):
     """05 under torchrun: rank 1 draws other timesteps than rank 0 (W ranks, W*B noise draws per
     step); stopped by SIGTERM at step 2 and resumed, both ranks end with the uninterrupted run's
     weights exactly (each rank's RNG state is in the checkpoint)."""
-    flags = dict(SMALL, steps=4, tokenizer=str(tokenizer), width=16, heads=2, layers=1, steps_T=50)
-    whole = torchrun("05_vq_diffusion", tmp_path / "whole", **flags)
-    t0, t1 = timesteps(tmp_path / "whole")
+    (out, whole), flags = whole05, dict(PRIOR, tokenizer=str(tokenizer))
+    t0, t1 = timesteps(out)
     assert not torch.equal(t0[0], t1[0]) and not torch.equal(torch.stack(t0[:4]), torch.stack(t1[:4]))
     torchrun("05_vq_diffusion", tmp_path / "cut", stop_at=2, **flags)
     assert common.load_checkpoint(tmp_path / "cut" / "ckpt.pt")["step"] == 2
