@@ -36,7 +36,7 @@ def fetch_weights(url: str, file_name: str, needed_by: str, otherwise: str) -> d
 def save_atomic(obj, path: Path) -> None:
     """torch.save to a temporary file, then rename: a crash never leaves a half-written file."""
     path = Path(path)
-    tmp = path.with_name(path.name + ".tmp")
+    tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")  # (two processes never share one)
     try:
         torch.save(obj, tmp)
         os.replace(tmp, path)

@@ -23,10 +23,21 @@ def test_the_classifier_recognises_held_out_real_images_of_both_builtin_datasets
 
 def test_the_classifier_is_cached_and_reloaded_equal(tmp_path, monkeypatch):
     net = sq.classifier()
-    assert sq.cache_path().exists()
+    assert torch.load(sq.cache_path())["digest"] == sq.code_digest()  # the file this code makes
     sq._LOADED.clear()  # as a new process would: load the file
     x = common.first_images(common.Shapes("val"), 8)[0]
     torch.testing.assert_close(sq.classifier()(x), net(x))
+
+
+@pytest.mark.slow
+def test_a_classifier_file_from_other_code_is_trained_again_from_scratch_to_97_percent(tmp_path, monkeypatch):
+    """(The student's tier loads the committed tests/data/shapes_classifier.pt instead.)"""
+    monkeypatch.setenv("SHAPES_CLASSIFIER", str(tmp_path / "clf.pt"))
+    torch.save({"digest": "other code", "model": {}}, tmp_path / "clf.pt")
+    x, y = sq._shapes("val")
+    with torch.no_grad():
+        acc = (sq.classifier()(x).argmax(-1) == y).double().mean().item()
+    assert acc >= 0.97 and torch.load(tmp_path / "clf.pt")["digest"] == sq.code_digest()
 
 
 def test_a_generator_that_returns_real_images_of_the_class_scores_about_one(real):
