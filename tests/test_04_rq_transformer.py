@@ -368,22 +368,15 @@ def test_a_lesson_01_checkpoint_is_not_a_tokenizer(ar, vq, tmp_path):
         ar.train(ar.Config(tokenizer=str(tmp_path / "vq" / "ckpt.pt"), steps=1, out=str(tmp_path / "ar")))
 
 
-def test_command_line_with_a_missing_tokenizer_exits_2(tmp_path):
-    import subprocess
-    import sys
-
-    script = Path(__file__).resolve().parent.parent / "04_rq_transformer.py"
-    r = subprocess.run([sys.executable, str(script), "--tokenizer", "nope.pt", "--steps", "1"],
-                       cwd=tmp_path, capture_output=True, text=True, timeout=120)  # fmt: skip
-    assert r.returncode == 2 and "checkpoint nope.pt does not exist" in r.stderr
-    assert "Traceback" not in r.stderr
+def test_command_line_with_a_missing_tokenizer_exits_2(script, tmp_path):
+    code, _, err = script("04_rq_transformer.py", "--tokenizer", "nope.pt", "--steps", "1", cwd=tmp_path)
+    assert code == 2 and "checkpoint nope.pt does not exist" in err and len(err.splitlines()) == 1
     (tmp_path / "runs" / "02_rq").mkdir(parents=True)
     errors = {}
     for flags in (["--tokenizer", "runs/02_rq"], ["--heads", "0"], ["--dropout", "2"]):
-        r = subprocess.run([sys.executable, str(script), *flags, "--steps", "1"],
-                           cwd=tmp_path, capture_output=True, text=True, timeout=120)  # fmt: skip
-        assert r.returncode == 2 and len(r.stderr.strip().splitlines()) == 1, r.stderr
-        errors[flags[0]] = r.stderr
+        code, _, err = script("04_rq_transformer.py", *flags, "--steps", "1", cwd=tmp_path)
+        assert code == 2 and len(err.strip().splitlines()) == 1, err
+        errors[flags[0]] = err
     assert "runs/02_rq is a folder; pass the file in it, runs/02_rq/ckpt.pt" in errors["--tokenizer"]
 
 
@@ -406,16 +399,11 @@ def test_bad_prior_flags_are_one_line_errors_before_training(lesson, flags, mess
         common.lesson(lesson).Config(**flags)
 
 
-def test_a_tokenizer_trained_from_the_command_line_loads(tmp_path):
+def test_a_tokenizer_trained_from_the_command_line_loads(script, tmp_path):
     """Run as a script, a lesson's module is __main__; its checkpoints must still name the lesson."""
-    import subprocess
-    import sys
-
-    script = Path(__file__).resolve().parent.parent / "02_rq.py"
     flags = ["--steps", "2", "--batch-size", "4", "--eval-images", "4", "--depth", "2"]
-    r = subprocess.run([sys.executable, str(script), *flags, "--out", "tok"],
-                       cwd=tmp_path, capture_output=True, text=True, timeout=120)  # fmt: skip
-    assert r.returncode == 0, r.stderr
+    code, _, err = script("02_rq.py", *flags, "--out", "tok", cwd=tmp_path)
+    assert code == 0, err
     assert common.load_checkpoint(tmp_path / "tok" / "ckpt.pt")["lesson"] == "02_rq"
     tok, cfg = stage1.load_tokenizer(tmp_path / "tok" / "ckpt.pt")
     assert cfg.depth == 2 and tok.quantizer.depth == 2

@@ -6,8 +6,6 @@ tokenizer, and short runs of both training loops (lesson 02's and lesson 03's) e
 import importlib
 import itertools
 import math
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -107,15 +105,12 @@ def test_lessons_04_and_05_encode_and_decode_an_fsq_tokenizer_as_it_does_itself(
         assert torch.allclose(decode(tok, mine, 8), x_hat, atol=1e-5)  # what a prior draws, decoded
 
 
-def run(*flags, cwd):
-    return subprocess.run([sys.executable, str(ROOT / "beyond" / "fsq.py"), *flags], cwd=cwd, capture_output=True,
-                          text=True, timeout=300)  # fmt: skip
-
-
-def test_a_short_run_of_lesson_02s_loop_then_stage_1_loads_it(fsq, tmp_path):
-    r = run("--dataset", "shapes-plain", "--levels", "5", "5", "--depth", "2", "--steps", "40", "--out", "f",
-            cwd=tmp_path)  # fmt: skip
-    assert r.returncode == 0, r.stderr
+def test_a_short_run_of_lesson_02s_loop_then_stage_1_loads_it(fsq, script, tmp_path):
+    flags = (
+        "--dataset shapes-plain --levels 5 5 --depth 2 --steps 40 --batch-size 16 --eval-images 64".split()
+    )
+    code, _, err = script("beyond/fsq.py", *flags, "--out", "f", cwd=tmp_path)
+    assert code == 0, err
     final = common.read_log(tmp_path / "f")[-1]
     assert final["final"] and final["val_usage"] > 0
     depth = final["partial_depth"]  # lesson 02's report, run unchanged
@@ -127,10 +122,13 @@ def test_a_short_run_of_lesson_02s_loop_then_stage_1_loads_it(fsq, tmp_path):
     assert common.psnr(x, tok(x)[0]).mean() == pytest.approx(final["val_psnr"], abs=3)
 
 
-def test_lesson_03s_loop_trains_fsq_and_bad_flags_are_one_line_errors(fsq, tmp_path):
+def test_lesson_03s_loop_trains_fsq_and_bad_flags_are_one_line_errors(fsq, script, tmp_path):
     flags = "--steps 6 --disc-start 2 --disc-warmup 2 --perceptual-weight 0 --log-every 3".split()
-    r = run("vqgan", *flags, "--levels", "4", "4", "--out", "g", cwd=tmp_path)
-    assert r.returncode == 0, r.stderr
+    small = "--batch-size 8 --eval-images 8 --ch 8 --disc-ch 8".split()  # only the files are needed
+    code, _, err = script(
+        "beyond/fsq.py", "vqgan", *flags, *small, "--levels", "4", "4", "--out", "g", cwd=tmp_path
+    )
+    assert code == 0, err
     log = common.read_log(tmp_path / "g")
     assert log[-1]["final"] and log[-1]["val_usage"] > 0 and "d_loss" in log[-2]  # the discriminator ran
     tok, cfg = stage1.load_tokenizer(tmp_path / "g" / "ckpt.pt")
@@ -142,6 +140,6 @@ def test_lesson_03s_loop_trains_fsq_and_bad_flags_are_one_line_errors(fsq, tmp_p
         (("--codebook-size", "64"), "--codebook-size is prod(--levels) = 1000"),
         (("--depth", "2", "--codebooks", "separate"), "FSQ has one grid for every depth"),
     ):
-        r = run(*bad, "--out", "bad", cwd=tmp_path)
-        assert r.returncode == 2 and says in r.stderr and "Traceback" not in r.stderr
+        code, _, err = script("beyond/fsq.py", *bad, "--out", "bad", cwd=tmp_path)
+        assert code == 2 and says in err and len(err.strip().splitlines()) == 1
         assert not (tmp_path / "bad").exists()

@@ -9,7 +9,7 @@ import math
 import pytest
 import torch
 from PIL import Image
-from test_05_vq_diffusion import K, Oracle, schedule, tiny
+from test_05_vq_diffusion import K, Oracle, schedule
 
 import common
 
@@ -99,10 +99,10 @@ def test_noise_without_mask_is_refused_and_bad_flags_are_one_line(maskgit, vqd):
 
 
 def test_the_command_draws_maskgit_png_in_calls_network_calls_and_judges_it(
-    maskgit, vqd, tokenizer, tmp_path, monkeypatch
+    maskgit, vqd, prior05_here, monkeypatch
 ):
     """One row per class of --samples-per-class images, each batch in --calls network calls."""
-    vqd.train(tiny(vqd, tokenizer, tmp_path))
+    tmp_path = prior05_here
     calls, p_x0 = [], vqd.p_x0
     monkeypatch.setattr(vqd, "p_x0", lambda *a: calls.append(len(a[1])) or p_x0(*a))
     quality = maskgit.draw(maskgit.Config(out=str(tmp_path), samples_per_class=2, calls=3))

@@ -6,7 +6,8 @@ import importlib
 
 import pytest
 import torch
-from test_05_vq_diffusion import K, Oracle, schedule, tiny
+from PIL import Image
+from test_05_vq_diffusion import K, Oracle, schedule
 
 import common
 
@@ -81,7 +82,17 @@ def test_noise_without_mask_is_refused_in_one_line(purity, vqd):
             purity.sample_purest(Oracle(torch.zeros(1, 9, 2, dtype=torch.long)), sched, torch.tensor([0]))
 
 
-def test_the_command_draws_purity_png_from_a_trained_prior_and_judges_it(purity, vqd, tokenizer, tmp_path):
-    vqd.train(tiny(vqd, tokenizer, tmp_path))
-    quality = purity.draw(purity.Config(out=str(tmp_path), samples_per_class=1))
-    assert (tmp_path / "purity.png").exists() and 0 <= quality["sample_class_acc"] <= 1
+def test_the_command_draws_purity_png_in_t_over_stride_calls_and_leaves_no_mask(
+    purity, vqd, prior05_here, monkeypatch
+):
+    """purity.png from the prior trained in --out: one batch of 8 classes x 2, drawn from all
+    [MASK] in ceil(T / stride) = 2 network calls, every code of it a real code, and judged."""
+    calls, drawn, p_x0, sample = [], [], vqd.p_x0, purity.sample_purest
+    monkeypatch.setattr(vqd, "p_x0", lambda *a: calls.append(a[2]) or p_x0(*a))
+    monkeypatch.setattr(purity, "sample_purest", lambda *a: drawn.append(sample(*a)) or drawn[-1])
+    quality = purity.draw(purity.Config(out=str(prior05_here), samples_per_class=2, stride=2))
+    (x,) = drawn
+    assert calls == [4, 2] and x.shape == (16, 64, 2) and x.min() >= 0 and x.max() < 16  # K = 16
+    with Image.open(prior05_here / "purity.png") as im:  # a row per class, 32-pixel tiles, enlarged 2x
+        assert im.size == (2 * (2 * 34 + 2), 2 * (8 * 34 + 2))
+    assert 0 <= quality["sample_class_acc"] <= 1 and quality["sample_shapes_fd"] > 0

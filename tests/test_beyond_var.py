@@ -7,8 +7,6 @@ every scale, samples.png, one-line errors)."""
 import importlib
 import itertools
 import math
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -137,6 +135,7 @@ def test_one_call_per_scale(var):
     assert len(calls) == 3  # three scales, three calls (guidance doubles the batch, not the calls)
 
 
+@pytest.mark.slow  # 120 tokenizer steps, then the prior
 def test_a_short_run_reconstructs_better_with_every_scale_and_draws_its_samples(var, tmp_path):
     cfg = var.Config(steps=6, batch_size=8, eval_images=16, width=16, heads=2, layers=1, samples_per_class=1,
                      log_every=2, out=str(tmp_path / "var"))  # fmt: skip
@@ -158,25 +157,23 @@ def test_a_short_run_reconstructs_better_with_every_scale_and_draws_its_samples(
     assert ckpt["lesson"] == "var" and Path(ckpt["tokenizer"]) == tmp_path / "var" / "tokenizer" / "ckpt.pt"
 
 
-def run(*flags, cwd):
-    return subprocess.run([sys.executable, str(ROOT / "beyond" / "var.py"), *flags], cwd=cwd, capture_output=True,
-                          text=True, timeout=120)  # fmt: skip
+def test_bad_scales_and_a_tokenizer_of_another_script_are_one_line_errors(tokenizer, script, tmp_path):
+    code, _, err = script("beyond/var.py", "tokenizer", "--scales", "1", "3", "2", "8", cwd=tmp_path)
+    assert code == 2 and "--scales must grow strictly" in err and len(err.splitlines()) == 1
+    code, _, err = script("beyond/var.py", "tokenizer", "--scales", "1", "2", "4", cwd=tmp_path)
+    assert code == 2 and "must end at the latent side 8" in err
+    code, _, err = script(
+        "beyond/var.py", "--tokenizer", tokenizer, "--steps", "1", "--out", tmp_path / "o", cwd=tmp_path
+    )
+    assert code == 2 and "not a VAR tokenizer (written by 02_rq)" in err
+    assert len(err.strip().splitlines()) == 1 and not (tmp_path / "o" / "ckpt.pt").exists()
 
 
-def test_bad_scales_and_a_tokenizer_of_another_script_are_one_line_errors(tokenizer, tmp_path):
-    r = run("tokenizer", "--scales", "1", "3", "2", "8", cwd=tmp_path)
-    assert r.returncode == 2 and "--scales must grow strictly" in r.stderr and "Traceback" not in r.stderr
-    r = run("tokenizer", "--scales", "1", "2", "4", cwd=tmp_path)
-    assert r.returncode == 2 and "must end at the latent side 8" in r.stderr
-    r = run("--tokenizer", str(tokenizer), "--steps", "1", "--out", str(tmp_path / "o"), cwd=tmp_path)
-    assert r.returncode == 2 and "not a VAR tokenizer (written by 02_rq)" in r.stderr
-    assert "Traceback" not in r.stderr and not (tmp_path / "o" / "ckpt.pt").exists()
-
-
-def test_the_tokenizer_trains_in_lesson_03s_adversarial_loop_and_decodes_its_own_codes(var, tmp_path):
+def test_the_tokenizer_trains_in_lesson_03s_adversarial_loop_and_decodes_its_own_codes(var, script, tmp_path):
     flags = "--steps 6 --disc-start 2 --disc-warmup 2 --perceptual-weight 0 --log-every 3".split()
-    r = run("vqgan", *flags, "--out", "g", cwd=tmp_path)
-    assert r.returncode == 0, r.stderr
+    small = "--batch-size 8 --eval-images 8 --ch 8 --disc-ch 8".split()  # only the files are needed
+    code, _, err = script("beyond/var.py", "vqgan", *flags, *small, "--out", "g", cwd=tmp_path)
+    assert code == 0, err
     log = common.read_log(tmp_path / "g")
     assert log[-1]["final"] and "d_loss" in log[-2]  # lesson 03's loop: the discriminator ran
     assert (tmp_path / "g" / "coarse_to_fine.png").exists()  # and the report by scale
@@ -185,5 +182,5 @@ def test_the_tokenizer_trains_in_lesson_03s_adversarial_loop_and_decodes_its_own
     x = common.first_images(common.load_data(cfg)[1], 4)[0]
     x_hat, seq, _ = tok(x)
     assert seq.shape == (4, 85) and torch.allclose(tok.decode_codes(seq), x_hat, atol=1e-5)
-    r = run("vqgan", "--depth", "2", "--out", "bad", cwd=tmp_path)
-    assert r.returncode == 2 and "drop --depth" in r.stderr and not (tmp_path / "bad").exists()
+    code, _, err = script("beyond/var.py", "vqgan", "--depth", "2", "--out", "bad", cwd=tmp_path)
+    assert code == 2 and "drop --depth" in err and not (tmp_path / "bad").exists()

@@ -179,6 +179,7 @@ def test_held_out_indices_are_a_stratified_random_subset():
     assert val != list(range(0, 1000, 10)) and val == common.held_out_indices(1000, 100, labels)[1]
 
 
+@pytest.mark.slow  # the datasets library sleeps 5 s as each parquet stream closes
 def test_a_stream_holds_out_a_shuffled_sample_that_training_never_sees(tmp_path):
     path = write_parquet(tmp_path / "data.parquet", n=common.HELD_OUT + 40)
     cfg = data_cfg(
@@ -195,8 +196,8 @@ def test_a_stream_holds_out_a_shuffled_sample_that_training_never_sees(tmp_path)
 
 
 def test_a_stream_too_short_for_one_batch_is_an_error(tmp_path):
-    path = write_parquet(tmp_path / "data.parquet", n=40)
-    cfg = data_cfg(dataset=str(path), image_size=8, image_column="picture", streaming=True)
+    """(A streamed folder: the datasets library sleeps 5 s as each parquet stream closes.)"""
+    cfg = data_cfg(dataset=str(write_image_folder(tmp_path / "imgs")), image_size=8, streaming=True)
     train, _, _ = common.load_data(cfg)
     with pytest.raises(common.UserError, match="fewer than 4 training images"):
         next(common.batches(train, cfg))
@@ -380,10 +381,12 @@ def test_a_hub_id_as_dataset_loads_from_the_hub_and_a_path_of_that_name_wins(tmp
         common.load_data(data_cfg(dataset="no/such/folder"))
 
 
+@pytest.mark.slow
 def test_compile_turns_off_buffer_donation_in_a_fresh_process():
     """--compile: lesson 03's adaptive weight differentiates one graph twice, which a compiled
     backward with donated buffers refuses (seen on CUDA). In a fresh interpreter, where torch has
-    not loaded torch.compile's settings yet, common.compiled must still reach and set them."""
+    not loaded torch.compile's settings yet, common.compiled must still reach and set them (a
+    compiled network's real forward and backward: tests/test_01_vq.py)."""
     import subprocess
     import sys
 

@@ -57,6 +57,24 @@ def test_at_least_15_exercises_across_the_five_lessons_each_with_tests():
     assert all(isinstance(e.points, int) and e.points > 0 and "\n" not in e.hint for e in catalog.EXERCISES)
 
 
+def test_no_exercise_test_is_in_the_slow_tier():
+    """The grader selects exercise tests by name (--exercise) whatever the tier, and a student's
+    `python -m pytest` must run them all: no test marked exercise is marked slow, by decorator or
+    by its file's pytestmark."""
+    slow, graded = [], 0
+    for path in (ROOT / "tests").glob("test_*.py"):
+        tree = ast.parse(path.read_text())
+        file_slow = any(
+            "mark.slow" in ast.unparse(n) for n in tree.body if "pytestmark" in ast.unparse(n)[:12]
+        )
+        for fn in (n for n in tree.body if isinstance(n, ast.FunctionDef)):
+            marks = [ast.unparse(d) for d in fn.decorator_list]
+            if any(m.startswith("pytest.mark.exercise") for m in marks):
+                graded += 1
+                slow += [fn.name] if file_slow or "pytest.mark.slow" in marks else []
+    assert graded >= 40 and slow == []
+
+
 @needs_mistakes
 def test_every_exercise_has_a_plausible_mistake():
     mistakes = selfcheck.mistakes()
@@ -175,6 +193,7 @@ def test_make_refuses_a_folder_that_is_not_empty_and_grade_a_broken_manifest(tmp
         grading.handed_out(tmp_path)
 
 
+@pytest.mark.slow  # pytest or python in processes of their own
 def test_a_command_line_error_exits_2_with_one_line(tmp_path):
     r = run("-m", "exercises", "make", "01_vq.nope", "--out", str(tmp_path / "s"))
     assert r.returncode == 2 and r.stderr.strip().splitlines() == [
@@ -186,6 +205,7 @@ def test_a_command_line_error_exits_2_with_one_line(tmp_path):
 # --- the grader can fail (issue: reference full, blank zero and nothing else lost, mistakes lose) ---
 
 
+@pytest.mark.slow  # pytest or python in processes of their own
 @needs_answers
 @needs_mistakes
 def test_every_exercise_scores_full_as_written_zero_when_blanked_and_less_for_each_mistake():
@@ -198,6 +218,7 @@ def test_every_exercise_scores_full_as_written_zero_when_blanked_and_less_for_ea
     assert [c.name for c in checks] == [e.name for e in catalog.EXERCISES]
 
 
+@pytest.mark.slow  # pytest or python in processes of their own
 def test_make_all_then_grade_scores_zero_everywhere_in_gradescope_format(tmp_path):
     student = tmp_path / "student"
     r = run("-m", "exercises", "make", "--all", "--out", str(student))
@@ -251,6 +272,7 @@ def test_make_all_then_grade_scores_zero_everywhere_in_gradescope_format(tmp_pat
     assert "needs exercise 01_vq.nearest_code, not implemented in this copy" in r.stdout
 
 
+@pytest.mark.slow  # pytest or python in processes of their own
 def test_check_runs_an_exercises_tests_on_a_notebooks_function():
     script = """
 import exercises, torch
@@ -283,6 +305,7 @@ def test_each_walkthrough_has_checked_exercises_loss_curves_and_questions(name):
     assert cells[-1].cell_type == "markdown" and cells[-1].source.startswith("## Questions to think about")
 
 
+@pytest.mark.slow  # pytest or python in processes of their own
 @needs_answers
 def test_grading_takes_only_the_lesson_files_and_a_missing_one_scores_zero(tmp_path):
     (tmp_path / "01_vq.py").write_text((ROOT / "01_vq.py").read_text())  # the reference answer
@@ -319,6 +342,7 @@ FORGERIES = {  # what a student's lesson file could add to rewrite its own grade
 }
 
 
+@pytest.mark.slow  # pytest or python in processes of their own
 @needs_answers
 @pytest.mark.parametrize("forgery", FORGERIES)
 def test_a_lesson_file_cannot_rewrite_its_own_grade(tmp_path, forgery):
@@ -330,6 +354,7 @@ def test_a_lesson_file_cannot_rewrite_its_own_grade(tmp_path, forgery):
     assert (row.passed, row.total, row.points) == (0, 2, 0), row.output
 
 
+@pytest.mark.slow  # pytest or python in processes of their own
 @needs_answers
 def test_a_loop_that_never_ends_fails_its_own_tests_only_and_an_empty_manifest_is_one_line(tmp_path):
     text = (ROOT / "01_vq.py").read_text()

@@ -7,6 +7,7 @@ import os
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import pytest
 import torch
@@ -56,6 +57,7 @@ def test_a_folder_in_use_by_a_live_run_is_refused_and_a_dead_runs_lock_is_taken_
         common.Run(common.TrainConfig(out=str(tmp_path)))
 
 
+@pytest.mark.slow
 def test_two_processes_in_one_folder_the_second_exits_2_and_the_first_is_untouched(tmp_path):
     script = [sys.executable, str(common.__file__).replace("common/__init__.py", "01_vq.py")]
     flags = ["--batch-size", "8", "--log-every", "5", "--eval-images", "8", "--out", "run"]
@@ -93,7 +95,7 @@ def test_a_checkpoint_that_cannot_be_written_is_one_line_and_the_old_one_stays(t
         common.UserError, match=r"cannot write .*ckpt.pt .*unexpected pos.*previous file is as it was"
     ):
         common.save_atomic({"step": 2}, path)
-    assert path.read_bytes() == old and not (tmp_path / "ckpt.pt.tmp").exists()
+    assert path.read_bytes() == old and not list(tmp_path.glob("*.tmp"))
 
 
 def test_a_log_that_cannot_be_written_is_one_line(tmp_path):
@@ -157,27 +159,25 @@ def test_fid_reads_16_bit_images_as_8_bit_and_names_an_unreadable_file(tmp_path)
 # --- the wrong run folder for the lesson ---
 
 
-def lesson_cli(lesson, *args, cwd):
-    script = str(common.__file__).replace("common/__init__.py", f"{lesson}.py")
-    return subprocess.run(
-        [sys.executable, script, *args], cwd=cwd, capture_output=True, text=True, timeout=300
-    )
-
-
-def test_sample_only_on_a_tokenizer_or_another_lessons_run_names_its_lesson(vq, tmp_path):
+def test_sample_only_on_a_tokenizer_or_another_lessons_run_names_its_lesson(vq, script, tmp_path):
     vq.train(small(vq, tmp_path / "r01", steps=2))
     for lesson in ("04_rq_transformer", "05_vq_diffusion"):
-        r = lesson_cli(lesson, "--sample-only", "--out", "r01", cwd=tmp_path)
-        assert r.returncode == 2 and "Traceback" not in r.stderr and len(r.stderr.strip().splitlines()) == 1
-        assert f"--sample-only: r01/ckpt.pt was written by 01_vq, not by the prior of {lesson}" in r.stderr
+        code, _, err = script(f"{lesson}.py", "--sample-only", "--out", "r01", cwd=tmp_path)
+        assert code == 2 and len(err.strip().splitlines()) == 1
+        assert f"--sample-only: r01/ckpt.pt was written by 01_vq, not by the prior of {lesson}" in err
 
 
+@pytest.mark.slow
 def test_a_run_that_fails_before_writing_leaves_no_empty_folder(tmp_path):
-    r = lesson_cli("05_vq_diffusion", "--tokenizer", "missing.pt", "--out", "fresh", cwd=tmp_path)
+    """The folder goes with the run's lock when its process exits: a process of its own."""
+    script = str(common.__file__).replace("common/__init__.py", "05_vq_diffusion.py")
+    run = lambda out: subprocess.run([sys.executable, script, "--tokenizer", "missing.pt", "--out", out],
+                                     cwd=tmp_path, capture_output=True, text=True, timeout=300)  # fmt: skip
+    r = run("fresh")
     assert r.returncode == 2 and "missing.pt does not exist" in r.stderr
     assert not (tmp_path / "fresh").exists()
     (tmp_path / "kept").mkdir()  # a folder the user made is left as it was
-    lesson_cli("05_vq_diffusion", "--tokenizer", "missing.pt", "--out", "kept", cwd=tmp_path)
+    run("kept")
     assert (tmp_path / "kept").is_dir() and not any((tmp_path / "kept").iterdir())
 
 
@@ -287,38 +287,44 @@ def test_a_prior_cannot_take_the_folder_of_its_own_tokenizer_as_out(tokenizer, t
     assert tokenizer.read_bytes() == before
 
 
-def test_an_interrupted_tokenizer_is_resumed_not_reused_and_the_priors_resume_advice_works(
-    tokenizer, tmp_path, monkeypatch
-):
+def test_an_interrupted_tokenizer_is_resumed_to_the_uninterrupted_weights_then_reused(tmp_path, monkeypatch):
+    """<out>/tokenizer stopped after step 2 (no final record): stage 1 resumes it with lesson 02's
+    own loop (to 4 steps here) and ends at the weights of an uninterrupted 4-step run, bit for bit;
+    once finished it is reused, not trained again."""
+    import dataclasses
+
     import stage1
 
     vqd, rq = common.lesson("05_vq_diffusion"), common.lesson("02_rq")
-    inside = tmp_path / "r05" / "tokenizer"
-    inside.mkdir(parents=True)
-    ckpt = common.load_checkpoint(tokenizer)
-    ckpt["config"].update(depth=1, codebook_size=128)  # the shape lesson 05 trains
-    torch.save(ckpt, inside / "ckpt.pt")
-    (inside / "metrics.jsonl").write_text('{"step": 2, "rec": 0.1}\n')  # no final record: stopped
-    trained = []
-    monkeypatch.setattr(rq, "train", trained.append)
     monkeypatch.chdir(tmp_path)
-    assert (
-        stage1.tokenizer_path(vqd.Config(dataset="shapes", out="r05"))
-        == inside.relative_to(tmp_path) / "ckpt.pt"
-    )
-    assert trained[0].resume and not trained[0].overwrite and trained[0].out == "r05/tokenizer"
-    (inside / "metrics.jsonl").write_text('{"step": 2, "final": true, "val_psnr": 20.0}\n')  # finished
-    assert (
-        stage1.tokenizer_path(vqd.Config(dataset="shapes", out="r05"))
-        == inside.relative_to(tmp_path) / "ckpt.pt"
-    )
-    assert len(trained) == 1  # reused, not trained again
-    # "continue with: ... --resume" while the tokenizer trained: the prior has no ckpt.pt yet
+    shape = dict(dataset="shapes", depth=1, codebook_size=128, eval_images=8)  # lesson 05's TOKENIZER
+    whole = rq.train(rq.Config(**shape, steps=4, out="whole")).state_dict()
+    rq.train(rq.Config(**shape, steps=2, out="r05/tokenizer"))
+    log = tmp_path / "r05" / "tokenizer" / "metrics.jsonl"
+    log.write_text("".join(line for line in log.read_text().splitlines(True) if '"final"' not in line))
+    asked, train = [], rq.train
+    monkeypatch.setattr(rq, "train", lambda c: asked.append(c) or train(dataclasses.replace(c, steps=4)))
+    path = stage1.tokenizer_path(vqd.Config(dataset="shapes", out="r05"))
+    assert path == Path("r05/tokenizer/ckpt.pt") and asked[0].resume and not asked[0].overwrite
+    resumed = common.load_checkpoint(path)
+    assert resumed["step"] == 4 and all(torch.equal(whole[k], resumed["model"][k]) for k in whole)
+    assert stage1.tokenizer_path(vqd.Config(dataset="shapes", out="r05")) == path and len(asked) == 1
+
+
+def test_the_priors_resume_advice_works_while_its_tokenizer_trained(tokenizer, tmp_path):
+    """ "continue with: ... --resume" printed while the tokenizer trained: the prior has no ckpt.pt
+    yet, so that --resume starts a fresh prior (not "--resume: no checkpoint")."""
+    import stage1
     from common import stage2
 
-    cfg = vqd.Config(dataset="shapes", out="r05", resume=True, tokenizer=str(tokenizer), steps=1)
+    vqd, inside = common.lesson("05_vq_diffusion"), tmp_path / "r05" / "tokenizer"
+    inside.mkdir(parents=True)
+    (inside / "ckpt.pt").write_bytes(tokenizer.read_bytes())  # the prior's folder holds only this
+    cfg = vqd.Config(
+        dataset="shapes", out=str(tmp_path / "r05"), resume=True, tokenizer=str(inside / "ckpt.pt"), steps=1
+    )
     s = stage2.setup(cfg, stage1.tokenizer)
-    assert not cfg.resume and not s.run.ckpt_path.exists()  # a fresh prior, not "--resume: no checkpoint"
+    assert not cfg.resume and not s.run.ckpt_path.exists()
 
 
 def test_a_moved_prior_samples_with_the_tokenizer_it_is_given_or_says_to_give_it(tokenizer, tmp_path):

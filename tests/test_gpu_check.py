@@ -2,8 +2,6 @@
 one-call GPU check still works on the day a GPU is at hand."""
 
 import importlib.util
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -43,6 +41,7 @@ def test_every_lesson_row_of_both_versions_is_a_valid_command_line(check, dry, t
         assert r["batch"] == cfg.batch_size
 
 
+@pytest.mark.slow
 def test_the_dry_version_runs_and_writes_one_table_with_the_failures_named(
     check, tmp_path, monkeypatch, capsys
 ):
@@ -69,9 +68,8 @@ def test_the_dry_version_runs_and_writes_one_table_with_the_failures_named(
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has CUDA: --device cuda is no error here")
 @pytest.mark.parametrize("bench", ["quantizer_speed", "ar_sampling_speed", "diffusion_sampling_speed"])
-def test_a_speed_benchmark_on_a_missing_device_is_a_one_line_error_exit_2(bench):
-    r = subprocess.run([sys.executable, f"benchmarks/{bench}.py", "--device", "cuda"], cwd=ROOT,
-                       capture_output=True, text=True, timeout=120)  # fmt: skip
-    assert r.returncode == 2 and r.stderr.strip().splitlines() == [
+def test_a_speed_benchmark_on_a_missing_device_is_a_one_line_error_exit_2(bench, script, tmp_path):
+    code, _, err = script(f"benchmarks/{bench}.py", "--device", "cuda", cwd=tmp_path)
+    assert code == 2 and err.strip().splitlines() == [
         "error: --device cuda is not available on this machine; use --device auto or cpu"
     ]

@@ -24,6 +24,7 @@ def test_notebook_is_committed_without_outputs(path):
     assert code and all(not c.outputs and c.execution_count is None for c in code)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.stem)
 def test_notebook_runs_in_quick_mode(path, monkeypatch):
     monkeypatch.setenv("QUICK", "1")

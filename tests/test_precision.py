@@ -4,6 +4,7 @@ exercised where the tests run."""
 
 import collections
 import json
+import warnings
 
 import pytest
 import torch
@@ -69,5 +70,9 @@ def test_precision_auto_is_float32_on_a_cpu_and_bf16_on_cuda():
         assert (x @ x).dtype == torch.float32
     with common.autocast(torch.device("cpu"), "bf16"):
         assert (x @ x).dtype == torch.bfloat16
-    assert isinstance(common.autocast(torch.device("cuda"), "auto"), torch.autocast)
-    assert not isinstance(common.autocast(torch.device("cuda"), "fp32"), torch.autocast)
+    with warnings.catch_warnings():  # "CUDA is not available": the context is built, not entered
+        warnings.simplefilter("ignore")
+        cuda = common.autocast(torch.device("cuda"), "auto")
+    assert (cuda.device, cuda.fast_dtype) == ("cuda", torch.bfloat16)  # bf16 autocast on the GPU
+    with common.autocast(torch.device("cuda"), "fp32"):  # off: nothing changes the arithmetic
+        assert (x @ x).dtype == torch.float32 and not torch.is_autocast_enabled("cuda")
